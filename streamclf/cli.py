@@ -1,0 +1,168 @@
+"""Command-line interface: argument parsing only; each command calls one function elsewhere.
+
+Exit codes (docs/cli.md): 0 ok, 1 internal error, 2 usage or config error, 3 audio input error,
+4 model error, 5 engine error, 6 feed error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from streamclf import __version__
+from streamclf.errors import ConfigError, StreamclfError
+
+EXIT_INTERNAL = 1
+EXIT_INTERRUPTED = 130
+
+
+def _add_source_args(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("audio source (one of; default: the config's streams)")
+    pick = src.add_mutually_exclusive_group()
+    pick.add_argument("--device", help="input device: index or a substring of its name")
+    pick.add_argument("--file", type=Path, help="audio file (WAV/FLAC/OGG/MP3), paced in real time")
+    pick.add_argument("--url", help="anything ffmpeg reads: http(s)/Icecast, rtsp, srt, a file")
+    pick.add_argument("--stdin", action="store_true", help="raw PCM on standard input")
+    pick.add_argument("--demo", action="store_true", help="the bundled music clip, looped")
+    src.add_argument("--channel", help="'mean' (default) or a 0-based channel to pick")
+    src.add_argument("--loop", action="store_true", help="loop --file")
+    src.add_argument("--fast", action="store_true", help="read --file as fast as possible")
+    src.add_argument("--format", dest="stdin_format", choices=["s16le", "f32le"], default="s16le",
+                     help="--stdin sample format (default s16le)")
+    src.add_argument("--rate", dest="stdin_rate", type=int, default=44100,
+                     help="--stdin sample rate in Hz (default 44100)")
+    src.add_argument("--channels", dest="stdin_channels", type=int, default=2,
+                     help="--stdin channel count (default 2)")
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model name in engines/ or path to an .onnx file")
+    parser.add_argument("--engine", choices=["auto", "onnxruntime", "tensorrt", "torch"],
+                        help="inference engine (default from config: auto)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamclf",
+        description="Real-time music genre classification of live audio, published on a ZeroMQ feed.",
+        epilog="Exit codes: 0 ok, 1 internal error, 2 usage/config, 3 audio input, 4 model, "
+               "5 engine, 6 feed, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"streamclf {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("listen", help="classify live audio in the foreground with a live view",
+                       description="Run the pipeline in the foreground: a live view on a terminal, "
+                                   "one line per window otherwise; publishes on the feed too.")
+    p.add_argument("--config", type=Path, help="TOML config (default: built-in defaults)")
+    _add_source_args(p)
+    _add_model_args(p)
+    p.add_argument("--hop", type=float, help="seconds between windows (default 1.0)")
+    p.add_argument("--endpoint", help="feed endpoint to bind (default tcp://127.0.0.1:5556)")
+    p.add_argument("--no-publish", action="store_true", help="do not bind the ZeroMQ feed")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of the live view")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+
+    p = sub.add_parser("serve", help="run the daemon (systemd Type=notify)",
+                       description="Run the daemon: structured logs, sd_notify READY/WATCHDOG/STATUS, "
+                                   "SIGHUP reloads the config, SIGTERM stops cleanly.")
+    p.add_argument("--config", type=Path, required=True, help="TOML config file")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+
+    p = sub.add_parser("classify", help="tag audio files offline",
+                       description="Tag files through the same framer and engine as the daemon: "
+                                   "per-window tags and a track summary.")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    _add_model_args(p)
+    p.add_argument("--window", type=float, default=3.0, help="window in seconds (default 3)")
+    p.add_argument("--hop", type=float, default=3.0,
+                   help="hop in seconds (default 3: musicnn's own non-overlapping patches)")
+    p.add_argument("--top-k", type=int, default=5, help="tags per window (default 5)")
+    p.add_argument("--json", action="store_true", help="JSON output (schema in docs/classify.md)")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="draw the taggram into this PNG")
+
+    p = sub.add_parser("subscribe", help="print messages from a streamclf feed")
+    p.add_argument("--endpoint", default="tcp://127.0.0.1:5556", help="feed endpoint to connect")
+    p.add_argument("--topic", default="", help="topic prefix, e.g. genre. or status.main")
+    p.add_argument("--count", type=int, help="stop after N messages")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    p = sub.add_parser("devices", help="list audio input devices")
+    p.add_argument("--json", action="store_true", help="JSON output")
+
+    p = sub.add_parser("engine", help="build and list TensorRT plans")
+    esub = p.add_subparsers(dest="engine_command", metavar="ACTION", required=True)
+    b = esub.add_parser("build", help="build TensorRT plans ahead of time")
+    b.add_argument("--model", action="append", help="model(s) to build (default: the config's)")
+    b.add_argument("--precision", choices=["fp16", "fp32"], default="fp16")
+    b.add_argument("--max-batch", type=int, default=32)
+    b.add_argument("--cache-dir", type=Path, help="plan cache directory")
+    i = esub.add_parser("info", help="list cached plans and what they were built for")
+    i.add_argument("--cache-dir", type=Path, help="plan cache directory")
+
+    p = sub.add_parser("model", help="import the musicnn models")
+    msub = p.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    m = msub.add_parser("import", help="convert musicnn checkpoints (wheel or folder) to ONNX")
+    m.add_argument("source", type=Path, help="musicnn-0.1.0 wheel or its extracted folder")
+    m.add_argument("--out", type=Path, default=Path("engines"), help="output folder (default engines/)")
+    m.add_argument("--name", action="append", help="model(s) to import (default: all four)")
+
+    p = sub.add_parser("bench", help="measure speed, latency, capacity and memory")
+    p.add_argument("--json", action="store_true", help="JSON output")
+    p.add_argument("--quick", action="store_true", help="shorter runs (less precise)")
+    p.add_argument("--write", type=Path, help="also write the markdown report here")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Import lazily so that `--help` and light commands start fast and never load torch."""
+    if args.command in ("listen", "serve"):
+        from streamclf import service
+
+        return service.run(args)
+    if args.command == "classify":
+        from streamclf import classify
+
+        return classify.run(args)
+    if args.command == "subscribe":
+        from streamclf.feed.subscriber import run_subscribe
+
+        return run_subscribe(args.endpoint, args.topic, args.count, args.json)
+    if args.command == "devices":
+        from streamclf.audio.sources import print_input_devices
+
+        return print_input_devices(as_json=args.json)
+    if args.command == "engine":
+        from streamclf.backends import commands
+
+        return commands.run(args)
+    if args.command == "model":
+        from streamclf.models.importer import import_models
+
+        import_models(args.source, args.out, names=args.name)
+        return 0
+    if args.command == "bench":
+        from streamclf import bench
+
+        return bench.run(args)
+    msg = f"unknown command {args.command!r}"
+    raise ConfigError(msg)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except StreamclfError as exc:
+        print(f"streamclf: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
