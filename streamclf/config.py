@@ -1,0 +1,415 @@
+"""One config tree: TOML read once into frozen dataclasses, validated on load.
+
+Every stage gets only its own section (`cfg.engine`, `cfg.framing`, `cfg.smoothing`, `cfg.feed`,
+`cfg.streams`, `cfg.service`). Any problem is a `ConfigError` whose one-line message names the key
+(`streams[1].device: expected an integer index or a name, got 3.5`); unknown keys are errors too,
+with a did-you-mean. The same validation runs for the file, for `default_config()` and for the
+command-line overrides, so a value that passes one passes all. Options are documented in
+docs/config.md and, with their defaults, in configs/default.toml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from streamclf.errors import ConfigError
+
+WINDOW_S = 3.0  # fixed by the model: 187 frames of 256 samples at 16 kHz (2.992 s)
+WINDOW_TOLERANCE_S = 0.01
+MIN_HOP_S = 256 / 16000  # one STFT frame
+STREAM_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+ENDPOINT_PATTERN = re.compile(r"(tcp://.+:[0-9*]+|ipc://.+)")
+SOURCE_KEYS = {  # the keys that only mean something for one kind of source
+    "device": ("device",),
+    "file": ("path", "loop", "realtime"),
+    "url": ("url",),
+    "stdin": ("stdin_format", "stdin_rate", "stdin_channels"),
+}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    kind: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "auto"
+    model: str = "MSD_musicnn"
+    precision: Literal["fp16", "fp32"] = "fp16"
+    max_batch: int = 32
+    threads: int = 0
+    plan_cache_dir: str = ""
+
+
+@dataclass(frozen=True)
+class FramingConfig:
+    window_s: float = WINDOW_S
+    hop_s: float = 1.0
+    queue_windows: int = 8
+
+
+@dataclass(frozen=True)
+class SmoothingConfig:
+    time_constant_s: float = 5.0
+    switch_margin: float = 0.1
+    min_dwell_s: float = 3.0
+    silence_dbfs: float = -55.0
+    unknown_threshold: float = 0.0
+
+
+@dataclass(frozen=True)
+class CurveConfig:
+    enabled: bool = False
+    server_secret_key_file: str = ""
+    authorized_clients_dir: str = ""
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    endpoint: str = "tcp://127.0.0.1:5556"
+    send_hwm: int = 1000
+    top_k: int = 5
+    publish_probs: bool = False
+    status_interval_s: float = 5.0
+    allow_insecure_remote: bool = False
+    curve: CurveConfig = field(default_factory=CurveConfig)
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    id: str = "main"
+    source: Literal["device", "file", "url", "stdin"] = "device"
+    device: int | str = ""  # "" = the system's default input
+    channel: Literal["mean"] | int = "mean"
+    blocksize: int = 1024
+    path: str = ""
+    loop: bool = False
+    realtime: bool = True
+    url: str = ""
+    stdin_format: Literal["s16le", "f32le"] = "s16le"
+    stdin_rate: int = 44100
+    stdin_channels: int = 2
+    ring_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    watchdog: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    framing: FramingConfig = field(default_factory=FramingConfig)
+    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
+    feed: FeedConfig = field(default_factory=FeedConfig)
+    streams: tuple[StreamConfig, ...] = (StreamConfig(),)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+
+
+# -- public entry points ----------------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config; every failure is one `ConfigError` line."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        msg = f"{path}: cannot read config: {exc.strerror or exc}"
+        raise ConfigError(msg) from None
+    except UnicodeDecodeError:
+        msg = f"{path}: not UTF-8 text"
+        raise ConfigError(msg) from None
+    return parse_config(text, origin=str(path))
+
+
+def parse_config(text: str, *, origin: str = "<config>") -> Config:
+    """Validate TOML text; `origin` prefixes the error messages (the file name)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"{origin}: invalid TOML: {exc}"
+        raise ConfigError(msg) from None
+    except RecursionError:
+        msg = f"{origin}: invalid TOML: nested too deeply"
+        raise ConfigError(msg) from None
+    try:
+        return config_from_dict(raw)
+    except ConfigError as exc:
+        msg = f"{origin}: {exc}"
+        raise ConfigError(msg) from None
+
+
+def default_config() -> Config:
+    """The built-in defaults (the same values as configs/default.toml, which a test checks)."""
+    return Config()
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> Config:
+    """Validate a TOML-shaped mapping (sections as tables, streams as a list of tables)."""
+    _check_keys(raw, Config, "")
+    hints = typing.get_type_hints(Config)
+    sections = {name: _section(raw.get(name, {}), hint, name)
+                for name, hint in hints.items() if name != "streams"}
+    streams_raw = raw.get("streams", [{}])
+    if not isinstance(streams_raw, list):
+        msg = f"streams: expected an array of tables ([[streams]]), got {_show(streams_raw)}"
+        raise ConfigError(msg)
+    if not streams_raw:
+        msg = "streams: at least one stream is needed"
+        raise ConfigError(msg)
+    streams = tuple(_section(s, StreamConfig, f"streams[{i}]") for i, s in enumerate(streams_raw))
+    cfg = Config(streams=streams, **sections)
+    _check_config(cfg)
+    return cfg
+
+
+# Flat names for command-line overrides → (section, key). One table, so the CLI and the docs agree.
+OVERRIDES: dict[str, tuple[str, str]] = {
+    "engine_kind": ("engine", "kind"),
+    "model": ("engine", "model"),
+    "precision": ("engine", "precision"),
+    "max_batch": ("engine", "max_batch"),
+    "threads": ("engine", "threads"),
+    "plan_cache_dir": ("engine", "plan_cache_dir"),
+    "hop_s": ("framing", "hop_s"),
+    "endpoint": ("feed", "endpoint"),
+    "top_k": ("feed", "top_k"),
+    "publish_probs": ("feed", "publish_probs"),
+    "log_level": ("service", "log_level"),
+    "log_format": ("service", "log_format"),
+}
+
+
+def config_with_overrides(cfg: Config, *, streams: list[StreamConfig] | None = None,
+                          **overrides: Any) -> Config:
+    """A copy of `cfg` with flag values applied; `None` means "not given", keep the config's.
+
+    Names are the keys of `OVERRIDES` (e.g. `engine_kind="onnxruntime", hop_s=0.5`); `streams`
+    replaces all configured streams. The result is validated like a file.
+    """
+    unknown = sorted(set(overrides) - set(OVERRIDES))
+    if unknown:
+        msg = f"unknown override(s) {', '.join(unknown)}; known: {', '.join(OVERRIDES)}"
+        raise TypeError(msg)
+    raw = _to_raw(cfg)
+    for name, value in overrides.items():
+        if value is not None:
+            section, key = OVERRIDES[name]
+            raw[section][key] = value
+    if streams is not None:
+        raw["streams"] = [_to_raw(s) for s in streams]
+    return config_from_dict(raw)
+
+
+def parse_stream_spec(source: str, value: Any = "", *, stream_id: str = "main",
+                      **options: Any) -> StreamConfig:
+    """One stream from command-line flags: `--device 3`, `--file x.wav`, `--url …`, `--stdin`.
+
+    `value` is the flag's argument (device index or name, path, URL; ignored for stdin); a device
+    given as a string of digits is an index. `options` are other `StreamConfig` fields (channel,
+    loop, realtime, stdin_format, …); `None` values are ignored. A channel string of digits is an
+    index.
+    """
+    raw: dict[str, Any] = {"id": stream_id, "source": source}
+    if source == "device":
+        raw["device"] = int(value) if isinstance(value, str) and value.isdigit() else value
+    elif source == "file":
+        raw["path"] = str(value)
+    elif source == "url":
+        raw["url"] = str(value)
+    channel = options.get("channel")
+    if isinstance(channel, str) and channel.isdigit():
+        options["channel"] = int(channel)
+    raw.update({k: v for k, v in options.items() if v is not None})
+    return _section(raw, StreamConfig, f"--{source}")
+
+
+# -- validation -------------------------------------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    """A short rendering of a bad value for an error message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_keys(raw: Any, cls: type, where: str) -> None:
+    if not isinstance(raw, dict):
+        msg = f"{where or 'config'}: expected a table, got {_show(raw)}"
+        raise ConfigError(msg)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            msg = f"{_join(where, str(key))}: unknown key{hint}"
+            raise ConfigError(msg)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _section(raw: Any, cls: type, where: str) -> Any:
+    """Build one dataclass from a table: known keys only, each value checked against its type."""
+    _check_keys(raw, cls, where)
+    hints = typing.get_type_hints(cls)
+    values = {key: _value(value, hints[key], _join(where, key)) for key, value in raw.items()}
+    obj = cls(**values)
+    _SECTION_CHECKS.get(cls, lambda _o, _w: None)(obj, where)
+    return obj
+
+
+def _value(value: Any, hint: Any, key: str) -> Any:
+    """Check one TOML value against a field type; ints are accepted where floats are asked."""
+    if dataclasses.is_dataclass(hint):
+        return _section(value, hint, key)
+    for option in _options(hint):
+        ok, converted = _match(value, option)
+        if ok:
+            return converted
+    msg = f"{key}: expected {_describe(hint)}, got {_show(value)}"
+    raise ConfigError(msg)
+
+
+def _options(hint: Any) -> tuple[Any, ...]:
+    """The alternatives of a union type (`int | str`, `Literal["mean"] | int`), else the type."""
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) \
+        else (hint,)
+
+
+def _match(value: Any, option: Any) -> tuple[bool, Any]:
+    if typing.get_origin(option) is Literal:
+        return (isinstance(value, str) and value in typing.get_args(option), value)
+    if option is bool:
+        return (isinstance(value, bool), value)
+    if option is int:
+        return (isinstance(value, int) and not isinstance(value, bool), value)
+    if option is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return (ok and math.isfinite(value), float(value) if ok else value)
+    if option is str:
+        return (isinstance(value, str), value)
+    return (False, value)
+
+
+def _describe(hint: Any) -> str:
+    if hint == (int | str):
+        return "an integer index or a name"
+    parts = []
+    for option in _options(hint):
+        if typing.get_origin(option) is Literal:
+            parts.append(" | ".join(f'"{v}"' for v in typing.get_args(option)))
+        else:
+            parts.append({bool: "true or false", int: "an integer", float: "a finite number",
+                          str: "a string"}[option])
+    return " or ".join(parts)
+
+
+def _require(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {problem}")
+
+
+def _check_engine(e: EngineConfig, where: str) -> None:
+    _require(bool(e.model), f"{where}.model", "must name a model in engines/ or an .onnx path")
+    _require(1 <= e.max_batch <= 1024, f"{where}.max_batch", f"must be 1..1024, got {e.max_batch}")
+    _require(0 <= e.threads <= 256, f"{where}.threads", f"must be 0 (auto)..256, got {e.threads}")
+
+
+def _check_framing(f: FramingConfig, where: str) -> None:
+    _require(abs(f.window_s - WINDOW_S) <= WINDOW_TOLERANCE_S, f"{where}.window_s",
+             f"the model's window is fixed at {WINDOW_S} s (187 frames), got {f.window_s}")
+    _require(MIN_HOP_S <= f.hop_s <= f.window_s, f"{where}.hop_s",
+             f"must be between {MIN_HOP_S} s (one frame) and window_s ({f.window_s} s), "
+             f"got {f.hop_s}")
+    _require(1 <= f.queue_windows <= 10_000, f"{where}.queue_windows",
+             f"must be 1..10000, got {f.queue_windows}")
+
+
+def _check_smoothing(s: SmoothingConfig, where: str) -> None:
+    _require(0 <= s.time_constant_s <= 3600, f"{where}.time_constant_s",
+             f"must be 0 (no smoothing)..3600 s, got {s.time_constant_s}")
+    _require(0 <= s.switch_margin <= 1, f"{where}.switch_margin",
+             f"must be 0..1, got {s.switch_margin}")
+    _require(0 <= s.min_dwell_s <= 3600, f"{where}.min_dwell_s",
+             f"must be 0..3600 s, got {s.min_dwell_s}")
+    _require(-200 <= s.silence_dbfs <= 0, f"{where}.silence_dbfs",
+             f"must be -200..0 dBFS, got {s.silence_dbfs}")
+    _require(0 <= s.unknown_threshold <= 1, f"{where}.unknown_threshold",
+             f"must be 0 (off)..1, got {s.unknown_threshold}")
+
+
+def _check_curve(c: CurveConfig, where: str) -> None:
+    _require(not c.enabled or bool(c.server_secret_key_file), f"{where}.server_secret_key_file",
+             "is required when curve is enabled")
+
+
+def _check_feed(f: FeedConfig, where: str) -> None:
+    _require(bool(ENDPOINT_PATTERN.fullmatch(f.endpoint)), f"{where}.endpoint",
+             f"expected tcp://HOST:PORT or ipc://PATH, got {_show(f.endpoint)}")
+    _require(1 <= f.send_hwm <= 1_000_000, f"{where}.send_hwm",
+             f"must be 1..1000000 messages, got {f.send_hwm}")
+    _require(1 <= f.top_k <= 1000, f"{where}.top_k", f"must be 1..1000, got {f.top_k}")
+    _require(0.1 <= f.status_interval_s <= 3600, f"{where}.status_interval_s",
+             f"must be 0.1..3600 s, got {f.status_interval_s}")
+
+
+def _check_stream(s: StreamConfig, where: str) -> None:
+    _require(bool(STREAM_ID_PATTERN.fullmatch(s.id)), f"{where}.id",
+             f"must be 1-64 characters of A-Z a-z 0-9 _ -, got {_show(s.id)}")
+    _require(not isinstance(s.device, int) or s.device >= 0, f"{where}.device",
+             f"a device index is >= 0, got {s.device}")
+    _require(s.channel == "mean" or s.channel >= 0, f"{where}.channel",
+             f"expected \"mean\" or a 0-based channel index, got {s.channel}")
+    _require(16 <= s.blocksize <= 65536, f"{where}.blocksize",
+             f"must be 16..65536 frames, got {s.blocksize}")
+    _require(0.5 <= s.ring_s <= 600, f"{where}.ring_s", f"must be 0.5..600 s, got {s.ring_s}")
+    _require(1000 <= s.stdin_rate <= 768_000, f"{where}.stdin_rate",
+             f"must be 1000..768000 Hz, got {s.stdin_rate}")
+    _require(1 <= s.stdin_channels <= 64, f"{where}.stdin_channels",
+             f"must be 1..64, got {s.stdin_channels}")
+    _require(s.source != "file" or bool(s.path), f"{where}.path", "is required for source = \"file\"")
+    _require(s.source != "url" or bool(s.url), f"{where}.url", "is required for source = \"url\"")
+    defaults = StreamConfig()
+    for source, keys in SOURCE_KEYS.items():
+        for key in keys:
+            _require(source == s.source or getattr(s, key) == getattr(defaults, key),
+                     f"{where}.{key}", f"only applies to source = \"{source}\", "
+                                       f"this stream's source is \"{s.source}\"")
+
+
+def _check_config(cfg: Config) -> None:
+    seen: dict[str, int] = {}
+    for i, s in enumerate(cfg.streams):
+        _require(s.id not in seen, f"streams[{i}].id",
+                 f"duplicate stream id {s.id!r} (also streams[{seen.get(s.id)}])")
+        seen[s.id] = i
+
+
+_SECTION_CHECKS: dict[type, Callable[[Any, str], None]] = {
+    EngineConfig: _check_engine,
+    FramingConfig: _check_framing,
+    SmoothingConfig: _check_smoothing,
+    CurveConfig: _check_curve,
+    FeedConfig: _check_feed,
+    StreamConfig: _check_stream,
+}
+
+
+def _to_raw(obj: Any) -> Any:
+    """The TOML-shaped mapping of a config object (inverse of `config_from_dict`)."""
+    raw = dataclasses.asdict(obj)
+    if "streams" in raw:
+        raw["streams"] = list(raw["streams"])
+    return raw
