@@ -1,0 +1,148 @@
+"""Per-stream smoothing: EMA of tag probabilities, a silence gate, and hysteresis on the genre.
+
+The model answers every hop with fresh, noisy probabilities; a listener wants a genre that holds
+through a bridge and changes when the music does. Three small pieces, one state machine each:
+
+- EMA over *all* tags with a time constant in seconds: alpha = 1 - exp(-dt/tau) from the real
+  stream-time step between windows, so a 0.5 s hop and a 3 s hop smooth alike.
+- Silence gate: a window under `silence_dbfs` is published as "silence" and never enters the EMA
+  (the model's opinion of silence is noise).
+- Hysteresis on the genre subset of the smoothed tags: the published genre changes only when
+  another genre leads it by `switch_margin` for at least `min_dwell_s` of stream time.
+
+`confidence` is the smoothed probability of the published genre (musicnn's tags are independent
+sigmoids, so genre probabilities need not sum to 1); for "unknown" it is that of the best
+candidate, for "silence" 0. Changes are reported only on transitions (`changed`), including to and
+from "silence" and "unknown".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamclf.config import SmoothingConfig
+from streamclf.errors import ModelError
+
+SILENCE = "silence"
+UNKNOWN = "unknown"
+N_CANDIDATES = 3
+
+
+def ema_alpha(*, dt_s: float, time_constant_s: float) -> float:
+    """Weight of the new value for a step of `dt_s` seconds: 1 - exp(-dt/tau); tau 0 → 1."""
+    if time_constant_s <= 0:
+        return 1.0
+    return 1.0 - math.exp(-max(dt_s, 0.0) / time_constant_s)
+
+
+@dataclass(frozen=True, slots=True)
+class SmoothingState:
+    """What one window publishes. `instant` / `smoothed`: float32 [n_tags] (smoothed is a copy)."""
+
+    genre: str
+    confidence: float
+    raw_genre: str
+    silence: bool
+    changed: bool
+    previous: str  # the genre published before this window ("" before the first)
+    candidates: list[list[str | float]] | None  # [[genre, p], …] top 3 when genre is "unknown"
+    instant: np.ndarray
+    smoothed: np.ndarray
+
+
+class Hysteresis:
+    """Holds a choice among n scores; switches only after a lead of `margin` held for `dwell_s`."""
+
+    def __init__(self, *, margin: float, dwell_s: float) -> None:
+        self.margin = margin
+        self.dwell_s = dwell_s
+        self.reset()
+
+    def reset(self) -> None:
+        self.held: int | None = None
+        self._candidate: int | None = None
+        self._since_s = 0.0
+
+    def step(self, scores: np.ndarray, t_s: float) -> int:
+        """Feed scores [n] at stream time `t_s`; return the held index. The first step adopts the
+        leader at once (nothing to hold yet)."""
+        leader = int(np.argmax(scores))
+        if self.held is None:
+            self.held = leader
+        elif leader == self.held or scores[leader] - scores[self.held] < self.margin:
+            self._candidate = None
+        elif self._candidate != leader or t_s < self._since_s:
+            self._candidate, self._since_s = leader, t_s
+        if self._candidate is not None and t_s - self._since_s >= self.dwell_s:
+            self.held, self._candidate = self._candidate, None
+        return self.held
+
+
+class Smoother:
+    """EMA + silence gate + hysteresis + unknown threshold for one stream (engine worker thread)."""
+
+    def __init__(self, config: SmoothingConfig, *, labels: Sequence[str],
+                 genres: Sequence[str]) -> None:
+        missing = [g for g in genres if g not in labels]
+        if missing or not genres:
+            msg = f"genres {missing or '[]'} are not among the model's {len(labels)} labels"
+            raise ModelError(msg)
+        self.labels = tuple(labels)
+        self.genres = tuple(genres)
+        self._genre_index = np.array([self.labels.index(g) for g in genres], dtype=np.intp)
+        self._hysteresis = Hysteresis(margin=config.switch_margin, dwell_s=config.min_dwell_s)
+        self.config = config
+        self.reset()
+
+    def reconfigure(self, config: SmoothingConfig) -> None:
+        """Apply new settings (SIGHUP reload); the average and the held genre carry on."""
+        self.config = config
+        self._hysteresis.margin = config.switch_margin
+        self._hysteresis.dwell_s = config.min_dwell_s
+
+    def reset(self) -> None:
+        self._average: np.ndarray | None = None
+        self._last_t_s = 0.0
+        self._published = ""
+        self._hysteresis.reset()
+        self.windows = 0
+
+    def update(self, probs: np.ndarray, t_end_s: float, level_dbfs: float) -> SmoothingState:
+        """One window's tag probabilities [n_tags], its end in stream seconds, and its level."""
+        instant = np.asarray(probs, dtype=np.float32)
+        if instant.shape != (len(self.labels),):
+            msg = f"engine gave {instant.shape} tag probabilities, the model card has {len(self.labels)}"
+            raise ModelError(msg)
+        self.windows += 1
+        silence = not level_dbfs >= self.config.silence_dbfs  # nan counts as silence
+        if silence:
+            genre, confidence, raw, candidates = SILENCE, 0.0, SILENCE, None
+        else:
+            genre, confidence, raw, candidates = self._decide(instant, t_end_s)
+        previous, self._published = self._published, genre
+        smoothed = instant.copy() if self._average is None else self._average.copy()
+        return SmoothingState(genre=genre, confidence=confidence, raw_genre=raw, silence=silence,
+                              changed=genre != previous, previous=previous, candidates=candidates,
+                              instant=instant, smoothed=smoothed)
+
+    def _decide(self, instant: np.ndarray, t_s: float) -> tuple[str, float, str, list | None]:
+        if self._average is None:
+            self._average = instant.copy()
+        else:
+            alpha = ema_alpha(dt_s=t_s - self._last_t_s, time_constant_s=self.config.time_constant_s)
+            self._average *= np.float32(1.0 - alpha)  # this form is exact for alpha 0 and 1
+            self._average += np.float32(alpha) * instant
+        self._last_t_s = t_s
+        scores = self._average[self._genre_index]
+        held = self._hysteresis.step(scores, t_s)
+        raw = self.genres[int(np.argmax(instant[self._genre_index]))]
+        best = float(scores.max())
+        if best < self.config.unknown_threshold:
+            order = np.argsort(scores)[::-1][:N_CANDIDATES]
+            candidates = [[self.genres[i], float(scores[i])] for i in order]
+            return UNKNOWN, best, raw, candidates
+        return self.genres[held], float(scores[held]), raw, None

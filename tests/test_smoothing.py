@@ -1,0 +1,187 @@
+"""Smoothing: EMA with a time constant, silence gate, hysteresis with margin and dwell, unknown."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamclf.config import SmoothingConfig
+from streamclf.errors import ModelError
+from streamclf.smoothing import SILENCE, UNKNOWN, Hysteresis, Smoother, ema_alpha
+
+LABELS = ("rock", "pop", "jazz", "guitar", "female vocalists", "techno")
+GENRES = ("rock", "pop", "jazz", "techno")
+LOUD_DBFS = -20.0
+
+
+def probs(**values: float) -> np.ndarray:
+    """A tag vector with the given labels set (spaces as underscores) and the rest at 0.05."""
+    out = np.full(len(LABELS), 0.05, dtype=np.float32)
+    for name, p in values.items():
+        out[LABELS.index(name.replace("_", " "))] = p
+    return out
+
+
+def smoother(**overrides) -> Smoother:
+    return Smoother(SmoothingConfig(**overrides), labels=LABELS, genres=GENRES)
+
+
+class TestEma:
+    """The average follows a step with the configured time constant, whatever the hop."""
+
+    @pytest.mark.parametrize("hop_s", [0.25, 0.5, 1.0, 3.0])
+    def test_step_response_matches_time_constant(self, hop_s):
+        tau = 5.0
+        s = smoother(time_constant_s=tau, min_dwell_s=0.0)
+        s.update(probs(rock=0.0), 0.0, LOUD_DBFS)
+        t = 0.0
+        while t < 3 * tau - 1e-9:
+            t += hop_s
+            state = s.update(probs(rock=1.0), t, LOUD_DBFS)
+        expected = 1.0 - math.exp(-t / tau)
+        assert state.smoothed[LABELS.index("rock")] == pytest.approx(expected, abs=1e-5)
+        assert state.instant[LABELS.index("rock")] == 1.0
+
+    def test_alpha(self):
+        assert ema_alpha(dt_s=1.0, time_constant_s=0.0) == 1.0
+        assert ema_alpha(dt_s=2.0, time_constant_s=2.0) == pytest.approx(1 - math.exp(-1))
+        assert ema_alpha(dt_s=-1.0, time_constant_s=2.0) == 0.0
+
+    def test_zero_time_constant_is_no_smoothing(self):
+        s = smoother(time_constant_s=0.0)
+        s.update(probs(rock=0.9), 0.0, LOUD_DBFS)
+        state = s.update(probs(rock=0.1), 1.0, LOUD_DBFS)
+        np.testing.assert_array_equal(state.smoothed, state.instant)
+
+
+class TestSilence:
+    """Quiet windows are published as silence and never enter the average."""
+
+    def test_silence_published_and_not_averaged(self):
+        s = smoother(silence_dbfs=-55.0)
+        s.update(probs(rock=0.8), 0.0, LOUD_DBFS)
+        before = s.update(probs(rock=0.8), 1.0, LOUD_DBFS).smoothed
+        for t in range(2, 10):
+            state = s.update(probs(pop=1.0, rock=0.0), float(t), -70.0)
+            assert (state.genre, state.raw_genre, state.silence) == (SILENCE, SILENCE, True)
+            assert state.confidence == 0.0
+            np.testing.assert_array_equal(state.smoothed, before)
+
+    def test_nan_and_minus_inf_level_are_silence(self):
+        s = smoother()
+        assert s.update(probs(rock=0.9), 0.0, float("nan")).silence
+        assert s.update(probs(rock=0.9), 1.0, float("-inf")).silence
+
+    def test_change_events_around_silence(self):
+        s = smoother()
+        events = [s.update(probs(rock=0.9), t, lvl) for t, lvl in
+                  [(0.0, LOUD_DBFS), (1.0, -90.0), (2.0, -90.0), (3.0, LOUD_DBFS)]]
+        assert [(e.previous, e.genre) for e in events if e.changed] == [
+            ("", "rock"), ("rock", SILENCE), (SILENCE, "rock")]
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.lists(st.tuples(st.floats(0, 1), st.booleans()), min_size=1, max_size=40))
+    def test_silent_windows_never_change_the_average(self, steps):
+        """The EMA after a sequence equals the EMA of the same sequence with silent windows removed."""
+        gated, clean = smoother(), smoother()
+        last_clean = None
+        for i, (p, silent) in enumerate(steps):
+            state = gated.update(probs(rock=p), float(i), -90.0 if silent else LOUD_DBFS)
+            if not silent:
+                last_clean = clean.update(probs(rock=p), float(i), LOUD_DBFS)
+        if last_clean is not None:
+            np.testing.assert_allclose(state.smoothed, last_clean.smoothed, atol=1e-6)
+
+
+class TestHysteresis:
+    """The published genre changes only on a lead of switch_margin held for min_dwell_s."""
+
+    def test_first_window_adopts_leader(self):
+        state = smoother().update(probs(jazz=0.7), 0.0, LOUD_DBFS)
+        assert (state.genre, state.changed, state.previous) == ("jazz", True, "")
+        assert state.confidence == pytest.approx(0.7)
+
+    def test_switch_after_dwell(self):
+        s = smoother(time_constant_s=0.0, switch_margin=0.1, min_dwell_s=3.0)
+        s.update(probs(rock=0.8), 0.0, LOUD_DBFS)
+        genres = [s.update(probs(rock=0.3, pop=0.8), float(t), LOUD_DBFS).genre
+                  for t in range(1, 6)]
+        assert genres == ["rock", "rock", "rock", "pop", "pop"]  # lead from t=1, switch at t=4
+
+    def test_small_lead_never_switches(self):
+        s = smoother(time_constant_s=0.0, switch_margin=0.1, min_dwell_s=0.0)
+        s.update(probs(rock=0.5), 0.0, LOUD_DBFS)
+        states = [s.update(probs(rock=0.5, pop=0.59), float(t), LOUD_DBFS) for t in range(1, 30)]
+        assert {st_.genre for st_ in states} == {"rock"}
+        assert not any(st_.changed for st_ in states)
+        assert {st_.raw_genre for st_ in states} == {"pop"}
+
+    def test_interrupted_lead_restarts_dwell(self):
+        h = Hysteresis(margin=0.1, dwell_s=2.0)
+        a, b = np.array([0.9, 0.1]), np.array([0.1, 0.9])
+        assert [h.step(x, t) for t, x in enumerate([a, b, b, a, b, b, b])] == [0, 0, 0, 0, 0, 0, 1]
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.lists(st.floats(0, 1), min_size=4, max_size=4), min_size=2, max_size=60),
+           st.floats(0.0, 0.3), st.floats(0.0, 5.0), st.sampled_from([0.5, 1.0, 3.0]))
+    def test_never_flaps(self, rows, margin, dwell_s, hop_s):
+        """Between two genre changes at least min_dwell_s passes, and each switch was earned."""
+        s = smoother(time_constant_s=2.0, switch_margin=margin, min_dwell_s=dwell_s)
+        change_times = []
+        for i, row in enumerate(rows):
+            t = i * hop_s
+            state = s.update(probs(rock=row[0], pop=row[1], jazz=row[2], techno=row[3]), t,
+                             LOUD_DBFS)
+            if state.changed and state.previous:
+                change_times.append(t)
+                scores = {g: state.smoothed[LABELS.index(g)] for g in GENRES}
+                assert scores[state.genre] - scores[state.previous] >= margin - 1e-6
+        gaps = np.diff(change_times)
+        assert np.all(gaps >= dwell_s - 1e-9)
+        assert np.all(gaps > 0)
+
+    def test_reconfigure_keeps_state(self):
+        s = smoother(time_constant_s=0.0, min_dwell_s=10.0)
+        s.update(probs(rock=0.9), 0.0, LOUD_DBFS)
+        s.update(probs(pop=0.9, rock=0.1), 1.0, LOUD_DBFS)
+        s.reconfigure(SmoothingConfig(time_constant_s=0.0, min_dwell_s=0.5))
+        state = s.update(probs(pop=0.9, rock=0.1), 2.0, LOUD_DBFS)
+        assert (state.previous, state.genre) == ("rock", "pop")
+        assert s.windows == 3
+
+    def test_reset_forgets(self):
+        s = smoother()
+        s.update(probs(rock=0.9), 0.0, LOUD_DBFS)
+        s.reset()
+        state = s.update(probs(pop=0.9), 0.0, LOUD_DBFS)
+        assert (state.previous, state.genre, s.windows) == ("", "pop", 1)
+
+
+class TestUnknown:
+    """Under unknown_threshold the genre is "unknown" with the top 3 smoothed candidates."""
+
+    def test_unknown_with_candidates(self):
+        s = smoother(unknown_threshold=0.5)
+        state = s.update(probs(rock=0.3, pop=0.2, jazz=0.1, techno=0.01), 0.0, LOUD_DBFS)
+        assert state.genre == UNKNOWN
+        assert state.confidence == pytest.approx(0.3)
+        assert [c[0] for c in state.candidates] == ["rock", "pop", "jazz"]
+        assert state.candidates[0][1] == pytest.approx(0.3)
+
+    def test_confident_genre_has_no_candidates(self):
+        state = smoother(unknown_threshold=0.5).update(probs(rock=0.8), 0.0, LOUD_DBFS)
+        assert (state.genre, state.candidates) == ("rock", None)
+
+
+class TestContract:
+    def test_genres_must_be_labels(self):
+        with pytest.raises(ModelError, match="blues"):
+            Smoother(SmoothingConfig(), labels=LABELS, genres=("rock", "blues"))
+
+    def test_wrong_vector_size(self):
+        with pytest.raises(ModelError, match="tag probabilities"):
+            smoother().update(np.zeros(3, np.float32), 0.0, LOUD_DBFS)
