@@ -1,0 +1,173 @@
+"""Offline tagging of files through the very framer and engine code the daemon uses.
+
+Output schema (v 1) in docs/classify.md: per window start, end, genre and top-k tags; per file a
+summary (mean tag probabilities over the windows, top genre).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import structlog
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from streamclf.backends.base import Engine, load_engine, run_batched
+from streamclf.errors import AudioInputError, ConfigError
+from streamclf.features.framer import logmel_windows_for_file
+from streamclf.features.mel import WINDOW_FRAMES, frames_for_seconds
+from streamclf.models.card import DEFAULT_MODEL, ModelCard, load_model_card
+
+log = structlog.get_logger(__name__)
+
+SCHEMA_VERSION = 1
+BATCH_WINDOWS = 16  # windows per engine call: large enough to batch, small enough for progress
+
+
+@dataclass(frozen=True)
+class FileTags:
+    """The taggram of one file: tag probabilities per window, and the window times."""
+
+    path: Path
+    starts_s: np.ndarray  # [n_windows]
+    ends_s: np.ndarray  # [n_windows]
+    tags: np.ndarray  # [n_windows, n_labels]
+
+    def summary(self) -> np.ndarray:
+        """Mean tag probabilities over the file's windows."""
+        return self.tags.mean(axis=0)
+
+
+def _top(probs: np.ndarray, labels: list[str], k: int) -> list[list]:
+    order = np.argsort(probs)[::-1][:k]
+    return [[labels[i], round(float(probs[i]), 6)] for i in order]
+
+
+def top_genre(probs: np.ndarray, card: ModelCard) -> tuple[str, float]:
+    """The genre of a probability vector: the highest-scoring tag of the model's genre vocabulary."""
+    index = card.genre_indices()
+    best = index[int(np.argmax(probs[index]))]
+    return card.labels[best], float(probs[best])
+
+
+def tag_file(path: Path, engine: Engine, *, window_frames: int, hop_frames: int,
+             progress: Progress | None = None) -> FileTags:
+    """Frame the whole file, then run the engine over its windows in batches."""
+    windows = list(logmel_windows_for_file(path, window_frames=window_frames, hop_frames=hop_frames))
+    if not windows:
+        msg = f"{path}: shorter than one window ({window_frames} frames, about 3 s)"
+        raise AudioInputError(msg)
+    task = progress.add_task(path.name, total=max(1, len(windows))) if progress else None
+    chunks = []
+    for first in range(0, len(windows), BATCH_WINDOWS):
+        batch = windows[first:first + BATCH_WINDOWS]
+        chunks.append(run_batched(engine, [w.frames for w in batch])["tags"])
+        if progress is not None:
+            progress.advance(task, len(batch))
+    return FileTags(
+        path=path,
+        starts_s=np.array([w.t_start_s for w in windows]),
+        ends_s=np.array([w.t_end_s for w in windows]),
+        tags=np.concatenate(chunks),
+    )
+
+
+def to_json(result: FileTags, card: ModelCard, engine: Engine, *, top_k: int) -> dict:
+    summary = result.summary()
+    genre, confidence = top_genre(summary, card)
+    return {
+        "file": str(result.path),
+        "windows": [
+            {
+                "start": round(float(start), 3),
+                "end": round(float(end), 3),
+                "genre": top_genre(probs, card)[0],
+                "top": _top(probs, card.labels, top_k),
+            }
+            for start, end, probs in zip(result.starts_s, result.ends_s, result.tags)
+        ],
+        "summary": {
+            "windows": len(result.tags),
+            "genre": genre,
+            "confidence": round(confidence, 6),
+            "top": _top(summary, card.labels, top_k),
+        },
+    }
+
+
+def plot_taggram(result: FileTags, card: ModelCard, out: Path) -> None:
+    """Draw tags × time as a picture (matplotlib is optional: the dev and train extras have it)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        msg = "--plot needs matplotlib: pip install 'streamclf[dev]' or matplotlib"
+        raise ConfigError(msg) from exc
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * len(result.tags) + 3), 10))
+    ax.imshow(result.tags.T, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0.0, vmax=1.0,
+              extent=(0.0, float(result.ends_s[-1]), len(card.labels) - 0.5, -0.5))
+    ax.set_yticks(range(len(card.labels)), card.labels, fontsize=7)
+    ax.set_xlabel("time (s)")
+    ax.set_title(f"{result.path.name} — {card.name}")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    log.info("taggram_written", path=str(out))
+
+
+def _plot_path(plot: Path, audio: Path, several: bool) -> Path:
+    return plot.with_name(f"{plot.stem}-{audio.stem}{plot.suffix}") if several else plot
+
+
+def _print_text(doc: dict, out) -> None:
+    print(f"{doc['file']}", file=out)
+    for w in doc["windows"]:
+        tags = "  ".join(f"{tag} {p:.2f}" for tag, p in w["top"])
+        print(f"  {w['start']:7.2f}–{w['end']:7.2f} s  {w['genre']:<12} {tags}", file=out)
+    s = doc["summary"]
+    tags = "  ".join(f"{tag} {p:.2f}" for tag, p in s["top"])
+    print(f"  track ({s['windows']} windows): {s['genre']} {s['confidence']:.2f}   {tags}", file=out)
+
+
+def run(args) -> int:
+    """`streamclf classify`: tag each file, print text or one JSON document."""
+    window_frames = frames_for_seconds(args.window)
+    if window_frames != WINDOW_FRAMES:
+        msg = f"--window: the models take 3 s windows ({WINDOW_FRAMES} frames), got {args.window} s"
+        raise ConfigError(msg)
+    hop_frames = frames_for_seconds(args.hop)
+    if hop_frames < 1:
+        msg = f"--hop: must be at least {1 / 62.5:.3f} s, got {args.hop}"
+        raise ConfigError(msg)
+    if args.top_k < 1:
+        msg = f"--top-k: must be at least 1, got {args.top_k}"
+        raise ConfigError(msg)
+    card = load_model_card(args.model or DEFAULT_MODEL)
+    engine = load_engine(card, kind=args.engine or "auto", max_batch=BATCH_WINDOWS)
+    docs = []
+    progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total} windows"), TimeRemainingColumn(),
+                        console=Console(stderr=True), transient=True,
+                        disable=not sys.stderr.isatty())
+    with progress:
+        for path in args.files:
+            result = tag_file(path, engine, window_frames=window_frames, hop_frames=hop_frames,
+                              progress=progress)
+            docs.append(to_json(result, card, engine, top_k=args.top_k))
+            if args.plot:
+                plot_taggram(result, card, _plot_path(args.plot, path, len(args.files) > 1))
+    engine.close()
+    if args.json:
+        json.dump({"v": SCHEMA_VERSION, "model": card.name, "engine": engine.name,
+                   "window_s": args.window, "hop_s": args.hop, "files": docs}, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        for doc in docs:
+            _print_text(doc, sys.stdout)
+    return 0

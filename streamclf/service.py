@@ -1,0 +1,209 @@
+"""`serve` and `listen`: logging, sd_notify, signals, reload and the watchdog around one Pipeline.
+
+The main thread only handles signals, sd_notify, the watchdog and the live view; the work happens
+in the pipeline's threads. SIGTERM/SIGINT stop cleanly (final status message) within 2 s, SIGHUP
+reloads the config file without touching the feed socket, and the watchdog is pinged only while
+the engine worker keeps making progress, so systemd restarts a stalled pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+import structlog
+
+import streamclf
+from streamclf.config import (
+    Config,
+    ServiceConfig,
+    config_with_overrides,
+    default_config,
+    load_config,
+    parse_stream_spec,
+)
+from streamclf.errors import StreamclfError
+from streamclf.pipeline import Pipeline
+from streamclf.sdnotify import Notifier
+
+log = structlog.get_logger(__name__)
+
+DEMO_CLIP = Path(streamclf.__file__).parent / "data" / "clip.ogg"
+MAIN_LOOP_S = 0.05  # how often the main thread looks at signals, the view and the watchdog
+STALL_S = 5.0  # an engine worker silent for this long counts as stalled (no watchdog ping)
+STOP_TIMEOUT_S = 1.5  # leaves room for the final status inside the promised 2 s
+
+
+class ShutdownRequested(Exception):
+    """Raised by the signal handler while start-up is still loading the engine."""
+
+
+def configure_logging(service: ServiceConfig, *, interactive: bool) -> None:
+    """JSON lines for journald when not on a terminal, readable console lines otherwise."""
+    fmt = service.log_format
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    renderer = (structlog.processors.JSONRenderer() if fmt == "json"
+                else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+    level = getattr(logging, service.log_level.upper())
+    if interactive and level < logging.WARNING:
+        level = logging.WARNING  # the live view owns the terminal; only problems are logged
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def config_for_listen(args) -> Config:
+    """The config file (or defaults) with the command line's source and options applied."""
+    base = load_config(args.config) if args.config else default_config()
+    stream = None
+    common = {"channel": args.channel}
+    if args.device is not None:
+        stream = parse_stream_spec("device", args.device, **common)
+    elif args.file is not None or args.demo:
+        path = DEMO_CLIP if args.demo else args.file
+        stream = parse_stream_spec("file", path, loop=args.loop or args.demo,
+                                   realtime=not args.fast, **common)
+    elif args.url is not None:
+        stream = parse_stream_spec("url", args.url, **common)
+    elif args.stdin:
+        stream = parse_stream_spec("stdin", stdin_format=args.stdin_format,
+                                   stdin_rate=args.stdin_rate, stdin_channels=args.stdin_channels,
+                                   **common)
+    return config_with_overrides(base, streams=[stream] if stream else None,
+                                 engine_kind=args.engine, model=args.model, hop_s=args.hop,
+                                 endpoint=args.endpoint)
+
+
+class Runner:
+    """Runs one pipeline in the foreground until a signal, the end of all inputs, or a duration."""
+
+    def __init__(self, config: Config, *, config_path: Path | None, publish: bool, view=None,
+                 duration_s: float | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.view = view
+        self.deadline = None if duration_s is None else time.monotonic() + duration_s
+        self.pipeline = Pipeline(config, publish=publish, view=view is not None)
+        self.notifier = Notifier()
+        self._starting = True
+        self._stop_signal: int | None = None
+        self._reload = False
+
+    def _on_stop(self, signum, _frame) -> None:
+        self._stop_signal = signum
+        if self._starting:
+            raise ShutdownRequested
+
+    def _on_reload(self, _signum, _frame) -> None:
+        self._reload = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self._on_reload)
+        try:
+            self.pipeline.start(on_progress=lambda text: self.notifier.status(text))
+            self._starting = False
+        except ShutdownRequested:
+            log.info("stopped_during_startup", signal=self._stop_signal)
+            self.pipeline.stop(STOP_TIMEOUT_S)
+            return 0
+        except BaseException:
+            self.pipeline.stop(STOP_TIMEOUT_S)
+            raise
+        self.notifier.ready(status="running")
+        try:
+            self._loop()
+        finally:
+            self.notifier.stopping()
+            self.pipeline.stop(STOP_TIMEOUT_S)
+            self._drain_view()
+            if self.view is not None:
+                self.view.close()
+        return 0
+
+    def _loop(self) -> None:
+        ping_period = self.notifier.watchdog_ping_period_s
+        next_ping = time.monotonic()
+        while self._stop_signal is None:
+            now = time.monotonic()
+            if self.deadline is not None and now >= self.deadline:
+                log.info("duration_reached")
+                break
+            if self.pipeline.all_finished.is_set():
+                log.info("all_inputs_ended")
+                break
+            if self._reload:
+                self._reload = False
+                self._reload_config()
+            if ping_period is not None and now >= next_ping:
+                if now - self.pipeline.last_heartbeat() < STALL_S:
+                    self.notifier.watchdog()
+                    self.notifier.status(self.pipeline.status_line())
+                else:
+                    log.error("pipeline_stalled", silent_s=round(now - self.pipeline.last_heartbeat(), 1))
+                next_ping = now + ping_period
+            self._drain_view(wait_s=MAIN_LOOP_S)
+        if self._stop_signal is not None:
+            log.info("stopping", signal=signal.Signals(self._stop_signal).name)
+
+    def _drain_view(self, wait_s: float = 0.0) -> None:
+        messages = self.pipeline.view_messages
+        if messages is None or self.view is None:
+            time.sleep(wait_s)
+            return
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                msg = messages.get(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:  # queue.Empty: nothing more for now
+                return
+            self.view.handle(msg)
+
+    def _reload_config(self) -> None:
+        if self.config_path is None:
+            log.warning("reload_ignored", reason="no config file was given")
+            return
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except StreamclfError as exc:
+            log.error("reload_failed", error=str(exc), keeping="the running config")
+        else:
+            if new.streams != self.config.streams or new.engine != self.config.engine:
+                log.warning("reload_partial",
+                            detail="streams and engine changes need a restart; smoothing and feed "
+                                   "options were applied")
+            self.pipeline.reload(new)
+            self.config = new
+        self.notifier.ready(status="reloaded")
+
+
+def run(args) -> int:
+    """Entry point of `streamclf serve` and `streamclf listen`."""
+    if args.command == "serve":
+        config = load_config(args.config)
+        configure_logging(config.service, interactive=False)
+        return Runner(config, config_path=args.config, publish=True,
+                      duration_s=args.duration).run()
+    from streamclf.monitor import make_view
+
+    config = config_for_listen(args)
+    view = make_view(sys.stdout, args.json)
+    interactive = sys.stdout.isatty() and not args.json
+    configure_logging(config.service, interactive=interactive)
+    return Runner(config, config_path=args.config, publish=not args.no_publish, view=view,
+                  duration_s=args.duration).run()
