@@ -1,0 +1,172 @@
+"""The musicnn 0.1.0 taggers (Pons & Serra, 2019) as PyTorch modules, for inference only.
+
+They reproduce `musicnn/models.py` (TensorFlow 1 layers, NHWC) in eval mode: batch norm on the
+moving statistics with tf.compat.v1.layers' epsilon 0.001, no dropout. Internally the tensors
+are channel-first; where TensorFlow's layout decides an order (the backend's interleaved
+max/mean pooling, the VGG's NHWC flatten) the modules rebuild that order explicitly.
+Every network maps `logmel` [batch, 187, 96] to (`tags` [batch, 50] sigmoid probabilities,
+`embedding` [batch, D] penultimate features).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TF_BN_EPS = 1e-3  # tf.compat.v1.layers.batch_normalization default
+N_MELS = 96
+N_TAGS = 50
+
+
+def batch_norm(num_features: int, *, dims: int) -> nn.Module:
+    """A batch norm with TensorFlow's epsilon, always on its moving statistics."""
+    cls = nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d
+    return cls(num_features, eps=TF_BN_EPS)
+
+
+def tf_same_padding(kernel: int) -> tuple[int, int]:
+    """(before, after) padding of TF 'same' at stride 1: the extra one goes after."""
+    total = kernel - 1
+    return total // 2, total - total // 2
+
+
+class TimbralBlock(nn.Module):
+    """Conv over (7 frames × a mel band span), relu, bn, max over the remaining frequencies.
+
+    x [B, 1, T + 6, 96] (time already zero-padded by 3 each side) → [B, filters, T].
+    """
+
+    def __init__(self, *, filters: int, freq_span: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, filters, kernel_size=(7, freq_span))
+        self.bn = batch_norm(filters, dims=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(F.relu(self.conv(x))).amax(dim=3)
+
+
+class TemporalBlock(nn.Module):
+    """Conv over (k frames × 1 band) with TF 'same' time padding, relu, bn, max over frequency.
+
+    x [B, 1, T, 96] → [B, filters, T].
+    """
+
+    def __init__(self, *, filters: int, frames: int) -> None:
+        super().__init__()
+        self.pad_frames = tf_same_padding(frames)
+        self.conv = nn.Conv2d(1, filters, kernel_size=(frames, 1))
+        self.bn = batch_norm(filters, dims=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (0, 0, *self.pad_frames))
+        return self.bn(F.relu(self.conv(x))).amax(dim=3)
+
+
+class MidendLayer(nn.Module):
+    """A 7-frame conv across all features (TF: a [7, C] kernel on [B, T, C, 1]), relu, bn.
+
+    x [B, C, T] → [B, filters, T].
+    """
+
+    def __init__(self, *, in_features: int, filters: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(in_features, filters, kernel_size=7, padding=3)
+        self.bn = batch_norm(filters, dims=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(F.relu(self.conv(x)))
+
+
+class Musicnn(nn.Module):
+    """musicnn: timbral + temporal front-end, residual mid-end, max/mean pooled dense back-end.
+
+    logmel [B, T, 96] → (tags [B, 50], embedding [B, backend_units]); T is 187 for the
+    shipped models, though the architecture accepts any length.
+    """
+
+    def __init__(self, *, midend_filters: int = 64, backend_units: int = 200,
+                 num_classes: int = N_TAGS) -> None:
+        super().__init__()
+        timbral_filters = int(1.6 * 128)
+        temporal_filters = int(1.6 * 32)
+        self.input_bn = batch_norm(1, dims=2)
+        self.timbral = nn.ModuleList(
+            TimbralBlock(filters=timbral_filters, freq_span=int(share * N_MELS))
+            for share in (0.4, 0.7)
+        )
+        self.temporal = nn.ModuleList(
+            TemporalBlock(filters=temporal_filters, frames=frames) for frames in (128, 64, 32)
+        )
+        frontend_features = 2 * timbral_filters + 3 * temporal_filters
+        self.midend = nn.ModuleList([
+            MidendLayer(in_features=frontend_features, filters=midend_filters),
+            MidendLayer(in_features=midend_filters, filters=midend_filters),
+            MidendLayer(in_features=midend_filters, filters=midend_filters),
+        ])
+        pooled = 2 * (frontend_features + 3 * midend_filters)
+        self.pool_bn = batch_norm(pooled, dims=1)
+        self.dense = nn.Linear(pooled, backend_units)
+        self.dense_bn = batch_norm(backend_units, dims=1)
+        self.classifier = nn.Linear(backend_units, num_classes)
+
+    def forward(self, logmel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.input_bn(logmel.unsqueeze(1))  # [B, 1, T, 96]
+        padded = F.pad(x, (0, 0, 3, 3))
+        frontend = torch.cat(
+            [block(padded) for block in self.timbral] + [block(x) for block in self.temporal],
+            dim=1,
+        )  # [B, 561, T]
+        conv1 = self.midend[0](frontend)
+        res2 = self.midend[1](conv1) + conv1
+        res3 = self.midend[2](res2) + res2
+        features = torch.cat([frontend, conv1, res2, res3], dim=1)  # [B, 753, T]
+        # TF concatenates max and mean on a trailing axis and flattens: feature-major, interleaved.
+        pooled = torch.stack([features.amax(dim=2), features.mean(dim=2)], dim=2).flatten(1)
+        embedding = self.dense_bn(F.relu(self.dense(self.pool_bn(pooled))))
+        return torch.sigmoid(self.classifier(embedding)), embedding
+
+
+class Vgg(nn.Module):
+    """The musicnn package's VGG baseline: five 3×3 conv/bn/max-pool stages and one dense layer.
+
+    logmel [B, 187, 96] → (tags [B, 50], embedding [B, 256]); the embedding is the flattened
+    pool5 (what `musicnn.extractor` returns as 'pool5'), in TensorFlow's NHWC order.
+    """
+
+    POOLS = (((4, 1), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)),
+             ((4, 4), (4, 4)))
+
+    def __init__(self, *, filters: int = 128, num_classes: int = N_TAGS,
+                 input_frames: int = 187) -> None:
+        super().__init__()
+        self.input_bn = batch_norm(1, dims=2)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(1 if i == 0 else filters, filters, kernel_size=3, padding=1)
+            for i in range(len(self.POOLS))
+        )
+        self.bns = nn.ModuleList(batch_norm(filters, dims=2) for _ in self.POOLS)
+        frames, bands = input_frames, N_MELS
+        for (kt, kf), (st, sf) in self.POOLS:
+            frames, bands = (frames - kt) // st + 1, (bands - kf) // sf + 1
+        self.classifier = nn.Linear(filters * frames * bands, num_classes)
+
+    def forward(self, logmel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.input_bn(logmel.unsqueeze(1))  # [B, 1, T, 96]
+        for conv, bn, (kernel, stride) in zip(self.convs, self.bns, self.POOLS, strict=True):
+            x = F.max_pool2d(bn(F.relu(conv(x))), kernel_size=kernel, stride=stride)
+        embedding = x.permute(0, 2, 3, 1).flatten(1)  # NHWC flatten, as TF's dense expects
+        return torch.sigmoid(self.classifier(embedding)), embedding
+
+
+ARCHITECTURES = {
+    "MTT_musicnn": Musicnn,
+    "MSD_musicnn": Musicnn,
+    "MTT_vgg": Vgg,
+    "MSD_vgg": Vgg,
+}
+
+
+def build_model(name: str) -> nn.Module:
+    """An untrained network of the architecture of model `name`, in eval mode."""
+    return ARCHITECTURES[name]().eval()
