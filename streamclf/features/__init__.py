@@ -1,0 +1,1 @@
+"""Log-mel features: pure DSP (mel.py) and the incremental sliding-window framer (framer.py)."""
