@@ -13,6 +13,7 @@ from pathlib import Path
 
 from streamclf import __version__
 from streamclf.errors import ConfigError, StreamclfError
+from streamclf.logs import configure_logging
 
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
@@ -51,6 +52,7 @@ def _build_parser() -> argparse.ArgumentParser:
                "5 engine, 6 feed, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"streamclf {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (stderr)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("listen", help="classify live audio in the foreground with a live view",
@@ -153,6 +155,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    configure_logging("info" if args.verbose else "warning")
     try:
         return _dispatch(args)
     except StreamclfError as exc:

@@ -8,7 +8,6 @@ the engine worker keeps making progress, so systemd restarts a stalled pipeline.
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import time
@@ -19,13 +18,13 @@ import structlog
 import streamclf
 from streamclf.config import (
     Config,
-    ServiceConfig,
     config_with_overrides,
     default_config,
     load_config,
     parse_stream_spec,
 )
 from streamclf.errors import StreamclfError
+from streamclf.logs import configure_logging
 from streamclf.pipeline import Pipeline
 from streamclf.sdnotify import Notifier
 
@@ -39,29 +38,6 @@ STOP_TIMEOUT_S = 1.5  # leaves room for the final status inside the promised 2 s
 
 class ShutdownRequested(Exception):
     """Raised by the signal handler while start-up is still loading the engine."""
-
-
-def configure_logging(service: ServiceConfig, *, interactive: bool) -> None:
-    """JSON lines for journald when not on a terminal, readable console lines otherwise."""
-    fmt = service.log_format
-    if fmt == "auto":
-        fmt = "console" if sys.stderr.isatty() else "json"
-    renderer = (structlog.processors.JSONRenderer() if fmt == "json"
-                else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
-    level = getattr(logging, service.log_level.upper())
-    if interactive and level < logging.WARNING:
-        level = logging.WARNING  # the live view owns the terminal; only problems are logged
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=False,
-    )
 
 
 def config_for_listen(args) -> Config:
@@ -136,7 +112,7 @@ class Runner:
         return 0
 
     def _loop(self) -> None:
-        ping_period = self.notifier.watchdog_ping_period_s
+        ping_period = self.notifier.watchdog_ping_period_s if self.config.service.watchdog else None
         next_ping = time.monotonic()
         while self._stop_signal is None:
             now = time.monotonic()
@@ -196,7 +172,7 @@ def run(args) -> int:
     """Entry point of `streamclf serve` and `streamclf listen`."""
     if args.command == "serve":
         config = load_config(args.config)
-        configure_logging(config.service, interactive=False)
+        configure_logging(config.service.log_level, config.service.log_format)
         return Runner(config, config_path=args.config, publish=True,
                       duration_s=args.duration).run()
     from streamclf.monitor import make_view
@@ -204,6 +180,8 @@ def run(args) -> int:
     config = config_for_listen(args)
     view = make_view(sys.stdout, args.json)
     interactive = sys.stdout.isatty() and not args.json
-    configure_logging(config.service, interactive=interactive)
+    # The live view owns the terminal: only problems are logged beside it.
+    configure_logging("warning" if interactive else config.service.log_level,
+                      config.service.log_format)
     return Runner(config, config_path=args.config, publish=not args.no_publish, view=view,
                   duration_s=args.duration).run()
