@@ -119,9 +119,13 @@ def power_spectrum(frames: np.ndarray, *, n_fft: int = N_FFT) -> np.ndarray:
 
 
 def mel_power(power: np.ndarray, *, filterbank: np.ndarray | None = None) -> np.ndarray:
-    """Power spectra → mel power: ``[n_frames, n_bins]`` → float32 ``[n_frames, n_mels]``."""
+    """Power spectra → mel power: ``[n_frames, n_bins]`` → float32 ``[n_frames, n_mels]``.
+
+    One product per frame (a stack of ``[1, n_bins]`` matrices): a single 2-D matmul rounds
+    differently depending on how many rows BLAS gets, and streaming must equal offline exactly.
+    """
     bank = mel_filterbank() if filterbank is None else filterbank
-    return power @ bank.T
+    return (power[:, None, :] @ bank.T)[:, 0]
 
 
 def compress(mel: np.ndarray) -> np.ndarray:
