@@ -161,12 +161,15 @@ def sha256_of(path: Path) -> str:
 def export_onnx(model: torch.nn.Module, path: Path) -> None:
     """Write `model` as ONNX: input logmel [batch, 187, 96], outputs tags and embedding.
 
-    The TorchScript exporter (dynamo=False) gives a small self-contained file from these plain
-    conv/bn/pool graphs; batch norm is folded into the convolutions in eval mode.
+    The TorchScript exporter (dynamo=False) is used on purpose: for these plain conv/bn/pool
+    graphs it writes one self-contained, byte-reproducible file with batch norm folded into the
+    convolutions. The dynamo exporter gives the same numbers but keeps batch norm unfolded and
+    writes the weights to a side file unless told otherwise (docs/models.md).
     """
     example = torch.zeros(2, card.WINDOW_FRAMES, card.N_MELS)
-    with warnings.catch_warnings():  # constant-folding notes about the padding slices
+    with warnings.catch_warnings():  # legacy-exporter deprecation and constant-folding notes
         warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
             input_names=[card.INPUT_NAME], output_names=list(card.OUTPUT_NAMES),
