@@ -20,13 +20,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import numpy as np
 import structlog
 
 from streamclf.audio.ring import RingBuffer
 from streamclf.errors import AudioInputError
+
+if TYPE_CHECKING:
+    from streamclf.config import StreamConfig
 
 log = structlog.get_logger(__name__)
 
@@ -696,3 +699,43 @@ def _refresh_portaudio() -> None:
         if not _open_device_streams:
             sd._terminate()
             sd._initialize()
+
+
+# -- construction from config and the `devices` command --------------------------------------
+
+
+def open_source(spec: StreamConfig) -> Source:
+    """The opened source a stream's config section describes (``sample_rate``/``channels`` known)."""
+    if spec.source == "device":
+        source: Source = DeviceSource(spec.device if spec.device != "" else None,
+                                      blocksize=spec.blocksize)  # fmt: skip
+    elif spec.source == "file":
+        source = FileSource(spec.path, realtime=spec.realtime, loop=spec.loop,
+                            blocksize=spec.blocksize)  # fmt: skip
+    elif spec.source == "url":
+        source = FfmpegSource(spec.url, blocksize=spec.blocksize)
+    elif spec.source == "stdin":
+        source = StdinSource(sample_rate=spec.stdin_rate, channels=spec.stdin_channels,
+                             fmt=spec.stdin_format, blocksize=spec.blocksize)  # fmt: skip
+    else:
+        msg = f"unknown source kind {spec.source!r}"
+        raise AudioInputError(msg)
+    source.open()
+    return source
+
+
+def print_input_devices(*, as_json: bool = False) -> int:
+    """``streamclf devices``: one line per input (``*`` marks the default), or JSON."""
+    import dataclasses
+    import json
+
+    devices = list_input_devices()
+    if as_json:
+        print(json.dumps([dataclasses.asdict(d) for d in devices], indent=2))
+        return 0
+    if not devices:
+        print("no input devices")
+    for d in devices:
+        mark = "*" if d.is_default else " "
+        print(f"{mark} {d.index:3d}  {d.name}  ({d.channels} ch, {d.default_rate_hz:g} Hz)")
+    return 0
