@@ -188,13 +188,15 @@ class TensorRTEngine(InfoFields):
         device: int = 0,
         reason: str = "",
     ) -> None:
-        import pycuda.driver as cuda
-        import tensorrt as trt
-
         path = Path(path)
         probe = probe_gpu(device)
         if not probe.usable:
             raise EngineError(f"tensorrt unavailable: {probe.problem}")
+        try:
+            import pycuda.driver as cuda
+            import tensorrt as trt
+        except ImportError as exc:
+            raise EngineError(f"tensorrt unavailable: {exc}") from exc
         precision = precision or default_precision(probe.compute_capability)
         key = plan_key(path, probe, precision=precision, max_batch=max_batch)
         cache = PlanCache(plan_dir or default_plan_dir())

@@ -1,0 +1,186 @@
+"""The engine part of `streamclf bench`: latency, throughput and arithmetic rate per engine.
+
+Every engine present runs the same seeded inputs in the same process: per-window latency
+p50/p99 at batch 1, throughput (windows/s) at batch 1, 8 and 32, and the achieved GFLOP/s
+against this machine's fp32 matrix-multiply rate (numpy sgemm) measured in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import structlog
+
+from streamclf.backends.base import load_engine, model_path
+from streamclf.errors import StreamclfError
+from streamclf.features.mel import N_MELS, WINDOW_FRAMES
+
+log = structlog.get_logger(__name__)
+
+BATCHES = (1, 8, 32)
+SGEMM_N = 1024
+TARGET_ORT_VS_TORCH = 1.3  # onnxruntime at least this much faster than torch at batch 1
+TARGET_SGEMM_SHARE = 0.40  # onnxruntime at batch 8 reaches this share of the sgemm rate
+
+
+def sgemm_gflops(*, n: int = SGEMM_N, min_time_s: float = 0.5) -> float:
+    """Best fp32 matrix-multiply rate of numpy's BLAS on [n, n] @ [n, n], in GFLOP/s."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
+    out = np.empty((n, n), np.float32)
+    np.matmul(a, b, out=out)
+    best = float("inf")
+    deadline = time.perf_counter() + min_time_s
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best / 1e9
+
+
+def time_calls(engine, batch: np.ndarray, *, min_calls: int, min_time_s: float) -> np.ndarray:  # noqa: ANN001
+    """Seconds per `engine.infer(batch)` call, after one untimed call."""
+    engine.infer(batch)
+    seconds = []
+    deadline = time.perf_counter() + min_time_s
+    while len(seconds) < min_calls or time.perf_counter() < deadline:
+        started = time.perf_counter()
+        engine.infer(batch)
+        seconds.append(time.perf_counter() - started)
+    return np.asarray(seconds)
+
+
+def bench_engine(engine, inputs: np.ndarray, *, quick: bool) -> dict:  # noqa: ANN001
+    """Latency percentiles at batch 1 and throughput at each of BATCHES that fits the engine."""
+    min_time_s = 0.5 if quick else 3.0
+    single = time_calls(engine, inputs[:1], min_calls=20 if quick else 100, min_time_s=min_time_s)
+    throughput = {}
+    for batch in (b for b in BATCHES if b <= engine.max_batch):
+        seconds = single if batch == 1 else time_calls(
+            engine, inputs[:batch], min_calls=3 if quick else 10, min_time_s=min_time_s
+        )
+        throughput[batch] = batch / float(np.median(seconds))
+    return {
+        "engine": engine.name,
+        "device": engine.device,
+        "precision": engine.precision,
+        "latency_ms_p50": 1e3 * float(np.percentile(single, 50)),
+        "latency_ms_p99": 1e3 * float(np.percentile(single, 99)),
+        "calls_batch1": len(single),
+        "windows_per_s": throughput,
+    }
+
+
+def available_kinds() -> list[str]:
+    """onnxruntime always; torch where the train extra is installed; tensorrt where usable."""
+    import importlib.util
+
+    from streamclf.backends.tensorrt import probe_gpu
+
+    kinds = ["onnxruntime"]
+    if importlib.util.find_spec("torch") is not None:
+        kinds.append("torch")
+    if probe_gpu().usable:
+        kinds.append("tensorrt")
+    return kinds
+
+
+def run_engine_bench(model: object, *, kinds: Sequence[str] | None = None, quick: bool = False) -> dict:
+    """Benchmark each engine kind on `model` (a ModelCard or ONNX path); a JSON-able dict."""
+    path = model_path(model)
+    inputs = (4.0 * np.random.default_rng(7).random((max(BATCHES), WINDOW_FRAMES, N_MELS))).astype(np.float32)
+    try:
+        from streamclf.flops import count_flops
+
+        flops = count_flops(path).total
+    except ImportError:
+        flops = None  # the onnx package is not installed: no FLOP count, everything else stands
+    results: dict = {
+        "model": path.stem,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": len(os.sched_getaffinity(0)),
+            "load_1min": os.getloadavg()[0],
+            "sgemm_gflops": sgemm_gflops(min_time_s=0.3 if quick else 1.0),
+        },
+        "flops_per_window": flops,
+        "engines": [],
+    }
+    reference = None
+    for kind in kinds or available_kinds():
+        try:
+            engine = load_engine(path, kind)
+        except StreamclfError as exc:
+            log.warning("bench_engine_skipped", engine=kind, error=str(exc))
+            continue
+        try:
+            outputs = engine.infer(inputs[: min(8, engine.max_batch)])
+            if reference is None:
+                reference = outputs
+            row = bench_engine(engine, inputs, quick=quick)
+            n = len(outputs["tags"])
+            row["max_abs_vs_first"] = max(float(np.abs(outputs[k] - reference[k][:n]).max()) for k in outputs)
+            if flops:
+                row["gflops"] = {b: wps * flops / 1e9 for b, wps in row["windows_per_s"].items()}
+            results["engines"].append(row)
+        finally:
+            engine.close()
+    results["checks"] = check_targets(results)
+    return results
+
+
+def check_targets(results: dict) -> dict:
+    """The issue's CPU targets, where the run measured what they need."""
+    rows = {row["engine"]: row for row in results["engines"]}
+    checks = {}
+    ort, torch = rows.get("onnxruntime"), rows.get("torch")
+    if ort and torch:
+        speedup = torch["latency_ms_p50"] / ort["latency_ms_p50"]
+        checks["onnxruntime_vs_torch_batch1"] = {
+            "value": speedup, "target": TARGET_ORT_VS_TORCH, "ok": speedup >= TARGET_ORT_VS_TORCH,
+        }
+    if ort and "gflops" in ort and 8 in ort["gflops"]:
+        share = ort["gflops"][8] / results["machine"]["sgemm_gflops"]
+        checks["onnxruntime_sgemm_share_batch8"] = {
+            "value": share, "target": TARGET_SGEMM_SHARE, "ok": share >= TARGET_SGEMM_SHARE,
+        }
+    return checks
+
+
+def render_markdown(results: dict) -> str:
+    """The results as a markdown section: machine line, one table row per engine, the checks."""
+    machine = results["machine"]
+    flops = results["flops_per_window"]
+    lines = [
+        f"Model `{results['model']}`, "
+        + (f"{flops / 1e9:.2f} GFLOP per window; " if flops else "FLOPs not counted (no onnx); ")
+        + f"{machine['cores']} cores, load {machine['load_1min']:.1f}, "
+        f"numpy sgemm {machine['sgemm_gflops']:.0f} GFLOP/s.",
+        "",
+        "| engine | device | precision | p50 ms (b1) | p99 ms (b1) | "
+        + " | ".join(f"win/s b{b}" for b in BATCHES)
+        + " | GFLOP/s b8 | % sgemm b8 | max abs diff |",
+        "| --- | --- | --- | ---: | ---: | " + " | ".join("---:" for _ in BATCHES) + " | ---: | ---: | ---: |",
+    ]
+    for row in results["engines"]:
+        wps = row["windows_per_s"]
+        gflops_b8 = row.get("gflops", {}).get(8)
+        lines.append(
+            f"| {row['engine']} | {row['device']} | {row['precision']} | {row['latency_ms_p50']:.2f} | "
+            f"{row['latency_ms_p99']:.2f} | "
+            + " | ".join(f"{wps[b]:.0f}" if b in wps else "–" for b in BATCHES)
+            + (f" | {gflops_b8:.1f} | {100 * gflops_b8 / machine['sgemm_gflops']:.0f}%" if gflops_b8 else " | – | –")
+            + f" | {row['max_abs_vs_first']:.1e} |"
+        )
+    if results["checks"]:
+        lines.append("")
+    for name, check in results["checks"].items():
+        lines.append(
+            f"- {name}: {check['value']:.2f} (target ≥ {check['target']:.2f}) "
+            + ("met" if check["ok"] else "NOT met")
+        )
+    return "\n".join(lines) + "\n"
