@@ -90,6 +90,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", default="", help="topic prefix, e.g. genre. or status.main")
     p.add_argument("--count", type=int, help="stop after N messages")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--timeout", type=float, help="give up (exit 6) after this many seconds without a message")
+    p.add_argument("--server-key", help="CURVE: the server's public key file")
+    p.add_argument("--client-key", default="",
+                   help="CURVE: our own secret key file (default: a throwaway key pair)")
 
     p = sub.add_parser("devices", help="list audio input devices")
     p.add_argument("--json", action="store_true", help="JSON output")
@@ -129,9 +133,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return classify.run(args)
     if args.command == "subscribe":
-        from streamclf.feed.subscriber import run_subscribe
+        from streamclf.feed.subscriber import CurveClient, run_subscribe
 
-        return run_subscribe(args.endpoint, args.topic, args.count, args.json)
+        curve = CurveClient(args.server_key, args.client_key) if args.server_key else None
+        return run_subscribe(args.endpoint, args.topic, args.count, args.json,
+                             timeout_s=args.timeout, curve=curve)
     if args.command == "devices":
         from streamclf.audio.sources import print_input_devices
 
