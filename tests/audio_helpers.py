@@ -91,7 +91,9 @@ class PulseServer:
                 player.wait(5)
         if self.pid is None:
             return
-        subprocess.run(["pulseaudio", "--kill"], env=self.env, capture_output=True, timeout=10)
+        subprocess.run(
+            ["pulseaudio", "--kill"], env=self.env, capture_output=True, timeout=10, check=False
+        )
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and _alive(self.pid):
             time.sleep(0.05)

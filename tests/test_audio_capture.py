@@ -45,8 +45,10 @@ class TestDeviceCapture:
             chunks.clear()  # silence before playback
             pulse.play(CLIP_PATH)
             assert wait_for(
-                lambda: (_drain(ring, chunks), sum(len(c) for c in chunks))[1]
-                >= CAPTURE_S * source.sample_rate,
+                lambda: (
+                    (_drain(ring, chunks), sum(len(c) for c in chunks))[1]
+                    >= CAPTURE_S * source.sample_rate
+                ),
                 timeout_s=CAPTURE_S + 20,
                 interval_s=0.2,
             )

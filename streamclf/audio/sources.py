@@ -121,7 +121,7 @@ class _SourceBase:
                 target()
             except AudioInputError as exc:
                 self._fail(exc)
-            except Exception as exc:  # a reader thread must end in a state, not a traceback
+            except Exception as exc:  # noqa: BLE001 - a reader thread ends in a state, not a traceback
                 self._fail(AudioInputError(f"{self.kind}: {type(exc).__name__}: {exc}"))
 
         self._thread = threading.Thread(target=guarded, name=f"streamclf-{self.kind}", daemon=True)
@@ -325,7 +325,9 @@ class StdinSource(_SourceBase):
         self.sample_rate = self._rate
         self.channels = self._channels
         if self._stream is None:
-            self._stream = sys.stdin.buffer.raw if hasattr(sys.stdin.buffer, "raw") else sys.stdin.buffer
+            self._stream = (
+                sys.stdin.buffer.raw if hasattr(sys.stdin.buffer, "raw") else sys.stdin.buffer
+            )
 
     def start(self, ring: RingBuffer) -> None:
         self._attach(ring)
@@ -656,7 +658,7 @@ class DeviceSource(_SourceBase):
             try:
                 stream.abort()
                 stream.close()
-            except Exception as exc:  # a dead device may refuse a clean close; it is gone anyway
+            except _sounddevice().PortAudioError as exc:  # a dead device may refuse a clean close
                 log.info("device_close_failed", error=_one_line(exc))
 
     def _supervise(self) -> None:
