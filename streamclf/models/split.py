@@ -1,0 +1,191 @@
+"""Split a musicnn model into a per-frame and a per-window ONNX graph with the same weights.
+
+musicnn's timbral blocks (7×38 and 7×67 convolutions, ≈ 80 % of the arithmetic) see 7 frames,
+so a frame's timbral features do not depend on the window it sits in — except for the 3 frames
+at each window edge, where the window's zero padding enters. Everything after them does:
+the temporal blocks' 128/64/32-frame 'same' convolutions see the padding over most of the
+window, the mid-end convolves the temporal features, the back-end pools the whole window.
+
+- frame graph: `context` [B, T + 6, 96] raw log-mel → `timbral` [B, T, 408], the timbral
+  features of the T middle frames (valid in time: no padding enters).
+- window graph: `logmel` [B, 187, 96] and `core` [B, 181, 408] (the frame graph's features of
+  window frames 3 … 183) → `tags` [B, 50], `embedding` [B, 200]. It recomputes the 3 + 3 edge
+  frames with the zero padding, then runs temporal blocks, mid-end and back-end.
+
+The weights are read from the shipped `engines/<name>.onnx` (`load_torch_from_onnx`), and the
+composition is checked against that file in ONNX Runtime before anything is written.
+The VGG models are not split: every layer pads, and each stride-2 pooling ties the frame grid
+to the window start, so they run full windows (docs/incremental.md).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import structlog
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from streamclf.backends.torch import load_torch_from_onnx
+from streamclf.errors import ModelError
+from streamclf.models import card
+from streamclf.models.importer import ONNX_OPSET, parity_batch, sha256_of
+from streamclf.models.musicnn import Musicnn
+
+log = structlog.get_logger(__name__)
+
+CONTEXT_FRAMES = 3  # timbral receptive field 7 = 3 + 1 + 3
+CORE_FRAMES = card.WINDOW_FRAMES - 2 * CONTEXT_FRAMES  # 181 frames whose features are reusable
+SPLIT_DIR = card.ENGINES_DIR / "split"
+SPLIT_TOLERANCE = 1e-5
+SPLIT_SCHEMA = 1
+SPLITTABLE = ("MTT_musicnn", "MSD_musicnn")
+
+
+class FrameNet(nn.Module):
+    """Input batch norm + both timbral blocks, valid in time.
+
+    context [B, T + 6, 96] → timbral [B, T, 408] (frame-major, ready for a per-frame ring).
+    """
+
+    def __init__(self, model: Musicnn) -> None:
+        super().__init__()
+        self.input_bn = model.input_bn
+        self.timbral = model.timbral
+
+    def forward(self, context: torch.Tensor) -> torch.Tensor:
+        x = self.input_bn(context.unsqueeze(1))
+        return torch.cat([block(x) for block in self.timbral], dim=1).transpose(1, 2)
+
+
+class WindowNet(nn.Module):
+    """Edge frames, temporal blocks, mid-end and back-end of one window.
+
+    logmel [B, 187, 96], core [B, 181, 408] → (tags [B, 50], embedding [B, 200]).
+    """
+
+    def __init__(self, model: Musicnn) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, logmel: torch.Tensor, core: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.model
+        x = m.input_bn(logmel.unsqueeze(1))  # [B, 1, 187, 96]
+        padded = F.pad(x, (0, 0, CONTEXT_FRAMES, CONTEXT_FRAMES))
+        span = 3 * CONTEXT_FRAMES  # the rows that produce the 3 edge frames of one side
+        edges = torch.cat([padded[:, :, :span], padded[:, :, -span:]], dim=0)  # [2B, 1, 9, 96]
+        edge_features = torch.cat([block(edges) for block in m.timbral], dim=1)  # [2B, 408, 3]
+        head, tail = edge_features.chunk(2, dim=0)
+        timbral = torch.cat([head, core.transpose(1, 2), tail], dim=2)  # [B, 408, 187]
+        frontend = torch.cat([timbral] + [block(x) for block in m.temporal], dim=1)
+        return musicnn_head(m, frontend)
+
+
+def musicnn_head(m: Musicnn, frontend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mid-end and back-end of `Musicnn.forward` from the front-end features [B, 561, T].
+
+    The same operations as `Musicnn.forward` after its front-end (checked by `check_split`).
+    """
+    conv1 = m.midend[0](frontend)
+    res2 = m.midend[1](conv1) + conv1
+    res3 = m.midend[2](res2) + res2
+    features = torch.cat([frontend, conv1, res2, res3], dim=1)
+    pooled = torch.stack([features.amax(dim=2), features.mean(dim=2)], dim=2).flatten(1)
+    embedding = m.dense_bn(F.relu(m.dense(m.pool_bn(pooled))))
+    return torch.sigmoid(m.classifier(embedding)), embedding
+
+
+def export_split(model: Musicnn, frame_path: Path, window_path: Path) -> None:
+    """Write the frame and window graphs of `model` (dynamic batch; dynamic frames for the first)."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", UserWarning)  # constant-folding notes
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter, as the importer's
+        torch.onnx.export(
+            FrameNet(model).eval(), (torch.zeros(2, 10 + 2 * CONTEXT_FRAMES, card.N_MELS),),
+            str(frame_path), dynamo=False, opset_version=ONNX_OPSET,
+            input_names=["context"], output_names=["timbral"],
+            dynamic_axes={"context": {0: "batch", 1: "context_frames"},
+                          "timbral": {0: "batch", 1: "frames"}},
+        )
+        window = WindowNet(model).eval()
+        example = (torch.zeros(2, card.WINDOW_FRAMES, card.N_MELS),
+                   torch.zeros(2, CORE_FRAMES, timbral_dim(model)))
+        torch.onnx.export(
+            window, example, str(window_path), dynamo=False, opset_version=ONNX_OPSET,
+            input_names=["logmel", "core"], output_names=list(card.OUTPUT_NAMES),
+            dynamic_axes={n: {0: "batch"} for n in ("logmel", "core", *card.OUTPUT_NAMES)},
+        )
+
+
+def timbral_dim(model: Musicnn) -> int:
+    return sum(block.conv.out_channels for block in model.timbral)
+
+
+def split_predict(frame_path: Path, window_path: Path, logmel: np.ndarray) -> list[np.ndarray]:
+    """tags, embedding of windows [B, 187, 96] through the two graphs in ONNX Runtime."""
+    import onnxruntime as ort
+
+    frame = ort.InferenceSession(str(frame_path), providers=["CPUExecutionProvider"])
+    window = ort.InferenceSession(str(window_path), providers=["CPUExecutionProvider"])
+    (core,) = frame.run(None, {"context": logmel})
+    return window.run(list(card.OUTPUT_NAMES), {"logmel": logmel, "core": core})
+
+
+def check_split(full_path: Path, frame_path: Path, window_path: Path) -> float:
+    """Largest |split − full| over tags and embedding on the importer's parity batch, in ORT."""
+    import onnxruntime as ort
+
+    logmel = parity_batch()
+    full = ort.InferenceSession(str(full_path), providers=["CPUExecutionProvider"])
+    want = full.run(list(card.OUTPUT_NAMES), {card.INPUT_NAME: logmel})
+    got = split_predict(frame_path, window_path, logmel)
+    return max(float(np.abs(g - w).max()) for g, w in zip(got, want, strict=True))
+
+
+def split_models(names: list[str] | None = None, *, out_dir: Path = SPLIT_DIR,
+                 engines_dir: Path = card.ENGINES_DIR) -> list[Path]:
+    """Split the shipped musicnn models into `out_dir`; returns the split cards written.
+
+    Each `<name>.json` records the sha256 of the full model it was cut from, so the runtime can
+    refuse a split that no longer matches the model it stands in for.
+    """
+    names = list(names or SPLITTABLE)
+    cards = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if name not in SPLITTABLE:
+            msg = f"{name} cannot be split (only {', '.join(SPLITTABLE)}: see docs/incremental.md)"
+            raise ModelError(msg)
+        full_path = engines_dir / f"{name}.onnx"
+        model = load_torch_from_onnx(full_path)
+        frame_path, window_path = out_dir / f"{name}.frame.onnx", out_dir / f"{name}.window.onnx"
+        export_split(model, frame_path, window_path)
+        error = check_split(full_path, frame_path, window_path)
+        if error > SPLIT_TOLERANCE:
+            msg = f"{name}: split graphs differ from {full_path.name} by {error:.2g}"
+            raise ModelError(msg)
+        document = {
+            "schema": SPLIT_SCHEMA,
+            "model": name,
+            "full_sha256": sha256_of(full_path),
+            "frame": {"file": frame_path.name, "sha256": sha256_of(frame_path)},
+            "window": {"file": window_path.name, "sha256": sha256_of(window_path)},
+            "context_frames": CONTEXT_FRAMES,
+            "core_frames": CORE_FRAMES,
+            "timbral_dim": timbral_dim(model),
+            "split_vs_full_max_abs": error,
+        }
+        card_path = out_dir / f"{name}.json"
+        card_path.write_text(json.dumps(document, indent=2) + "\n")
+        log.info("model_split", model=name, max_abs=error,
+                 frame_bytes=frame_path.stat().st_size, window_bytes=window_path.stat().st_size)
+        cards.append(card_path)
+    return cards
+
+
+if __name__ == "__main__":
+    split_models()
