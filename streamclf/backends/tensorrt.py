@@ -15,6 +15,7 @@ pushed around each call, so the engine can be loaded on one thread and used on a
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -94,7 +95,9 @@ def plan_key(
     )
 
 
+@functools.cache
 def _logger():  # noqa: ANN202
+    """One process-wide logger: TensorRT needs it to outlive every builder and runtime."""
     import tensorrt as trt
 
     return trt.Logger(trt.Logger.WARNING)
