@@ -27,7 +27,7 @@ from streamclf.config import Config
 from streamclf.features.framer import LogMelFramer, Window
 from streamclf.features.mel import WINDOW_FRAMES, frames_for_seconds
 from streamclf.feed.publisher import Publisher
-from streamclf.feed.schema import ChangeMessage, GenreMessage, StatusMessage
+from streamclf.feed.schema import ChangeMessage, GenreMessage, Sequencer, StatusMessage
 from streamclf.models.card import ModelCard, load_model_card
 from streamclf.smoothing import Smoother
 
@@ -90,21 +90,21 @@ class StreamWorker(threading.Thread):
     def __init__(self, stream: Stream, stop: threading.Event, block_frames: int) -> None:
         super().__init__(name=f"stream-{stream.stream_id}", daemon=True)
         self._stream = stream
-        self._stop = stop
+        self._stopping = stop
         self._block = np.zeros((block_frames, stream.ring.channels), dtype=np.float32)
 
     def run(self) -> None:
         stream = self._stream
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             n, arrival = stream.ring.read(self._block)
             if n == 0:
                 if stream.source.state in ("ended", "failed"):
                     break
-                self._stop.wait(POLL_S)
+                self._stopping.wait(POLL_S)
                 continue
             for window in stream.framer.push(stream.resampler.push(self._block[:n]), arrival):
                 stream.windows.put(window)
-        if not self._stop.is_set():
+        if not self._stopping.is_set():
             arrival = time.monotonic()
             for window in stream.framer.push(stream.resampler.flush(), arrival):
                 stream.windows.put(window)
@@ -210,6 +210,7 @@ class Pipeline:
         self.engine: Engine | None = None
         self.publisher: Publisher | None = None
         self.latest: dict[str, GenreMessage] = {}
+        self._sequence = Sequencer()
         self._workers: list[threading.Thread] = []
         self._engine_worker: EngineWorker | None = None
         self._started = time.monotonic()
@@ -286,7 +287,8 @@ class Pipeline:
 
     # -- messages ---------------------------------------------------------------------------
     def emit(self, message) -> None:
-        """Publish on the feed (never blocks) and hand to the live view (drops oldest)."""
+        """Number it, publish it on the feed (never blocks), hand it to the live view."""
+        message = self._sequence.stamp(message)
         if isinstance(message, GenreMessage):
             self.latest[message.stream] = message
         if self.publisher is not None:
@@ -302,7 +304,6 @@ class Pipeline:
         top = np.argsort(probs)[::-1][: feed.top_k]
         return GenreMessage(
             stream=stream.stream_id,
-            seq=0,
             t0=window.t_start_s,
             t1=window.t_end_s,
             wall=time.time(),
@@ -320,14 +321,13 @@ class Pipeline:
         )
 
     def change_message(self, stream: Stream, window: Window, state) -> ChangeMessage:
-        return ChangeMessage(stream=stream.stream_id, seq=0, wall=time.time(), t1=window.t_end_s,
+        return ChangeMessage(stream=stream.stream_id, wall=time.time(), t1=window.t_end_s,
                              genre=state.genre, previous=state.previous,
                              confidence=state.confidence)
 
     def status_message(self, stream: Stream, p50: float, p99: float, *, final: bool) -> StatusMessage:
         return StatusMessage(
             stream=stream.stream_id,
-            seq=0,
             wall=time.time(),
             uptime_s=time.monotonic() - self._started,
             device_state=stream.source.state,

@@ -18,7 +18,7 @@ from feed_helpers import change_message, genre_message, status_message, wait_joi
 from streamclf.config import CurveConfig, FeedConfig
 from streamclf.errors import FeedError
 from streamclf.feed.publisher import Publisher, is_loopback_endpoint
-from streamclf.feed.schema import ChangeMessage, GenreMessage, StatusMessage
+from streamclf.feed.schema import ChangeMessage, GenreMessage, Sequencer, StatusMessage
 from streamclf.feed.subscriber import CurveClient, Subscriber, run_subscribe
 
 pytestmark = pytest.mark.timeout(60)
@@ -51,8 +51,9 @@ class TestRoundTrip:
             sent = [genre_message(), change_message(), status_message(final=True),
                     genre_message(probs=[0.25] * 4, candidates=[["rock", 0.2]], genre="unknown"),
                     genre_message(stream="b"), change_message()]
+            sequence = Sequencer()
             for message in sent:
-                assert pub.publish(message)
+                assert pub.publish(sequence.stamp(message))
             got = _received(sub)
         assert [type(m) for m in got] == [GenreMessage, ChangeMessage, StatusMessage,
                                           GenreMessage, GenreMessage, ChangeMessage]
@@ -84,7 +85,8 @@ class TestNeverBlocks:
                 Subscriber(pub.endpoint) as sub:
             _join(pub, sub)
             started = time.monotonic()
-            results = [pub.publish(genre_message()) for _ in range(n_messages)]
+            sequence = Sequencer()
+            results = [pub.publish(sequence.stamp(genre_message())) for _ in range(n_messages)]
             elapsed_s = time.monotonic() - started
             got = _received(sub, timeout_s=1.0)
         assert all(results) and pub.drops == 0

@@ -8,7 +8,6 @@ itself refused (zmq.Again). Sequence numbers are assigned here, gap-free per (ki
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import ipaddress
 from pathlib import Path
@@ -42,7 +41,7 @@ def is_loopback_endpoint(endpoint: str) -> bool:
 
 
 class Publisher:
-    """Binds the PUB socket; `publish(message)` stamps the next seq and sends without blocking."""
+    """Binds the PUB socket; `publish(message)` sends a stamped message without blocking."""
 
     def __init__(self, config: FeedConfig) -> None:
         self.endpoint = config.endpoint
@@ -53,7 +52,6 @@ class Publisher:
             raise FeedError(msg)
         self.drops = 0
         self.sent = 0
-        self._seq: dict[str, int] = {}
         self._context = zmq.Context()
         self._auth = None
         self._socket = self._context.socket(zmq.PUB)
@@ -96,13 +94,9 @@ class Publisher:
         self._socket.curve_server = True
 
     def publish(self, message: Message) -> bool:
-        """Send with the next seq of its (kind, stream); False when the socket refused it."""
-        topic = message.topic
-        seq = self._seq.get(topic, 0)
-        self._seq[topic] = seq + 1  # a refused message still uses its seq: loss shows as a gap
+        """Send (seq already stamped by a `Sequencer`); False when the socket refused it."""
         try:
-            self._socket.send_multipart(dataclasses.replace(message, seq=seq).to_frames(),
-                                        flags=zmq.NOBLOCK)
+            self._socket.send_multipart(message.to_frames(), flags=zmq.NOBLOCK)
         except zmq.Again:
             self.drops += 1
             return False

@@ -128,6 +128,24 @@ KINDS: dict[str, type[_Message]] = {m.KIND: m for m in (GenreMessage, ChangeMess
 _HINTS = {cls: typing.get_type_hints(cls) for cls in KINDS.values()}
 
 
+class Sequencer:
+    """Numbers messages gap-free per topic (kind and stream) before anything sees them.
+
+    The pipeline stamps every message once, so the feed, the live view and the JSON lines of
+    `listen` all show the same seq; a message the socket then refuses still used its number,
+    so the loss shows up as a gap at the subscriber.
+    """
+
+    def __init__(self) -> None:
+        self._next: dict[str, int] = {}
+
+    def stamp(self, message: Message) -> Message:
+        topic = message.topic
+        seq = self._next.get(topic, 0)
+        self._next[topic] = seq + 1
+        return dataclasses.replace(message, seq=seq)
+
+
 def decode_frames(frames: typing.Sequence[bytes]) -> Message:
     """[topic, payload] → the message it holds; `MessageError` on anything malformed."""
     if len(frames) != 2:
