@@ -709,8 +709,10 @@ def _refresh_portaudio() -> None:
 def open_source(spec: StreamConfig) -> Source:
     """The opened source a stream's config section describes (``sample_rate``/``channels`` known)."""
     if spec.source == "device":
+        # a chosen channel beyond the first two must be opened to be picked
+        wide = spec.channel + 1 if isinstance(spec.channel, int) and spec.channel >= 2 else None
         source: Source = DeviceSource(spec.device if spec.device != "" else None,
-                                      blocksize=spec.blocksize)  # fmt: skip
+                                      channels=wide, blocksize=spec.blocksize)  # fmt: skip
     elif spec.source == "file":
         source = FileSource(spec.path, realtime=spec.realtime, loop=spec.loop,
                             blocksize=spec.blocksize)  # fmt: skip
