@@ -78,8 +78,13 @@ def _block(entries: list[tuple[bytes, bytes]], compression: int) -> bytes:
     return bytes(body) + kind + struct.pack("<I", _mask(crc32c(bytes(body) + kind)))
 
 
-def write_bundle(prefix: str | Path, tensors: dict[str, np.ndarray], *,
-                 entries_per_block: int = 2, compression: int = 0) -> None:
+def write_bundle(
+    prefix: str | Path,
+    tensors: dict[str, np.ndarray],
+    *,
+    entries_per_block: int = 2,
+    compression: int = 0,
+) -> None:
     """Write `tensors` as a V2 checkpoint bundle (<prefix>.index + one data shard)."""
     codes = {dtype: code for code, dtype in DTYPES.items()}
     data = bytearray()

@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from models_helpers import MODEL_NAMES, tf_reference
+
 from streamclf.errors import ModelError
 from streamclf.models.card import (
     DEFAULT_MODEL,
@@ -42,7 +42,7 @@ class TestPackagedCards:
         assert isinstance(card, ModelCard)
         assert card.name == name and card.onnx_path.is_file()
         assert card.onnx_path.stat().st_size < ONNX_MAX_BYTES
-        # The labels were typed from musicnn/configuration.py; the TF fixture recorded the real list.
+        # Labels typed from musicnn/configuration.py; the TF fixture recorded the real list.
         assert list(card.labels) == list(tf_reference(name)["labels"])
         assert set(card.genres) <= set(card.labels) and len(card.genres) >= 10
         assert (card.window_frames, card.n_mels, card.sample_rate_hz) == (187, 96, 16000)
@@ -56,7 +56,10 @@ class TestPackagedCards:
 
     def test_default_model_and_licence_ship(self):
         assert load_model_card().name == DEFAULT_MODEL == "MSD_musicnn"
-        assert "ISC" in json.loads((ENGINES_DIR / f"{DEFAULT_MODEL}.json").read_text())["license"]["name"]
+        assert (
+            "ISC"
+            in json.loads((ENGINES_DIR / f"{DEFAULT_MODEL}.json").read_text())["license"]["name"]
+        )
         assert "Permission to use" in (ENGINES_DIR / LICENSE_FILE).read_text()
 
     def test_genre_vocabularies(self):
@@ -70,8 +73,10 @@ class TestPackagedCards:
             msd.genre_indices(["polka"])
 
     def test_daemon_side_imports_no_torch(self):
-        code = ("import sys, streamclf.models.card as c; c.load_model_card(); "
-                "sys.exit('torch' in sys.modules)")
+        code = (
+            "import sys, streamclf.models.card as c; c.load_model_card(); "
+            "sys.exit('torch' in sys.modules)"
+        )
         assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
@@ -81,7 +86,10 @@ class TestResolution:
     def test_forms(self, copied_engine):
         assert resolve_card_path("MTT_vgg") == ENGINES_DIR / "MTT_vgg.json"
         assert resolve_card_path(copied_engine / "MTT_vgg.onnx") == copied_engine / "MTT_vgg.json"
-        assert load_model_card(copied_engine / "MTT_vgg.json").onnx_path == copied_engine / "MTT_vgg.onnx"
+        assert (
+            load_model_card(copied_engine / "MTT_vgg.json").onnx_path
+            == copied_engine / "MTT_vgg.onnx"
+        )
         assert load_model_card(str(copied_engine / "MTT_vgg.onnx")).name == "MTT_vgg"
 
     def test_unknown_name_lists_the_packaged_models(self):

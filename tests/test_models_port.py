@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-
 from models_helpers import (
     EMBEDDING_TOLERANCE,
     MODEL_NAMES,
@@ -17,6 +16,7 @@ from models_helpers import (
     tf_reference,
     write_bundle,
 )
+
 from streamclf.errors import ModelError
 from streamclf.models.card import load_model_card
 
@@ -36,7 +36,7 @@ from streamclf.models.tfcheckpoint import CheckpointReader  # noqa: E402
 
 
 def tf_layout_shape(value_shape: tuple[int, ...], key: str) -> tuple[int, ...]:
-    """The shape TF stores for a torch parameter: OIHW → HWIO, OIW → [W, I, 1, O], [out, in] → [in, out]."""
+    """The shape TF stores for a torch parameter: OIHW → HWIO, OIW → [W, I, 1, O], dense → .T."""
     if len(value_shape) == 4:
         o, i, h, w = value_shape
         return (h, w, i, o)
@@ -51,7 +51,9 @@ def synthetic_checkpoint(name: str, rng: np.random.Generator) -> dict[str, np.nd
     state = build_model(name).state_dict()
     tensors = {}
     for key, tf_name in variable_map(name).items():
-        value = rng.standard_normal(tf_layout_shape(tuple(state[key].shape), key)).astype(np.float32)
+        value = rng.standard_normal(tf_layout_shape(tuple(state[key].shape), key)).astype(
+            np.float32
+        )
         tensors[tf_name] = np.abs(value) if "variance" in tf_name else value
         tensors[f"{tf_name}/Adam"] = tensors[f"{tf_name}/Adam_1"] = value
     tensors["beta1_power"] = tensors["beta2_power"] = np.array(0.9, dtype=np.float32)
@@ -79,17 +81,22 @@ class TestVariableMapping:
             midend = tensors["conv2d_5/kernel"]  # [7, 561, 1, 64]
             assert state["midend.0.conv.weight"][9, 100, 2] == midend[2, 100, 0, 9]
             assert state["dense.weight"][4, 1000] == tensors["dense/kernel"][1000, 4]
-            assert torch.equal(state["dense_bn.running_var"],
-                               torch.from_numpy(tensors["batch_normalization_10/moving_variance"]))
+            assert torch.equal(
+                state["dense_bn.running_var"],
+                torch.from_numpy(tensors["batch_normalization_10/moving_variance"]),
+            )
         else:
             assert state["convs.1.weight"][7, 3, 0, 2] == tensors["2CNN/kernel"][0, 2, 3, 7]
             assert state["classifier.weight"][1, 200] == tensors["dense/kernel"][200, 1]
 
-    @pytest.mark.parametrize(("change", "message"), [
-        ("missing", "lacks model variables conv2d_3/bias"),
-        ("extra", "unexpected model variables conv2d_99/kernel"),
-        ("shape", "variable conv2d_3/bias has shape"),
-    ])
+    @pytest.mark.parametrize(
+        ("change", "message"),
+        [
+            ("missing", "lacks model variables conv2d_3/bias"),
+            ("extra", "unexpected model variables conv2d_99/kernel"),
+            ("shape", "variable conv2d_3/bias has shape"),
+        ],
+    )
     def test_incomplete_or_foreign_checkpoints_are_refused(self, tmp_path, rng, change, message):
         tensors = synthetic_checkpoint("MTT_musicnn", rng)
         if change == "missing":
@@ -103,7 +110,9 @@ class TestVariableMapping:
             load_state(CheckpointReader(tmp_path / "ckpt"), "MTT_musicnn")
 
     def test_optimizer_slots_are_recognised(self):
-        assert is_optimizer_variable("conv2d/kernel/Adam_1") and is_optimizer_variable("beta2_power")
+        assert is_optimizer_variable("conv2d/kernel/Adam_1") and is_optimizer_variable(
+            "beta2_power"
+        )
         assert not is_optimizer_variable("batch_normalization/beta")
 
 
@@ -126,8 +135,9 @@ def test_port_reproduces_the_tensorflow_taggram(package, name):
     with torch.no_grad():
         tags, embedding = (t.numpy() for t in model(torch.from_numpy(batch)))
     np.testing.assert_allclose(tags, ref["taggram"][: len(batch)], rtol=0, atol=TAG_TOLERANCE)
-    np.testing.assert_allclose(embedding, ref["embedding"][: len(batch)], rtol=0,
-                               atol=EMBEDDING_TOLERANCE)
+    np.testing.assert_allclose(
+        embedding, ref["embedding"][: len(batch)], rtol=0, atol=EMBEDDING_TOLERANCE
+    )
 
 
 def test_import_rebuilds_the_committed_engines(tmp_path):
@@ -142,8 +152,10 @@ def test_import_rebuilds_the_committed_engines(tmp_path):
         shipped = load_model_card(fresh.name)
         assert fresh.document["source"] == shipped.document["source"]
         assert fresh.labels == shipped.labels and fresh.genres == shipped.genres
-        outputs = [ort.InferenceSession(str(c.onnx_path)).run(None, {"logmel": batch})
-                   for c in (fresh, shipped)]
+        outputs = [
+            ort.InferenceSession(str(c.onnx_path)).run(None, {"logmel": batch})
+            for c in (fresh, shipped)
+        ]
         for got, want in zip(*outputs, strict=True):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     assert "Jordi Pons" in (tmp_path / "LICENSE-musicnn.txt").read_text()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from models_helpers import musicnn_wheel, write_bundle
+
 from streamclf.errors import ModelError
 from streamclf.models.tfcheckpoint import COMPRESSION_SNAPPY, CheckpointReader, crc32c
 
@@ -40,8 +40,9 @@ class TestCheckpointReader:
     def test_a_folder_means_the_empty_stem_musicnn_uses(self, tmp_path, tensors):
         write_bundle(f"{tmp_path}/", tensors)
         assert (tmp_path / ".index").is_file()
-        np.testing.assert_array_equal(CheckpointReader(tmp_path).read("conv2d/bias"),
-                                      tensors["conv2d/bias"])
+        np.testing.assert_array_equal(
+            CheckpointReader(tmp_path).read("conv2d/bias"), tensors["conv2d/bias"]
+        )
 
     def test_crc32c_known_answer(self):
         # RFC 3720 B.4: 32 bytes of zeros.
@@ -85,12 +86,28 @@ class TestCheckpointReader:
             reader.read("nope")
 
 
-@pytest.mark.parametrize(("name", "kernels"), [
-    ("MTT_musicnn", {"conv2d/kernel": (7, 38, 1, 204), "conv2d_5/kernel": (7, 561, 1, 64),
-                     "dense/kernel": (1506, 200), "dense_1/kernel": (200, 50)}),
-    ("MSD_vgg", {"1CNN/kernel": (3, 3, 1, 128), "5CNN/kernel": (3, 3, 128, 128),
-                 "dense/kernel": (256, 50)}),
-])
+@pytest.mark.parametrize(
+    ("name", "kernels"),
+    [
+        (
+            "MTT_musicnn",
+            {
+                "conv2d/kernel": (7, 38, 1, 204),
+                "conv2d_5/kernel": (7, 561, 1, 64),
+                "dense/kernel": (1506, 200),
+                "dense_1/kernel": (200, 50),
+            },
+        ),
+        (
+            "MSD_vgg",
+            {
+                "1CNN/kernel": (3, 3, 1, 128),
+                "5CNN/kernel": (3, 3, 128, 128),
+                "dense/kernel": (256, 50),
+            },
+        ),
+    ],
+)
 def test_reads_the_musicnn_checkpoints(tmp_path, name, kernels):
     """The shipped bundles parse: the kernels have musicnn's shapes, Adam slots sit beside them."""
     import zipfile

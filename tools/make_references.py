@@ -2,7 +2,7 @@
 
 Run with a throwaway reference environment, never the project's venv (see tools/README.md):
 
-    /tmp/tfref/bin/python tools/make_references.py [--audio streamclf/data/clip.ogg] [--out tests/fixtures/musicnn]
+    /tmp/tfref/bin/python tools/make_references.py [--audio CLIP] [--out FIXTURE_DIR]
 
 Writes `logmel.npz` (musicnn's own `batch_data` patches, the first few only, to stay small) and
 one `<model>.npz` per model with the taggram and penultimate features of every patch. Every
@@ -69,37 +69,56 @@ def main() -> None:
     from musicnn import configuration as config
     from musicnn import extractor, models
 
-    n_frames = librosa.time_to_frames(INPUT_LENGTH_S, sr=config.SR, n_fft=config.FFT_SIZE,
-                                      hop_length=config.FFT_HOP) + 1
+    n_frames = (
+        librosa.time_to_frames(
+            INPUT_LENGTH_S, sr=config.SR, n_fft=config.FFT_SIZE, hop_length=config.FFT_HOP
+        )
+        + 1
+    )
     batch, _ = extractor.batch_data(str(args.audio), n_frames, n_frames)
     batch = batch.astype(np.float32)
     args.out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out / "logmel.npz", batch=batch[:STORED_PATCHES])
     meta = {
-        "audio": str(args.audio), "audio_sha256": sha256(args.audio),
-        "patches": len(batch), "stored_patches": STORED_PATCHES, "n_frames": int(n_frames),
-        "versions": {"tensorflow": tf.__version__, "numpy": np.__version__,
-                     "librosa": librosa.__version__, "musicnn": "0.1.0"},
+        "audio": str(args.audio),
+        "audio_sha256": sha256(args.audio),
+        "patches": len(batch),
+        "stored_patches": STORED_PATCHES,
+        "n_frames": int(n_frames),
+        "versions": {
+            "tensorflow": tf.__version__,
+            "numpy": np.__version__,
+            "librosa": librosa.__version__,
+            "musicnn": "0.1.0",
+        },
         "models": {},
     }
     for name in MODELS:
         sess, x, is_training, tags, embedding, labels = restored_session(
-            tf, models, config, name, n_frames)
+            tf, models, config, name, n_frames
+        )
         # One patch per run, like musicnn.extractor (config.BATCH_SIZE = 1).
-        runs = [sess.run([tags, embedding], {x: batch[i : i + 1], is_training: False})
-                for i in range(len(batch))]
+        runs = [
+            sess.run([tags, embedding], {x: batch[i : i + 1], is_training: False})
+            for i in range(len(batch))
+        ]
         sess.close()
         taggram = np.concatenate([r[0] for r in runs]).astype(np.float32)
         features = np.concatenate([r[1] for r in runs]).astype(np.float32)
-        own_taggram, _, _ = extractor.extractor(str(args.audio), model=name,
-                                                input_length=INPUT_LENGTH_S)
+        own_taggram, _, _ = extractor.extractor(
+            str(args.audio), model=name, input_length=INPUT_LENGTH_S
+        )
         if not np.array_equal(own_taggram, taggram):
             sys.exit(f"{name}: musicnn.extractor's taggram differs from the verified session's")
-        np.savez_compressed(args.out / f"{name}.npz", taggram=taggram, embedding=features,
-                            labels=np.array(labels))
+        np.savez_compressed(
+            args.out / f"{name}.npz", taggram=taggram, embedding=features, labels=np.array(labels)
+        )
         top = [labels[i] for i in np.argsort(-taggram.mean(axis=0))[:5]]
-        meta["models"][name] = {"taggram_shape": list(taggram.shape),
-                                "embedding_shape": list(features.shape), "top5_mean": top}
+        meta["models"][name] = {
+            "taggram_shape": list(taggram.shape),
+            "embedding_shape": list(features.shape),
+            "top5_mean": top,
+        }
         print(name, "top 5:", top)
     (args.out / "references.json").write_text(json.dumps(meta, indent=2) + "\n")
 

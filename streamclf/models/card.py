@@ -1,4 +1,4 @@
-"""Model cards: what a shipped model is, what it expects, what it outputs, and which tags are genres.
+"""Model cards: what a shipped model is, expects and outputs, and which of its tags are genres.
 
 Runtime code (no torch). A card is `engines/<name>.json` beside `engines/<name>.onnx`;
 `load_model_card('MSD_musicnn')` finds it in the packaged engines folder, a path finds it
@@ -26,6 +26,7 @@ OUTPUT_NAMES = ("tags", "embedding")
 MUSICNN_VERSION = "0.1.0"
 MUSICNN_WHEEL = f"musicnn-{MUSICNN_VERSION}-py3-none-any.whl"
 
+# fmt: off
 # musicnn/configuration.py, in output order.
 MTT_LABELS = (
     "guitar", "classical", "slow", "techno", "strings", "drums", "electronic", "rock", "fast",
@@ -75,6 +76,7 @@ INPUT_SPEC = {
     "float16_cast": True, "compression": "log10(10000 * x + 1)", "frames": WINDOW_FRAMES,
     "window_s": WINDOW_FRAMES * HOP_LENGTH / SAMPLE_RATE_HZ,
 }
+# fmt: on
 
 
 def dataset_of(name: str) -> str:
@@ -117,8 +119,15 @@ class ModelCard:
         return [self.labels.index(g) for g in chosen]
 
 
-def card_document(*, name: str, wheel_sha256: str | None, checkpoint_sha256: dict[str, str],
-                  license_text: str, onnx_path: Path, parity: dict[str, Any]) -> dict[str, Any]:
+def card_document(
+    *,
+    name: str,
+    wheel_sha256: str | None,
+    checkpoint_sha256: dict[str, str],
+    license_text: str,
+    onnx_path: Path,
+    parity: dict[str, Any],
+) -> dict[str, Any]:
     """The JSON document of a model card (written by the importer, read by load_model_card)."""
     dataset = DATASETS[dataset_of(name)]
     layer, dim, description = EMBEDDING_LAYERS[architecture_of(name)]
@@ -128,24 +137,37 @@ def card_document(*, name: str, wheel_sha256: str | None, checkpoint_sha256: dic
         "architecture": architecture_of(name),
         "training_data": {"dataset": dataset["name"], "tags": dataset["tags"]},
         "source": {
-            "package": "musicnn", "version": MUSICNN_VERSION, "wheel": MUSICNN_WHEEL,
-            "wheel_sha256": wheel_sha256, "checkpoint": f"musicnn/{name}/",
+            "package": "musicnn",
+            "version": MUSICNN_VERSION,
+            "wheel": MUSICNN_WHEEL,
+            "wheel_sha256": wheel_sha256,
+            "checkpoint": f"musicnn/{name}/",
             "checkpoint_sha256": checkpoint_sha256,
             "paper": "Pons & Serra, musicnn: pre-trained convolutional neural networks for "
-                     "music audio tagging, ISMIR 2019 LBD",
+            "music audio tagging, ISMIR 2019 LBD",
         },
         "license": {"name": "ISC", "file": LICENSE_FILE, "text": license_text},
         "input": INPUT_SPEC,
         "outputs": {
-            "tags": {"dtype": "float32", "shape": ["batch", dataset["tags"]],
-                     "activation": "sigmoid"},
-            "embedding": {"dtype": "float32", "shape": ["batch", dim], "layer": layer,
-                          "description": description},
+            "tags": {
+                "dtype": "float32",
+                "shape": ["batch", dataset["tags"]],
+                "activation": "sigmoid",
+            },
+            "embedding": {
+                "dtype": "float32",
+                "shape": ["batch", dim],
+                "layer": layer,
+                "description": description,
+            },
         },
         "labels": list(dataset["labels"]),
         "genres": list(dataset["genres"]),
-        "onnx": {"file": onnx_path.name, "sha256": sha256_file(onnx_path),
-                 "bytes": onnx_path.stat().st_size},
+        "onnx": {
+            "file": onnx_path.name,
+            "sha256": sha256_file(onnx_path),
+            "bytes": onnx_path.stat().st_size,
+        },
         "parity": parity,
     }
 
@@ -175,13 +197,17 @@ def load_model_card(name_or_path: str | Path = DEFAULT_MODEL) -> ModelCard:
     try:
         onnx_path = card_path.parent / document["onnx"]["file"]
         model_card = ModelCard(
-            name=document["name"], onnx_path=onnx_path,
-            labels=tuple(document["labels"]), genres=tuple(document["genres"]),
+            name=document["name"],
+            onnx_path=onnx_path,
+            labels=tuple(document["labels"]),
+            genres=tuple(document["genres"]),
             sha256=document["onnx"]["sha256"],
             embedding_dim=int(document["outputs"]["embedding"]["shape"][1]),
-            window_frames=int(document["input"]["frames"]), n_mels=int(document["input"]["n_mels"]),
+            window_frames=int(document["input"]["frames"]),
+            n_mels=int(document["input"]["n_mels"]),
             sample_rate_hz=int(document["input"]["sample_rate_hz"]),
-            card_path=card_path, document=document,
+            card_path=card_path,
+            document=document,
         )
     except (KeyError, TypeError, IndexError, ValueError) as exc:
         msg = f"model card {card_path} is malformed ({exc.__class__.__name__}: {exc})"
@@ -196,6 +222,9 @@ def load_model_card(name_or_path: str | Path = DEFAULT_MODEL) -> ModelCard:
         msg = f"cannot read model {onnx_path}: {exc.strerror}"
         raise ModelError(msg) from exc
     if actual != model_card.sha256:
-        msg = f"model {onnx_path} does not match its card (sha256 {actual[:12]}…, card {model_card.sha256[:12]}…)"
+        msg = (
+            f"model {onnx_path} does not match its card "
+            f"(sha256 {actual[:12]}…, card {model_card.sha256[:12]}…)"
+        )
         raise ModelError(msg)
     return model_card

@@ -38,8 +38,12 @@ ONNX_TOLERANCE = 1e-4
 
 
 def _bn(tf: str) -> dict[str, str]:
-    return {"weight": f"{tf}/gamma", "bias": f"{tf}/beta",
-            "running_mean": f"{tf}/moving_mean", "running_var": f"{tf}/moving_variance"}
+    return {
+        "weight": f"{tf}/gamma",
+        "bias": f"{tf}/beta",
+        "running_mean": f"{tf}/moving_mean",
+        "running_var": f"{tf}/moving_variance",
+    }
 
 
 def _layer(tf: str) -> dict[str, str]:
@@ -84,7 +88,7 @@ def is_optimizer_variable(tf_name: str) -> bool:
 
 
 def tf_to_torch(value: np.ndarray, *, target_shape: tuple[int, ...]) -> np.ndarray:
-    """Re-lay a TF variable for PyTorch: conv kernels HWIO → OIHW (or OIW), dense [in, out] → [out, in].
+    """Re-lay a TF variable for PyTorch: kernels HWIO → OIHW (or OIW), dense [in, out] → [out, in].
 
     A midend kernel [7, C, 1, out] (a conv spanning all features) becomes a Conv1d [out, C, 7].
     """
@@ -115,11 +119,15 @@ def load_state(reader: CheckpointReader, name: str) -> dict[str, torch.Tensor]:
         target = tuple(expected[key].shape)
         value = np.ascontiguousarray(tf_to_torch(reader.read(tf_name), target_shape=target))
         if value.shape != target or value.dtype != np.float32:
-            msg = (f"{name}: variable {tf_name} has shape {value.shape} {value.dtype} after "
-                   f"conversion, {key} needs {target} float32")
+            msg = (
+                f"{name}: variable {tf_name} has shape {value.shape} {value.dtype} after "
+                f"conversion, {key} needs {target} float32"
+            )
             raise ModelError(msg)
         state[key] = torch.from_numpy(value)
-    unmapped = set(expected) - set(state) - {k for k in expected if k.endswith("num_batches_tracked")}
+    unmapped = (
+        set(expected) - set(state) - {k for k in expected if k.endswith("num_batches_tracked")}
+    )
     if unmapped:
         msg = f"{name}: no checkpoint variable for {', '.join(sorted(unmapped))}"
         raise ModelError(msg)
@@ -139,7 +147,10 @@ def musicnn_package(source: str | Path) -> Iterator[Path]:
     source = Path(source)
     if source.is_file():
         try:
-            with tempfile.TemporaryDirectory(prefix="musicnn-") as tmp, zipfile.ZipFile(source) as whl:
+            with (
+                tempfile.TemporaryDirectory(prefix="musicnn-") as tmp,
+                zipfile.ZipFile(source) as whl,
+            ):
                 whl.extractall(tmp)
                 yield Path(tmp) / "musicnn"
         except zipfile.BadZipFile as exc:
@@ -171,8 +182,13 @@ def export_onnx(model: torch.nn.Module, path: Path) -> None:
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-            input_names=[card.INPUT_NAME], output_names=list(card.OUTPUT_NAMES),
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=[card.INPUT_NAME],
+            output_names=list(card.OUTPUT_NAMES),
             dynamic_axes={n: {0: "batch"} for n in (card.INPUT_NAME, *card.OUTPUT_NAMES)},
         )
 
@@ -217,8 +233,13 @@ def reference_errors(predict: Predict, references: Path, name: str) -> dict[str,
         }
 
 
-def import_models(source: str | Path, out_dir: str | Path, names: Iterable[str] | None = None, *,
-                  references: str | Path | None = None) -> list[Path]:
+def import_models(
+    source: str | Path,
+    out_dir: str | Path,
+    names: Iterable[str] | None = None,
+    *,
+    references: str | Path | None = None,
+) -> list[Path]:
     """Convert musicnn models from the 0.1.0 wheel (or its extracted folder) into `out_dir`.
 
     Writes `<name>.onnx` and `<name>.json` per model and `LICENSE-musicnn.txt`; returns the
@@ -237,10 +258,10 @@ def import_models(source: str | Path, out_dir: str | Path, names: Iterable[str] 
     cards = []
     with musicnn_package(source) as package:
         license_file = package.parent / LICENSE_PATH
-        license_text = license_file.read_text() if license_file.is_file() else None
-        if license_text is None:
+        if not license_file.is_file():
             msg = f"{source} lacks {LICENSE_PATH}; the musicnn licence must travel with the models"
             raise ModelError(msg)
+        license_text = license_file.read_text()
         (out_dir / card.LICENSE_FILE).write_text(license_text)
         for name in names:
             checkpoint_dir = package / name
@@ -251,7 +272,8 @@ def import_models(source: str | Path, out_dir: str | Path, names: Iterable[str] 
             logmel = parity_batch()
             parity = {"onnx_vs_torch_max_abs": max_abs_error(in_onnx(logmel), in_torch(logmel))}
             if parity["onnx_vs_torch_max_abs"] > ONNX_TOLERANCE:
-                msg = f"{name}: ONNX export differs from PyTorch by {parity['onnx_vs_torch_max_abs']:.2g}"
+                error = parity["onnx_vs_torch_max_abs"]
+                msg = f"{name}: ONNX export differs from PyTorch by {error:.2g}"
                 raise ModelError(msg)
             if references is not None:
                 parity["reference"] = "tensorflow musicnn 0.1.0 on streamclf/data/clip.ogg"
@@ -259,13 +281,21 @@ def import_models(source: str | Path, out_dir: str | Path, names: Iterable[str] 
                 parity["onnx_vs_tensorflow"] = reference_errors(in_onnx, Path(references), name)
             checkpoint = {f: sha256_of(checkpoint_dir / f) for f in CHECKPOINT_FILES}
             document = card.card_document(
-                name=name, wheel_sha256=wheel_sha256, checkpoint_sha256=checkpoint,
-                license_text=license_text, onnx_path=onnx_path, parity=parity,
+                name=name,
+                wheel_sha256=wheel_sha256,
+                checkpoint_sha256=checkpoint,
+                license_text=license_text,
+                onnx_path=onnx_path,
+                parity=parity,
             )
             card_path = out_dir / f"{name}.json"
             card_path.write_text(json.dumps(document, indent=2) + "\n")
-            log.info("model_imported", model=name, onnx=str(onnx_path),
-                     onnx_bytes=onnx_path.stat().st_size, parity=parity)
+            log.info(
+                "model_imported",
+                model=name,
+                onnx=str(onnx_path),
+                onnx_bytes=onnx_path.stat().st_size,
+                parity=parity,
+            )
             cards.append(card_path)
     return cards
-

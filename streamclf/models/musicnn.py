@@ -85,8 +85,9 @@ class Musicnn(nn.Module):
     shipped models, though the architecture accepts any length.
     """
 
-    def __init__(self, *, midend_filters: int = 64, backend_units: int = 200,
-                 num_classes: int = N_TAGS) -> None:
+    def __init__(
+        self, *, midend_filters: int = 64, backend_units: int = 200, num_classes: int = N_TAGS
+    ) -> None:
         super().__init__()
         timbral_filters = int(1.6 * 128)
         temporal_filters = int(1.6 * 32)
@@ -99,11 +100,13 @@ class Musicnn(nn.Module):
             TemporalBlock(filters=temporal_filters, frames=frames) for frames in (128, 64, 32)
         )
         frontend_features = 2 * timbral_filters + 3 * temporal_filters
-        self.midend = nn.ModuleList([
-            MidendLayer(in_features=frontend_features, filters=midend_filters),
-            MidendLayer(in_features=midend_filters, filters=midend_filters),
-            MidendLayer(in_features=midend_filters, filters=midend_filters),
-        ])
+        self.midend = nn.ModuleList(
+            [
+                MidendLayer(in_features=frontend_features, filters=midend_filters),
+                MidendLayer(in_features=midend_filters, filters=midend_filters),
+                MidendLayer(in_features=midend_filters, filters=midend_filters),
+            ]
+        )
         pooled = 2 * (frontend_features + 3 * midend_filters)
         self.pool_bn = batch_norm(pooled, dims=1)
         self.dense = nn.Linear(pooled, backend_units)
@@ -134,11 +137,17 @@ class Vgg(nn.Module):
     pool5 (what `musicnn.extractor` returns as 'pool5'), in TensorFlow's NHWC order.
     """
 
-    POOLS = (((4, 1), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)),
-             ((4, 4), (4, 4)))
+    POOLS = (
+        ((4, 1), (2, 2)),
+        ((2, 2), (2, 2)),
+        ((2, 2), (2, 2)),
+        ((2, 2), (2, 2)),
+        ((4, 4), (4, 4)),
+    )
 
-    def __init__(self, *, filters: int = 128, num_classes: int = N_TAGS,
-                 input_frames: int = 187) -> None:
+    def __init__(
+        self, *, filters: int = 128, num_classes: int = N_TAGS, input_frames: int = 187
+    ) -> None:
         super().__init__()
         self.input_bn = batch_norm(1, dims=2)
         self.convs = nn.ModuleList(

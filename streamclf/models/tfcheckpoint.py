@@ -62,7 +62,7 @@ def crc32c(data: bytes) -> int:
 
 
 def unmask_crc(masked: int) -> int:
-    """Invert LevelDB's crc masking (it keeps a crc of data that embeds crcs from looking like one)."""
+    """Invert LevelDB's crc masking (which keeps crcs of data that holds crcs distinguishable)."""
     rot = (masked - 0xA282EAD8) & 0xFFFFFFFF
     return ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
 
@@ -83,7 +83,7 @@ def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 
 def parse_fields(buf: bytes) -> dict[int, list[int | bytes]]:
-    """Split a protobuf message into {field number: [values]} (varints as int, the rest as bytes)."""
+    """Split a protobuf message into {field number: [values]} (varints as int, others as bytes)."""
     fields: dict[int, list[int | bytes]] = {}
     pos = 0
     while pos < len(buf):
@@ -118,7 +118,7 @@ class TensorEntry:
 
 
 def parse_entry(name: str, value: bytes) -> TensorEntry:
-    """Decode the fields of a BundleEntryProto that locate the tensor; sliced tensors are refused."""
+    """Decode the BundleEntryProto fields that locate a tensor; sliced tensors are refused."""
     fields = parse_fields(value)
     if 7 in fields:
         msg = f"checkpoint tensor {name!r} is stored in slices, which this reader does not support"
@@ -243,10 +243,13 @@ class CheckpointReader:
         shard = self._shard(entry.shard_id)
         expected = entry.dtype.itemsize * int(np.prod(entry.shape, dtype=np.int64))
         if entry.size != expected or entry.offset + entry.size > len(shard):
-            msg = f"checkpoint tensor {name!r} has an inconsistent size or offset (corrupt data file)"
+            msg = (
+                f"checkpoint tensor {name!r} has an inconsistent size or offset (corrupt data file)"
+            )
             raise ModelError(msg)
-        flat = np.frombuffer(shard, dtype=entry.dtype, count=expected // entry.dtype.itemsize,
-                             offset=entry.offset)
+        flat = np.frombuffer(
+            shard, dtype=entry.dtype, count=expected // entry.dtype.itemsize, offset=entry.offset
+        )
         return flat.reshape(entry.shape).astype(entry.dtype.newbyteorder("="), copy=True)
 
     def _shard(self, shard_id: int) -> bytes:
