@@ -38,3 +38,10 @@ if [[ ! -f "$stamp" ]] || ! grep -qxF "$want" "$stamp"; then
   .venv/bin/python -m pip install -q -e "$spec"
   echo "$want" >> "$stamp"
 fi
+
+# The model-import tests convert the original checkpoints inside the musicnn wheel (PyPI, ISC).
+wheel=".whl/musicnn-0.1.0-py3-none-any.whl"
+if [[ ",$extras," == *",dev,"* && ! -f "$wheel" ]]; then
+  .venv/bin/python -m pip download -q --no-deps musicnn==0.1.0 -d .whl \
+    || echo "setup: could not download the musicnn wheel; the import tests will skip" >&2
+fi
