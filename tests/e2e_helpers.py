@@ -1,0 +1,73 @@
+"""Running the real `streamclf` commands as subprocesses, and what they talk to."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CLIP = REPO / "streamclf" / "data" / "clip.ogg"
+
+
+def streamclf_cmd(*args: str) -> list[str]:
+    """The installed console script beside this interpreter (what users run), else `-m`."""
+    script = Path(sys.executable).parent / "streamclf"
+    head = [str(script)] if script.exists() else [sys.executable, "-m", "streamclf.cli"]
+    return [*head, *args]
+
+
+def run_cli(*args: str, timeout: float = 120, env: dict | None = None,
+            input_bytes: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(streamclf_cmd(*args), capture_output=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, input=input_bytes, cwd=REPO)
+
+
+def free_tcp_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, code: int) -> str:
+    """A user error: the documented exit code and one line on stderr, no traceback."""
+    err = proc.stderr.decode()
+    assert proc.returncode == code, (proc.returncode, err)
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("streamclf: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+class NotifySocket:
+    """A stand-in service manager: a real AF_UNIX datagram socket collecting sd_notify lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.datagrams: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.datagrams.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def lines(self) -> list[str]:
+        return [line for d in list(self.datagrams) for line in d.splitlines()]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(1)
+        self.sock.close()
