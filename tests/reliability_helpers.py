@@ -1,0 +1,279 @@
+"""The daemon as a child process, a feed recorder, and fault-injecting engine wrappers.
+
+Every reliability test runs the real thing: ``streamclf serve`` in its own process on a config
+written for the test, a real ZeroMQ subscriber on an ipc:// endpoint, real ONNX Runtime. Only the
+two engine faults (a raising batch, an engine slower than real time) wrap the real engine
+in-process, because no honest way exists to make the real engine fail from outside.
+
+Usage:
+
+    cfg = write_config(tmp_path, streams=[{"id": "a", "source": "file", "path": CLIP, "loop": True}])
+    with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg.path) as daemon:
+        assert feed.wait(lambda: feed.genre_count("a") >= 3, timeout_s=60)
+        rc, took_s = daemon.terminate()
+    assert feed.seq_gaps() == {} and feed.final_status("a") is not None
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streamclf.feed.schema import GenreMessage, Message, StatusMessage
+from streamclf.feed.subscriber import Subscriber
+
+REPO = Path(__file__).resolve().parents[1]
+CLIP = REPO / "streamclf" / "data" / "clip.ogg"
+START_TIMEOUT_S = 90.0  # engine load and first window under a loaded 2-core machine
+EXIT_PROMISE_S = 2.0  # docs/reliability.md: SIGTERM → exit within 2 s
+
+
+# -- config -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    path: Path
+    endpoint: str
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def _toml_table(header: str, values: dict) -> str:
+    lines = [header] + [f"{key} = {_toml_value(v)}" for key, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_config(folder: Path, *, streams: list[dict], engine: dict | None = None,
+                 feed: dict | None = None, framing: dict | None = None,
+                 name: str = "daemon.toml") -> DaemonConfig:
+    """A config on the CPU engine, JSON logs, status every 0.5 s, a private ipc:// endpoint."""
+    endpoint = f"ipc://{tempfile.mkdtemp(prefix='scf')}/feed"  # short: ipc paths are ≤ 107 bytes
+    sections = [
+        _toml_table("[engine]", {"kind": "onnxruntime", "threads": 1, **(engine or {})}),
+        _toml_table("[framing]", framing or {}),
+        _toml_table("[feed]", {"endpoint": endpoint, "status_interval_s": 0.5, **(feed or {})}),
+        _toml_table("[service]", {"log_format": "json", "log_level": "info", "watchdog": False}),
+        *(_toml_table("[[streams]]", stream) for stream in streams),
+    ]
+    path = Path(folder) / name
+    path.write_text("\n".join(sections))
+    return DaemonConfig(path=path, endpoint=endpoint)
+
+
+# -- the daemon -------------------------------------------------------------------------------
+
+
+class Daemon:
+    """``streamclf serve`` in a child process; stopped by its own pid, logs kept as JSON lines."""
+
+    def __init__(self, config_path: Path, *, duration_s: float | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.log_path = Path(config_path).with_suffix(".log")
+        args = [sys.executable, "-m", "streamclf.cli", "serve", "--config", str(config_path)]
+        if duration_s is not None:
+            args += ["--duration", str(duration_s)]
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=self._log, env={**os.environ, **(env or {})},
+                                     cwd=REPO)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def events(self) -> list[dict]:
+        """The JSON log lines written so far (other lines, e.g. a traceback, are skipped)."""
+        events = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return events
+
+    def event_names(self) -> list[str]:
+        return [e.get("event", "") for e in self.events()]
+
+    def rss_mb(self) -> float:
+        return rss_mb(self.pid)
+
+    def terminate(self, timeout_s: float = 15.0) -> tuple[int, float]:
+        """SIGTERM; returns the exit code and the seconds from the signal to the exit."""
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout_s)
+        return rc, time.monotonic() - started
+
+    def wait(self, timeout_s: float) -> int:
+        return self.proc.wait(timeout_s)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a live process, MiB (VmRSS from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    msg = f"no VmRSS for pid {pid}"
+    raise RuntimeError(msg)
+
+
+def children_named(pid: int, name: str) -> list[int]:
+    """Direct child processes of ``pid`` whose command name is ``name`` (e.g. the ffmpeg reader)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if ppid == pid and comm == name:
+            found.append(int(entry.name))
+    return found
+
+
+# -- the feed ---------------------------------------------------------------------------------
+
+
+class FeedRecorder:
+    """Records every message of a feed in a thread of its own (the SUB socket lives there)."""
+
+    def __init__(self, endpoint: str, topics: tuple[str, ...] = ("",)) -> None:
+        self.endpoint = endpoint
+        self.topics = topics
+        self.messages: list[Message] = []
+        self.lost = 0
+        self.malformed = 0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="feed-recorder", daemon=True)
+
+    def _run(self) -> None:
+        with Subscriber(self.endpoint, self.topics) as sub:
+            while not self._stopping.is_set():
+                message = sub.recv(timeout_s=0.1)
+                if message is not None:
+                    self.messages.append(message)
+                self.lost, self.malformed = sub.lost, sub.malformed
+
+    def of(self, kind: type, stream: str | None = None) -> list:
+        return [m for m in list(self.messages)
+                if isinstance(m, kind) and (stream is None or m.stream == stream)]
+
+    def genre_count(self, stream: str) -> int:
+        return len(self.of(GenreMessage, stream))
+
+    def last_status(self, stream: str) -> StatusMessage | None:
+        statuses = self.of(StatusMessage, stream)
+        return statuses[-1] if statuses else None
+
+    def final_status(self, stream: str) -> StatusMessage | None:
+        finals = [m for m in self.of(StatusMessage, stream) if m.final]
+        return finals[-1] if finals else None
+
+    def seq_gaps(self) -> dict[str, list[tuple[int, int]]]:
+        """Per topic, each (previous seq, next seq) pair that is not consecutive."""
+        last: dict[str, int] = {}
+        gaps: dict[str, list[tuple[int, int]]] = {}
+        for m in list(self.messages):
+            if m.topic in last and m.seq != last[m.topic] + 1:
+                gaps.setdefault(m.topic, []).append((last[m.topic], m.seq))
+            last[m.topic] = m.seq
+        return gaps
+
+    def wait(self, predicate: Callable[[], bool], *, timeout_s: float) -> bool:
+        return wait_for(predicate, timeout_s=timeout_s)
+
+    def __enter__(self) -> FeedRecorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self, settle_s: float = 0.5) -> None:
+        """Stop after ``settle_s`` more of listening (so a final status in flight arrives)."""
+        if self._thread.is_alive():
+            time.sleep(settle_s)
+            self._stopping.set()
+            self._thread.join(5)
+
+
+def wait_for(predicate: Callable[[], bool], *, timeout_s: float, interval_s: float = 0.05) -> bool:
+    """Poll until true or ``timeout_s``; timeouts are generous, never a speed assertion."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return bool(predicate())
+
+
+def t1_steps_missing(messages: list[GenreMessage], hop_s: float) -> int:
+    """Windows missing between consecutive genre messages of one stream, from their stream times
+    (a drop shows as a t1 step of k hops: k - 1 windows are missing)."""
+    t1 = np.array([m.t1 for m in messages])
+    if t1.size < 2:
+        return 0
+    return int(np.sum(np.round(np.diff(t1) / hop_s) - 1))
+
+
+# -- engine faults (in-process only) ------------------------------------------------------------
+
+
+class FaultyEngine:
+    """The real engine, with faults: ``fail(call)`` true → that ``infer`` call raises;
+    ``delay_s`` of sleep per call (an engine slower than real time). Everything else is passed
+    through, so batching, outputs and latencies are the real engine's."""
+
+    def __init__(self, engine, *, fail: Callable[[int], bool] = lambda _: False,
+                 delay_s: float = 0.0) -> None:
+        self._engine = engine
+        self._fail = fail
+        self.delay_s = delay_s
+        self.calls = 0
+        self.failed = 0
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        call, self.calls = self.calls, self.calls + 1
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self._fail(call):
+            self.failed += 1
+            msg = f"injected fault on call {call}"
+            raise RuntimeError(msg)
+        return self._engine.infer(batch)
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
