@@ -197,8 +197,11 @@ class EngineWorker(threading.Thread):
 class Pipeline:
     """Sources, workers, engine and feed for one config; start(), stop(), reload()."""
 
-    def __init__(self, config: Config, *, publish: bool = True, view: bool = False) -> None:
+    def __init__(self, config: Config, *, publish: bool = True, view: bool = False,
+                 engine_wrapper: Callable[[Engine], Engine] | None = None) -> None:
+        """`engine_wrapper` wraps the loaded engine (the reliability tests inject faults so)."""
         self.config = config
+        self._engine_wrapper = engine_wrapper
         self.publish = publish
         self.stop_event = threading.Event()
         self.all_finished = threading.Event()
@@ -224,6 +227,8 @@ class Pipeline:
         self.engine = load_engine(self.card, kind=cfg.engine.kind, max_batch=cfg.engine.max_batch,
                                   precision=cfg.engine.precision, threads=cfg.engine.threads,
                                   plan_dir=cfg.engine.plan_cache_dir or None)
+        if self._engine_wrapper is not None:
+            self.engine = self._engine_wrapper(self.engine)
         self.engine.warmup()
         if self.publish:
             self.publisher = Publisher(cfg.feed)
