@@ -22,27 +22,32 @@ from streamclf.features.mel import N_MELS, WINDOW_FRAMES
 log = structlog.get_logger(__name__)
 
 BATCHES = (1, 8, 32)
-SGEMM_N = 1024
+SGEMM_SIZES = (512, 1024)
 TARGET_ORT_VS_TORCH = 1.3  # onnxruntime at least this much faster than torch at batch 1
 TARGET_SGEMM_SHARE = 0.40  # onnxruntime at batch 8 reaches this share of the sgemm rate
 
 
-def sgemm_gflops(*, n: int = SGEMM_N, min_time_s: float = 0.5) -> float:
-    """Best fp32 matrix-multiply rate of numpy's BLAS on [n, n] @ [n, n], in GFLOP/s."""
+def sgemm_gflops(*, sizes: Sequence[int] = SGEMM_SIZES, min_time_s: float = 0.5) -> float:
+    """Best fp32 matrix-multiply rate of numpy's BLAS on square [n, n] @ [n, n], in GFLOP/s.
+
+    The best call over a few sizes, each tried for `min_time_s`: the machine's attainable
+    rate, least disturbed by other processes.
+    """
     rng = np.random.default_rng(0)
-    a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
-    out = np.empty((n, n), np.float32)
-    np.matmul(a, b, out=out)
-    best = float("inf")
-    deadline = time.perf_counter() + min_time_s
-    while time.perf_counter() < deadline:
-        started = time.perf_counter()
+    best = 0.0
+    for n in sizes:
+        a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
+        out = np.empty((n, n), np.float32)
         np.matmul(a, b, out=out)
-        best = min(best, time.perf_counter() - started)
-    return 2 * n**3 / best / 1e9
+        deadline = time.perf_counter() + min_time_s
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            np.matmul(a, b, out=out)
+            best = max(best, 2 * n**3 / (time.perf_counter() - started) / 1e9)
+    return best
 
 
-def time_calls(engine, batch: np.ndarray, *, min_calls: int, min_time_s: float) -> np.ndarray:  # noqa: ANN001
+def time_calls(engine, batch: np.ndarray, *, min_calls: int, min_time_s: float) -> list[float]:  # noqa: ANN001
     """Seconds per `engine.infer(batch)` call, after one untimed call."""
     engine.infer(batch)
     seconds = []
@@ -51,28 +56,34 @@ def time_calls(engine, batch: np.ndarray, *, min_calls: int, min_time_s: float) 
         started = time.perf_counter()
         engine.infer(batch)
         seconds.append(time.perf_counter() - started)
-    return np.asarray(seconds)
+    return seconds
 
 
-def bench_engine(engine, inputs: np.ndarray, *, quick: bool) -> dict:  # noqa: ANN001
-    """Latency percentiles at batch 1 and throughput at each of BATCHES that fits the engine."""
-    min_time_s = 0.5 if quick else 3.0
-    single = time_calls(engine, inputs[:1], min_calls=20 if quick else 100, min_time_s=min_time_s)
-    throughput = {}
-    for batch in (b for b in BATCHES if b <= engine.max_batch):
-        seconds = single if batch == 1 else time_calls(
-            engine, inputs[:batch], min_calls=3 if quick else 10, min_time_s=min_time_s
-        )
-        throughput[batch] = batch / float(np.median(seconds))
-    return {
-        "engine": engine.name,
-        "device": engine.device,
-        "precision": engine.precision,
-        "latency_ms_p50": 1e3 * float(np.percentile(single, 50)),
-        "latency_ms_p99": 1e3 * float(np.percentile(single, 99)),
-        "calls_batch1": len(single),
-        "windows_per_s": throughput,
-    }
+def bench_engines(engines: Sequence, inputs: np.ndarray, *, quick: bool) -> list[dict]:
+    """Latency percentiles at batch 1 and throughput at each of BATCHES, per engine.
+
+    The engines take turns in short blocks over several rounds, so that load from other
+    processes falls on all of them alike instead of on whichever ran during a busy moment.
+    """
+    rounds, block_s = (2, 0.2) if quick else (5, 0.6)
+    seconds = {id(e): {b: [] for b in BATCHES if b <= e.max_batch} for e in engines}
+    for _ in range(rounds):
+        for engine in engines:
+            for batch, samples in seconds[id(engine)].items():
+                samples.extend(time_calls(engine, inputs[:batch], min_calls=1, min_time_s=block_s))
+    rows = []
+    for engine in engines:
+        per_batch = {b: np.asarray(s) for b, s in seconds[id(engine)].items()}
+        rows.append({
+            "engine": engine.name,
+            "device": engine.device,
+            "precision": engine.precision,
+            "latency_ms_p50": 1e3 * float(np.percentile(per_batch[1], 50)),
+            "latency_ms_p99": 1e3 * float(np.percentile(per_batch[1], 99)),
+            "calls_batch1": len(per_batch[1]),
+            "windows_per_s": {b: b / float(np.median(s)) for b, s in per_batch.items()},
+        })
+    return rows
 
 
 def available_kinds() -> list[str]:
@@ -108,27 +119,24 @@ def run_engine_bench(model: object, *, kinds: Sequence[str] | None = None, quick
             "sgemm_gflops": sgemm_gflops(min_time_s=0.3 if quick else 1.0),
         },
         "flops_per_window": flops,
-        "engines": [],
     }
-    reference = None
+    engines = []
     for kind in kinds or available_kinds():
         try:
-            engine = load_engine(path, kind)
+            engines.append(load_engine(path, kind))
         except StreamclfError as exc:
             log.warning("bench_engine_skipped", engine=kind, error=str(exc))
-            continue
-        try:
-            outputs = engine.infer(inputs[: min(8, engine.max_batch)])
-            if reference is None:
-                reference = outputs
-            row = bench_engine(engine, inputs, quick=quick)
-            n = len(outputs["tags"])
-            row["max_abs_vs_first"] = max(float(np.abs(outputs[k] - reference[k][:n]).max()) for k in outputs)
-            if flops:
-                row["gflops"] = {b: wps * flops / 1e9 for b, wps in row["windows_per_s"].items()}
-            results["engines"].append(row)
-        finally:
+    try:
+        outputs = [e.infer(inputs[: min(8, e.max_batch)]) for e in engines]
+        results["engines"] = bench_engines(engines, inputs, quick=quick)
+    finally:
+        for engine in engines:
             engine.close()
+    for row, out in zip(results["engines"], outputs, strict=True):
+        n = len(out["tags"])
+        row["max_abs_vs_first"] = max(float(np.abs(out[k] - outputs[0][k][:n]).max()) for k in out)
+        if flops:
+            row["gflops"] = {b: wps * flops / 1e9 for b, wps in row["windows_per_s"].items()}
     results["checks"] = check_targets(results)
     return results
 
