@@ -65,13 +65,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", help="feed endpoint to bind (default tcp://127.0.0.1:5556)")
     p.add_argument("--no-publish", action="store_true", help="do not bind the ZeroMQ feed")
     p.add_argument("--json", action="store_true", help="JSON lines instead of the live view")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--duration", type=float, help="stop after running this many seconds (start-up not counted)")
 
     p = sub.add_parser("serve", help="run the daemon (systemd Type=notify)",
                        description="Run the daemon: structured logs, sd_notify READY/WATCHDOG/STATUS, "
                                    "SIGHUP reloads the config, SIGTERM stops cleanly.")
     p.add_argument("--config", type=Path, required=True, help="TOML config file")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--duration", type=float, help="stop after running this many seconds (start-up not counted)")
 
     p = sub.add_parser("classify", help="tag audio files offline",
                        description="Tag files through the same framer and engine as the daemon: "
@@ -149,7 +149,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "model":
         from streamclf.models.importer import import_models
 
-        import_models(args.source, args.out, names=args.name)
+        for card_path in import_models(args.source, args.out, names=args.name):
+            print(card_path)
         return 0
     if args.command == "bench":
         from streamclf import bench

@@ -70,7 +70,7 @@ class Runner:
         self.config = config
         self.config_path = config_path
         self.view = view
-        self.deadline = None if duration_s is None else time.monotonic() + duration_s
+        self.duration_s = duration_s
         self.pipeline = Pipeline(config, publish=publish, view=view is not None)
         self.notifier = Notifier()
         self._starting = True
@@ -113,10 +113,11 @@ class Runner:
 
     def _loop(self) -> None:
         ping_period = self.notifier.watchdog_ping_period_s if self.config.service.watchdog else None
+        deadline = None if self.duration_s is None else time.monotonic() + self.duration_s
         next_ping = time.monotonic()
         while self._stop_signal is None:
             now = time.monotonic()
-            if self.deadline is not None and now >= self.deadline:
+            if deadline is not None and now >= deadline:
                 log.info("duration_reached")
                 break
             if self.pipeline.all_finished.is_set():

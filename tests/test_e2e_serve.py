@@ -1,0 +1,158 @@
+"""`streamclf serve` as systemd runs it: a subprocess, a real feed, a real notify socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from e2e_helpers import (
+    CLIP,
+    NotifySocket,
+    assert_one_line_error,
+    free_tcp_endpoint,
+    run_cli,
+    streamclf_cmd,
+)
+
+from streamclf.feed.schema import ChangeMessage, GenreMessage, StatusMessage
+from streamclf.feed.subscriber import Subscriber
+
+CONFIG = """
+[engine]
+kind = "onnxruntime"
+[framing]
+hop_s = 1.0
+[smoothing]
+time_constant_s = {tau}
+[feed]
+endpoint = "{endpoint}"
+status_interval_s = 1.0
+[service]
+log_format = "json"
+[[streams]]
+id = "main"
+source = "file"
+path = "{clip}"
+loop = true
+realtime = true
+"""
+
+
+def _write_config(path, endpoint, tau=5.0):
+    path.write_text(CONFIG.format(endpoint=endpoint, clip=CLIP, tau=tau))
+
+
+def _wait_for(predicate, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _collect(sub, messages, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        msg = sub.recv(0.2)
+        if msg is not None:
+            messages.append(msg)
+
+
+def _gap_free(messages, kind):
+    seqs = [m.seq for m in messages if isinstance(m, kind)]
+    return seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else False
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    endpoint = free_tcp_endpoint()
+    config = tmp_path / "streamclf.toml"
+    _write_config(config, endpoint)
+    notify = NotifySocket(tmp_path / "notify.sock")
+    sub = Subscriber(endpoint)
+    env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"}
+    proc = subprocess.Popen(streamclf_cmd("serve", "--config", str(config)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, **env})
+    yield proc, notify, sub, config, endpoint
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(5)
+    sub.close()
+    notify.close()
+
+
+class TestServe:
+    """READY, watchdog, gap-free schema-valid messages, reload without a gap, clean SIGTERM."""
+
+    def test_lifecycle(self, daemon):
+        proc, notify, sub, config, endpoint = daemon
+        assert _wait_for(lambda: "READY=1" in notify.lines(), 30), proc.stderr.read1().decode()
+        messages: list = []
+        _collect(sub, messages, 6.0)
+        genres = [m for m in messages if isinstance(m, GenreMessage)]
+        assert len(genres) >= 3
+        assert _gap_free(messages, GenreMessage) and _gap_free(messages, StatusMessage)
+        assert genres[0].stream == "main" and genres[0].engine == "onnxruntime"
+        assert all(g.genre == "rock" and 0 < g.confidence <= 1 for g in genres)
+        assert all(0 <= g.latency_ms < 5000 for g in genres)
+        assert [m.genre for m in messages if isinstance(m, ChangeMessage)][:1] in ([], ["rock"])
+        statuses = [m for m in messages if isinstance(m, StatusMessage)]
+        assert statuses and statuses[-1].device_state == "running" and not statuses[-1].final
+        assert len(statuses[-1].labels) == 50
+        lines = notify.lines()
+        assert lines.count("WATCHDOG=1") >= 3
+        assert any(line.startswith("STATUS=main: rock") for line in lines)
+
+        # `streamclf subscribe` sees the same feed.
+        sub_proc = run_cli("subscribe", "--endpoint", endpoint, "--topic", "genre.",
+                           "--count", "2", "--json", "--timeout", "10", timeout=30)
+        assert sub_proc.returncode == 0, sub_proc.stderr.decode()
+        records = [json.loads(line) for line in sub_proc.stdout.decode().splitlines()]
+        assert len(records) == 2 and all(r["topic"] == "genre.main" for r in records)
+
+        # SIGHUP: new smoothing applied, the feed keeps going without a gap.
+        _write_config(config, endpoint, tau=1.0)
+        proc.send_signal(signal.SIGHUP)
+        assert _wait_for(lambda: "RELOADING=1" in notify.lines(), 5)
+        _collect(sub, messages, 3.0)
+        assert _gap_free(messages, GenreMessage)
+        assert notify.lines().count("READY=1") == 2
+
+        # SIGTERM: out within 2 s, with a final status on the feed.
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0
+        assert time.monotonic() - stopped < 2.0
+        _collect(sub, messages, 1.0)
+        assert any(isinstance(m, StatusMessage) and m.final for m in messages)
+        assert "STOPPING=1" in notify.lines()
+        logs = [json.loads(line) for line in proc.stderr.read().decode().splitlines()
+                if line.startswith("{")]
+        events = [r["event"] for r in logs]
+        assert "engine_selected" in events and "config_reloaded" in events
+        assert "pipeline_stopped" in events
+
+
+class TestServeBadInput:
+    """A bad config or a missing model stops the daemon at start with one line and its code."""
+
+    def test_bad_config(self, tmp_path):
+        config = tmp_path / "bad.toml"
+        config.write_text('[framing]\nhop_s = "fast"\n')
+        line = assert_one_line_error(run_cli("serve", "--config", str(config)), 2)
+        assert "framing.hop_s" in line
+
+    def test_missing_config(self, tmp_path):
+        assert_one_line_error(run_cli("serve", "--config", str(tmp_path / "none.toml")), 2)
+
+    def test_missing_file_source(self, tmp_path):
+        config = tmp_path / "c.toml"
+        config.write_text(CONFIG.format(endpoint=free_tcp_endpoint(), clip=tmp_path / "x.ogg",
+                                        tau=5.0))
+        assert_one_line_error(run_cli("serve", "--config", str(config)), 3)
