@@ -253,25 +253,24 @@ def t1_steps_missing(messages: list[GenreMessage], hop_s: float) -> int:
 
 
 class FaultyEngine:
-    """The real engine, with faults: ``fail(call)`` true → that ``infer`` call raises;
-    ``delay_s`` of sleep per call (an engine slower than real time). Everything else is passed
+    """The real engine with faults switched by the test: while ``failing``, every ``infer`` call
+    raises; ``delay_s`` of sleep per call makes it slower than real time. Everything else passes
     through, so batching, outputs and latencies are the real engine's."""
 
-    def __init__(self, engine, *, fail: Callable[[int], bool] = lambda _: False,
-                 delay_s: float = 0.0) -> None:
+    def __init__(self, engine, *, delay_s: float = 0.0) -> None:
         self._engine = engine
-        self._fail = fail
         self.delay_s = delay_s
+        self.failing = False
         self.calls = 0
-        self.failed = 0
+        self.failed_calls = 0
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        call, self.calls = self.calls, self.calls + 1
+        self.calls += 1
         if self.delay_s:
             time.sleep(self.delay_s)
-        if self._fail(call):
-            self.failed += 1
-            msg = f"injected fault on call {call}"
+        if self.failing:
+            self.failed_calls += 1
+            msg = f"injected fault on call {self.calls}"
             raise RuntimeError(msg)
         return self._engine.infer(batch)
 
