@@ -1,0 +1,315 @@
+"""`streamclf train DATASET` and `streamclf evaluate MODEL DATASET` for custom heads.
+
+`train_model` embeds every file once with the frozen stock model (cached), adds augmented
+copies of the training files, fits a head with early stopping on the validation split, and
+exports musicnn + head as one ONNX file with its card. `evaluate_model` runs that file through
+a runtime engine (no torch) on a split of a dataset and scores it per window (what the daemon
+publishes) and per file (mean of its windows), beside the zero-shot baseline of the stock
+model's own genre tags mapped onto the classes whose names match.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from streamclf.backends.base import load_engine
+from streamclf.errors import ConfigError
+from streamclf.evaluate import (
+    Score,
+    confusion_matrix,
+    per_class_prf,
+    plot_confusion,
+    render_confusion,
+    render_table,
+)
+from streamclf.features.mel import frames_for_seconds
+from streamclf.models.card import DEFAULT_MODEL, ModelCard, dataset_of, load_model_card
+from streamclf.models.taxonomy import VOCABULARIES, family_scores, zero_shot_family
+from streamclf.train.augment import AugmentConfig, draw
+from streamclf.train.datasets import Dataset, Item, assign_splits, load_dataset, summary
+from streamclf.train.features import EmbeddingCache, WindowOutputs, file_sha256
+
+log = structlog.get_logger(__name__)
+
+SHA_PREFIX = 16  # hex digits of a file's sha256 recorded in the card (enough to spot reuse)
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """How a dataset is split; recorded in the card so `evaluate` can split it the same way."""
+
+    val_share: float = 0.2
+    test_share: float = 0.2
+    seed: int = 0
+    use_given: bool = True
+
+
+def split_dataset(source: str | Path, options: SplitOptions) -> Dataset:
+    return assign_splits(load_dataset(source), val_share=options.val_share,
+                         test_share=options.test_share, seed=options.seed,
+                         use_given=options.use_given)
+
+
+def _engine_for(card: ModelCard, kind: str | None):  # noqa: ANN202
+    return load_engine(card, kind=kind or "onnxruntime", max_batch=16)
+
+
+def train_model(
+    source: str | Path,
+    *,
+    out: str | Path,
+    config: Any,
+    augment: AugmentConfig = AugmentConfig(),
+    splits: SplitOptions = SplitOptions(),
+    base_model: str = DEFAULT_MODEL,
+    engine: str | None = None,
+    hop_s: float = 3.0,
+    cache_dir: str | Path | None = None,
+) -> tuple[ModelCard, dict[str, Any]]:
+    """Train a head of `config` (a trainer.TrainConfig) on `source`; returns (card, report)."""
+    from streamclf.train.export import export_custom
+    from streamclf.train.trainer import Track, train_head
+
+    dataset = split_dataset(source, splits)
+    classes = dataset.classes
+    train_items, val_items = dataset.split("train"), dataset.split("val")
+    if not train_items:
+        msg = f"dataset {source} has no training files after splitting"
+        raise ConfigError(msg)
+    missing = sorted(set(classes) - {item.label for item in train_items})
+    if missing:
+        msg = f"class {missing[0]!r} has no training file; add files or change the split"
+        raise ConfigError(msg)
+    base = load_model_card(base_model)
+    cache = EmbeddingCache(base, _engine_for(base, engine), hop_frames=_hop_frames(hop_s),
+                           root=cache_dir)
+    rng = np.random.default_rng(splits.seed)
+    jobs = [(item, None) for item in dataset.items]
+    jobs += [(item, draw(rng, augment)) for item in train_items for _ in range(augment.copies)]
+    outputs = cache.get_many([(item.path, aug) for item, aug in jobs])
+    index = {label: i for i, label in enumerate(classes)}
+    tracks: dict[str, list] = {"train": [], "val": [], "test": []}
+    for (item, aug), result in zip(jobs, outputs, strict=True):
+        if aug is None or item.split == "train":
+            tracks[item.split].append(Track(result.embedding, index[item.label]))
+    result = train_head(tracks["train"], tracks["val"], n_classes=len(classes), config=config)
+    report = {
+        "dataset": str(source),
+        "classes": list(classes),
+        "files": summary(dataset),
+        "splits": asdict(splits),
+        "config": asdict(config),
+        "augmentation": {**asdict(augment), "snr_db": list(augment.snr_db)},
+        "hop_s": hop_s,
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "best": result.history[result.best_epoch - 1],
+        "window_accuracy": {
+            split: _window_accuracy(result.head, tracks[split]) for split in ("val", "test")
+            if tracks[split]
+        },
+        "train_files_sha256": sorted(file_sha256(item.path)[:SHA_PREFIX]
+                                     for item in train_items + val_items),
+    }
+    spec = {"kind": config.head, "dim": base.embedding_dim, "hidden": config.hidden,
+            "segment_windows": config.segment_windows}
+    card = export_custom(result.head, base=base, classes=classes, out=out, head_spec=spec,
+                         training=report)
+    return card, report
+
+
+def _hop_frames(hop_s: float) -> int:
+    hop = frames_for_seconds(hop_s)
+    if hop < 1:
+        msg = f"--hop: must be at least {1 / 62.5:.3f} s, got {hop_s}"
+        raise ConfigError(msg)
+    return hop
+
+
+def _window_accuracy(head, tracks) -> float:  # noqa: ANN001
+    import torch
+
+    from streamclf.train.trainer import single_windows
+
+    x, y = single_windows(tracks)
+    with torch.no_grad():
+        return float((head(x).argmax(dim=1) == y).float().mean())
+
+
+# -- evaluation (no torch) --------------------------------------------------------------------
+
+
+def baseline_mapping(classes: tuple[str, ...], base: ModelCard) -> np.ndarray:
+    """float32 [C, n_tags]: the stock tags that vote for each class, matched by name.
+
+    A class named like a genre family (streamclf.models.taxonomy) gets that family's tags in
+    the base model's vocabulary; otherwise a tag of the same name (case-insensitive); otherwise
+    none, and the baseline can never predict it.
+    """
+    labels, family_tags = VOCABULARIES[dataset_of(base.name)]
+    lowered = [tag.lower() for tag in labels]
+    mapping = np.zeros((len(classes), len(labels)), np.float32)
+    for row, name in enumerate(classes):
+        key = name.lower()
+        tags = family_tags.get(key, (labels[lowered.index(key)],) if key in lowered else ())
+        for tag in tags:
+            mapping[row, labels.index(tag)] = 1.0
+    return mapping
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Scores of a custom model and its baseline on one split, per window and per file."""
+
+    classes: tuple[str, ...]
+    scores: list[Score]
+    mapped_classes: list[str]
+    files: int
+    seen_in_training: int
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = []
+        for score in self.scores:
+            p, r, f = per_class_prf(score.cm)
+            rows.append({**score.to_dict(self.classes),
+                         "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]),
+                                           "f1": float(f[i]), "support": int(score.cm[i].sum())}
+                                       for i, c in enumerate(self.classes)}})
+        return {"files": self.files, "seen_in_training": self.seen_in_training,
+                "baseline_classes": self.mapped_classes, "scores": rows}
+
+
+def _scores(name: str, probs: list[np.ndarray], truth: np.ndarray, n_classes: int,
+            reachable: np.ndarray | None = None) -> list[Score]:
+    """Per-window and per-file scores of window probabilities, one array [n_i, C] per file."""
+    def pred(p: np.ndarray) -> np.ndarray:
+        return p.argmax(axis=1) if reachable is None else zero_shot_family(p, mapping=reachable)
+
+    windows = np.concatenate(probs)
+    window_truth = np.repeat(truth, [len(p) for p in probs])
+    per_file = np.stack([p.mean(axis=0) for p in probs])
+    return [
+        Score(f"{name} (windows)", confusion_matrix(truth=window_truth, pred=pred(windows),
+                                                    n_classes=n_classes)),
+        Score(f"{name} (files)", confusion_matrix(truth=truth, pred=pred(per_file),
+                                                  n_classes=n_classes)),
+    ]
+
+
+def evaluate_model(
+    model: str | Path, source: str | Path, *, split: str = "test", engine: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> Evaluation:
+    """Score a custom model on `split` ("train", "val", "test" or "all") of a dataset.
+
+    The dataset is split as the model's card records; files the model was trained or
+    validated on are counted and logged (evaluate on held-out files only).
+    """
+    card = load_model_card(model)
+    training = card.document.get("training")
+    if not training:
+        msg = f"{card.name} is not a trained head (its card has no 'training'); for the stock " \
+              "models use the genre-family evaluation"
+        raise ConfigError(msg)
+    dataset = split_dataset(source, SplitOptions(**training["splits"]))
+    items = list(dataset.items) if split == "all" else dataset.split(split)
+    if not items:
+        msg = f"dataset {source} has no files in split {split!r}"
+        raise ConfigError(msg)
+    unknown = sorted({item.label for item in items} - set(card.labels))
+    if unknown:
+        msg = f"dataset class {unknown[0]!r} is not one of the model's classes"
+        raise ConfigError(msg)
+    base = load_model_card(card.document["base_model"]["name"])
+    hop = _hop_frames(training.get("hop_s", 3.0))
+    custom_out = _outputs(card, items, engine=engine, hop=hop, cache_dir=cache_dir)
+    seen = set(training.get("train_files_sha256", ()))
+    reused = sum(file_sha256(item.path)[:SHA_PREFIX] in seen for item in items)
+    if reused:
+        log.warning("evaluated_on_training_files", files=reused, of=len(items))
+    truth = np.array([card.labels.index(item.label) for item in items])
+    n = len(card.labels)
+    scores = _scores(card.name, [o.tags for o in custom_out], truth, n)
+    mapping = baseline_mapping(card.labels, base)
+    mapped = [c for c, row in zip(card.labels, mapping, strict=True) if row.any()]
+    if mapped:
+        base_out = _outputs(base, items, engine=engine, hop=hop, cache_dir=cache_dir)
+        zero_shot = [family_scores(tags=o.tags, mapping=mapping) for o in base_out]
+        scores += _scores(f"{base.name} zero-shot", zero_shot, truth, n, reachable=mapping)
+    return Evaluation(classes=card.labels, scores=scores, mapped_classes=mapped, files=len(items),
+                      seen_in_training=reused)
+
+
+def _outputs(card: ModelCard, items: list[Item], *, engine: str | None, hop: int,
+             cache_dir: str | Path | None) -> list[WindowOutputs]:
+    cache = EmbeddingCache(card, _engine_for(card, engine), hop_frames=hop, root=cache_dir)
+    return cache.get_many([(item.path, None) for item in items], description=card.name)
+
+
+def render_per_class(score: Score, classes: tuple[str, ...]) -> str:
+    """A markdown table of precision, recall, F1 and support per class."""
+    p, r, f = per_class_prf(score.cm)
+    lines = ["| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {c} | {p[i]:.3f} | {r[i]:.3f} | {f[i]:.3f} | {int(score.cm[i].sum())} |"
+              for i, c in enumerate(classes)]
+    return "\n".join(lines)
+
+
+# -- the CLI ----------------------------------------------------------------------------------
+
+
+def run_train(args) -> int:  # noqa: ANN001
+    """CLI `streamclf train DATASET`; see docs/training.md for every option."""
+    from streamclf.train.trainer import TrainConfig
+
+    config = TrainConfig(head=args.head, hidden=args.hidden, dropout=args.dropout,
+                         segment_windows=args.segment, epochs=args.epochs, patience=args.patience,
+                         batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
+    augment = AugmentConfig(copies=args.augment, snr_db=(args.snr_db, args.snr_db + 20.0))
+    splits = SplitOptions(val_share=args.val_share, test_share=args.test_share, seed=args.seed,
+                          use_given=not args.ignore_splits)
+    out = args.out or Path(f"{Path(args.dataset).stem}-{args.head}.onnx")
+    card, report = train_model(args.dataset, out=out, config=config, augment=augment,
+                               splits=splits, base_model=args.base, engine=args.engine,
+                               hop_s=args.hop, cache_dir=args.cache_dir)
+    accuracy = ", ".join(f"{k} {v:.3f}" for k, v in report["window_accuracy"].items())
+    print(f"{card.onnx_path}: {len(card.labels)} classes ({', '.join(card.labels)}); "
+          f"{report['epochs_run']} epochs, best {report['best_epoch']}; "
+          f"window accuracy {accuracy or 'n/a (no val/test files)'}")
+    print(f"next: streamclf evaluate {card.onnx_path} {args.dataset}")
+    return 0
+
+
+def run_evaluate_head(args) -> int:  # noqa: ANN001
+    """CLI `streamclf evaluate MODEL DATASET` for a trained head."""
+    evaluation = evaluate_model(args.model, args.dataset, split=args.split, engine=args.engine,
+                                cache_dir=args.cache_dir)
+    classes = evaluation.classes
+    if args.out_dir:
+        out_dir = Path(args.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for score in evaluation.scores:
+            stem = score.name.replace(" ", "-").replace("(", "").replace(")", "")
+            plot_confusion(score.cm, classes, out_dir / f"confusion-{stem}.png",
+                           title=f"{score.name}, {args.split}")
+        (out_dir / "evaluation.json").write_text(json.dumps(evaluation.to_dict(), indent=1) + "\n")
+    if args.json:
+        json.dump({"split": args.split, **evaluation.to_dict()}, sys.stdout, indent=1)
+        print()
+        return 0
+    print(f"{evaluation.files} files, split {args.split!r}; zero-shot baseline covers "
+          f"{', '.join(evaluation.mapped_classes) or 'no class'}\n")
+    print(render_table(evaluation.scores))
+    for score in evaluation.scores:
+        print(f"\n{score.name}\n")
+        print(render_per_class(score, classes))
+        print()
+        print(render_confusion(score.cm, classes))
+    return 0
