@@ -39,6 +39,7 @@ RETRY_FIRST_S = 0.25
 RETRY_MAX_S = 5.0
 STALL_S = 3.0  # a device that delivers nothing this long after (re)start is lost
 PCM_FORMATS = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
+NETWORK_FALLBACK_RATE_HZ = 48000  # a network stream unreachable at start is read at this rate
 
 
 class Source(Protocol):
@@ -393,7 +394,16 @@ class FfmpegSource(_SourceBase):
             raise AudioInputError(msg)
         self._exe = exe
         if self._rate is None or self._channels is None:
-            rate, channels = self._probe()
+            try:
+                rate, channels = self._probe()
+            except AudioInputError as exc:
+                if not (self.restart and _is_network_url(self.url)):
+                    raise
+                # a stream that is down at start is retried like one that drops later; ffmpeg
+                # converts whatever it finally gets to this rate and channel count
+                log.warning("ffmpeg_probe_failed", url=self.url, error=str(exc),
+                            assuming=f"{NETWORK_FALLBACK_RATE_HZ} Hz, 2 channels")
+                rate, channels = NETWORK_FALLBACK_RATE_HZ, 2
             self._rate = self._rate or rate
             self._channels = self._channels or channels
         self.sample_rate = int(self._rate)
@@ -486,6 +496,12 @@ class FfmpegSource(_SourceBase):
                 self._proc = None
         reason = errors[-1] if errors else f"ffmpeg exited with status {proc.returncode}"
         return frames, reason
+
+
+def _is_network_url(url: str) -> bool:
+    """True for a URL with a scheme other than file: (a local path that fails is a config error)."""
+    scheme, sep, _ = url.partition("://")
+    return bool(sep) and scheme.isalpha() and scheme.lower() != "file"
 
 
 def _drain_lines(pipe: BinaryIO, keep: collections.deque) -> None:
