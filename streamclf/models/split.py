@@ -46,6 +46,42 @@ SPLIT_SCHEMA = 1
 SPLITTABLE = ("MTT_musicnn", "MSD_musicnn")
 
 
+class PoolFirstBlock(nn.Module):
+    """A timbral or temporal block with its frequency max taken before relu and batch norm.
+
+    relu is monotonic, and the batch norm is a per-channel affine map whose sign decides
+    whether it keeps max or min; a channel with a negative scale takes the max of its negated
+    conv (= −min), so `bn(relu(conv(x))).amax(bands) == bn(relu(s · amax(s · conv(x))))` with
+    s = ±1 — and the memory-bound relu and bn run on [B, C, T], not on [B, C, T, bands].
+    x [B, 1, T, 96] → [B, C, T − kernel + 1 + padding].
+    """
+
+    def __init__(self, block: nn.Module, *, pad_frames: tuple[int, int] = (0, 0)) -> None:
+        super().__init__()
+        bn, conv = block.bn, block.conv
+        scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
+        sign = torch.where(scale < 0, -1.0, 1.0)
+        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size)
+        self.conv.weight.data = conv.weight.detach() * sign[:, None, None, None]
+        self.conv.bias.data = conv.bias.detach() * sign
+        self.register_buffer("sign", sign[None, :, None])
+        self.register_buffer("scale", scale[None, :, None])
+        self.register_buffer("shift", (bn.bias - bn.running_mean * scale).detach()[None, :, None])
+        self.pad_frames = pad_frames
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(self.pad_frames):
+            x = F.pad(x, (0, 0, *self.pad_frames))
+        return F.relu(self.conv(x).amax(dim=3) * self.sign) * self.scale + self.shift
+
+
+def pool_first(model: Musicnn) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """The timbral and temporal blocks of `model` as PoolFirstBlocks."""
+    timbral = nn.ModuleList(PoolFirstBlock(b) for b in model.timbral)
+    temporal = nn.ModuleList(PoolFirstBlock(b, pad_frames=b.pad_frames) for b in model.temporal)
+    return timbral, temporal
+
+
 class FrameNet(nn.Module):
     """Input batch norm + both timbral blocks, valid in time.
 
@@ -55,7 +91,7 @@ class FrameNet(nn.Module):
     def __init__(self, model: Musicnn) -> None:
         super().__init__()
         self.input_bn = model.input_bn
-        self.timbral = model.timbral
+        self.timbral = pool_first(model)[0]
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
         x = self.input_bn(context.unsqueeze(1))
@@ -71,18 +107,18 @@ class WindowNet(nn.Module):
     def __init__(self, model: Musicnn) -> None:
         super().__init__()
         self.model = model
+        self.timbral, self.temporal = pool_first(model)
 
     def forward(self, logmel: torch.Tensor, core: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.model
-        x = m.input_bn(logmel.unsqueeze(1))  # [B, 1, 187, 96]
+        x = self.model.input_bn(logmel.unsqueeze(1))  # [B, 1, 187, 96]
         padded = F.pad(x, (0, 0, CONTEXT_FRAMES, CONTEXT_FRAMES))
         span = 3 * CONTEXT_FRAMES  # the rows that produce the 3 edge frames of one side
         edges = torch.cat([padded[:, :, :span], padded[:, :, -span:]], dim=0)  # [2B, 1, 9, 96]
-        edge_features = torch.cat([block(edges) for block in m.timbral], dim=1)  # [2B, 408, 3]
+        edge_features = torch.cat([block(edges) for block in self.timbral], dim=1)  # [2B, 408, 3]
         head, tail = edge_features.chunk(2, dim=0)
         timbral = torch.cat([head, core.transpose(1, 2), tail], dim=2)  # [B, 408, 187]
-        frontend = torch.cat([timbral] + [block(x) for block in m.temporal], dim=1)
-        return musicnn_head(m, frontend)
+        frontend = torch.cat([timbral] + [block(x) for block in self.temporal], dim=1)
+        return musicnn_head(self.model, frontend)
 
 
 def musicnn_head(m: Musicnn, frontend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
