@@ -252,7 +252,12 @@ def evaluate(model: str | Path, clips: Sequence[Clip], *, threshold: float | Non
 
     card = load_model_card(model)
     frames, truth, _ = clip_windows(clips, max_windows=max_windows)
-    out = run_outputs(card.onnx_path, frames)
+    return score_outputs(card, run_outputs(card.onnx_path, frames), truth, threshold=threshold)
+
+
+def score_outputs(card, out: dict[str, np.ndarray], truth: np.ndarray, *,  # noqa: ANN001
+                  threshold: float | None = None) -> list[Score]:
+    """Scores from a model's outputs (`run_outputs`) on windows whose true families are `truth`."""
     if "mtt_tags" not in out:
         if len(card.labels) != 50 or card.name.split("_", 1)[0] not in ("MTT", "MSD"):
             msg = f"{card.name}: neither a musicnn tagger nor a fused model"
@@ -261,7 +266,7 @@ def evaluate(model: str | Path, clips: Sequence[Clip], *, threshold: float | Non
     if threshold is None:
         threshold = float(card.document.get("calibration", {}).get("unknown_threshold", 0.0))
     index = [FAMILIES.index(label) for label in card.labels]
-    probs = np.zeros((len(frames), len(FAMILIES)), np.float32)
+    probs = np.zeros((len(truth), len(FAMILIES)), np.float32)
     probs[:, index] = out["tags"]
     scores = [zero_shot_score("MTT_musicnn", out["mtt_tags"], truth),
               zero_shot_score("MSD_musicnn", out["msd_tags"], truth)]
