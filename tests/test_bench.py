@@ -1,0 +1,129 @@
+"""`streamclf bench --quick --json` end to end: the report's structure and the sanity of its
+numbers (speed targets live in the benchmark itself, not here)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streamclf.bench import SECTIONS, framer_flops_per_audio_s
+
+pytestmark = pytest.mark.timeout(400)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    """One real quick run as a subprocess: its JSON report and the markdown it wrote."""
+    doc = tmp_path_factory.mktemp("bench") / "benchmarks.md"
+    out = subprocess.run(
+        [sys.executable, "-m", "streamclf.cli", "bench", "--quick", "--json", "--write", str(doc)],
+        capture_output=True, text=True, timeout=360, check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout), doc.read_text()
+
+
+def _positive(x: float | None) -> bool:
+    return x is not None and math.isfinite(x) and x > 0
+
+
+class TestReport:
+    """Every section is present, every target check is a well-formed verdict."""
+
+    def test_sections_and_checks(self, bench: tuple[dict, str]) -> None:
+        report, _ = bench
+        assert report["quick"] is True
+        for section in SECTIONS:
+            assert section.name in report, section.name
+        assert {"framer_x_realtime", "e2e_p99_vs_engine_p99", "capacity_vs_engine_bound",
+                "rss_bytes", "ready_s", "torch_libraries_mapped"} <= set(report["checks"])
+        for name, check in report["checks"].items():
+            assert isinstance(check["ok"], bool), name
+            assert check["value"] is not None, name
+
+    def test_markdown_has_every_section_and_the_targets(self, bench: tuple[dict, str]) -> None:
+        report, doc = bench
+        assert "`streamclf bench --quick`" in doc
+        for i, section in enumerate(SECTIONS, 1):
+            assert f"## {i}. {section.title}" in doc
+        assert "## Targets (CPU engine)" in doc
+        assert doc.count("| met |") + doc.count("| **missed** |") == len(report["checks"])
+
+
+class TestFramer:
+    """The streaming framer does O(hop) work per window; the naive way does O(window)."""
+
+    def test_rates_are_positive_and_consistent(self, bench: tuple[dict, str]) -> None:
+        framer = bench[0]["framer"]
+        rows = framer["rows"]
+        for name, row in rows.items():
+            assert _positive(row["x_realtime"]), name
+            assert row["x_realtime"] == pytest.approx(framer["audio_s"] / row["seconds"])
+        # A quarter of the hop: about four times the windows of the 1 s hop.
+        assert rows["framer_hop_0.25s"]["windows"] >= 3 * rows["framer_hop_1s"]["windows"]
+        assert framer["floor"]["flops_per_audio_s"] == pytest.approx(framer_flops_per_audio_s())
+
+    def test_librosa_comparisons_ran(self, bench: tuple[dict, str]) -> None:
+        """librosa is a dev dependency, installed for the tests: no skip note."""
+        framer = bench[0]["framer"]
+        assert framer["librosa_note"] is None
+        assert {"librosa_whole_file", "librosa_naive_hop_1s"} <= set(framer["speedup_vs"])
+        # Recomputing 3 s at every hop cannot beat the framer's new frames only, even under load.
+        assert framer["speedup_vs"]["librosa_naive_hop_0.25s"] > 1.0
+
+
+class TestEngines:
+    def test_onnxruntime_row(self, bench: tuple[dict, str]) -> None:
+        engines = bench[0]["engines"]
+        row = next(r for r in engines["engines"] if r["engine"] == "onnxruntime")
+        assert 0 < row["latency_ms_p50"] <= row["latency_ms_p99"]
+        assert all(_positive(v) for v in row["windows_per_s"].values())
+        assert _positive(engines["flops_per_window"])
+        assert _positive(engines["floor_ms_per_window"])
+        assert engines["reference"]["ms_per_patch"] == 28.0
+
+
+class TestDaemon:
+    """The real daemon ran: windows reached a subscriber, it said READY, it holds no torch."""
+
+    def test_end_to_end_latency(self, bench: tuple[dict, str]) -> None:
+        e2e = bench[0]["end_to_end"]
+        assert e2e["windows"] >= 30
+        ms = e2e["e2e_ms"]
+        assert 0 < ms["p50"] <= ms["p99"] <= ms["max"]
+        # The subscriber's part comes on top of the daemon's own arrival → publish latency.
+        assert ms["p50"] >= e2e["in_daemon_ms"]["p50"]
+
+    def test_capacity_trials(self, bench: tuple[dict, str]) -> None:
+        capacity = bench[0]["capacity"]
+        assert 1 <= len(capacity["trials"]) <= 2
+        for trial in capacity["trials"]:
+            assert trial["expected_windows"] >= 1
+            assert trial["cpu_percent"] > 0
+            assert trial["cpu_percent_per_stream"] == pytest.approx(
+                trial["cpu_percent"] / trial["streams"])
+        sustained = [t["streams"] for t in capacity["trials"] if t["sustained"]]
+        assert capacity["streams"] == max(sustained, default=0)
+
+    def test_memory_and_startup(self, bench: tuple[dict, str]) -> None:
+        daemon = bench[0]["daemon"]
+        assert daemon["torch_mapped"] == []
+        assert daemon["rss_bytes"] > daemon["floor"]["ort_session_rss_bytes"] / 2
+        assert daemon["peak_rss_bytes"] >= daemon["rss_bytes"]
+        assert daemon["ready_s"] > daemon["floor"]["python_start_s"] > 0
+        assert daemon["ready_s_all_starts"]["n"] == 1 + len(bench[0]["capacity"]["trials"])
+
+
+def test_missing_daemon_fails_with_one_line(tmp_path: Path) -> None:
+    """A daemon that cannot start is a StreamclfError naming the reason, not a hang."""
+    from streamclf.bench import Daemon
+    from streamclf.errors import StreamclfError
+
+    with (pytest.raises(StreamclfError, match="did not become ready"),
+          Daemon(tmp_path, streams=1, hop_s=1.0, audio=tmp_path / "missing.wav")):
+        pass
