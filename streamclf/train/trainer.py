@@ -22,6 +22,8 @@ from streamclf.train.heads import build_head
 
 log = structlog.get_logger(__name__)
 
+MIN_STEPS_PER_EPOCH = 8  # so that validation on a small dataset does not run after every step
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -101,7 +103,7 @@ def train_head(
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     total_windows = sum(len(t.embedding) for t in train)
-    steps = max(1, total_windows // (config.segment_windows * config.batch_size))
+    steps = max(MIN_STEPS_PER_EPOCH, total_windows // (config.segment_windows * config.batch_size))
     best_loss, best_epoch, best_state = np.inf, 0, None
     result = TrainResult(head=head, best_epoch=0, epochs_run=0)
     for epoch in range(1, config.epochs + 1):
