@@ -20,7 +20,13 @@ import structlog
 from streamclf.backends.base import load_engine
 from streamclf.backends.incremental import FullWindowRunner, IncrementalRunner, WindowRunner
 from streamclf.features.framer import Window, load_mono_16k
-from streamclf.features.mel import HOP_LENGTH, SAMPLE_RATE_HZ, WINDOW_FRAMES, frames_for_seconds, logmel
+from streamclf.features.mel import (
+    HOP_LENGTH,
+    SAMPLE_RATE_HZ,
+    WINDOW_FRAMES,
+    frames_for_seconds,
+    logmel,
+)
 from streamclf.models.card import load_model_card
 
 log = structlog.get_logger(__name__)
@@ -57,7 +63,7 @@ def stream_ticks(
     return out
 
 
-def time_alternating(runners: dict[str, WindowRunner], ticks: list) -> dict[str, np.ndarray]:  # noqa: ANN001
+def time_alternating(runners: dict[str, WindowRunner], ticks: list) -> dict[str, np.ndarray]:
     """Seconds per tick for each runner, the runners alternating on every tick; tick 0 untimed
     (it fills the incremental rings)."""
     seconds: dict[str, list[float]] = {name: [] for name in runners}
@@ -70,7 +76,7 @@ def time_alternating(runners: dict[str, WindowRunner], ticks: list) -> dict[str,
     return {name: np.asarray(s) for name, s in seconds.items()}
 
 
-def ideal_speedups(card, split, hops_frames: list[int]) -> dict[int, float]:  # noqa: ANN001
+def ideal_speedups(card, split, hops_frames: list[int]) -> dict[int, float]:
     """Full-window FLOPs / (window-graph FLOPs + hop × per-frame FLOPs), per hop (needs onnx)."""
     from streamclf.flops import count_flops
 
@@ -127,6 +133,9 @@ def bench_incremental(
         log.info("bench_incremental", **rows[-1])
     for runner in runners.values():
         runner.close()
+    per_frame_ms, per_window_ms = (np.polyfit([r["hop_frames"] for r in rows],
+                                              [r["incremental_ms_per_window"] for r in rows], 1)
+                                   if len(rows) > 1 else (math.nan, math.nan))
     return {
         "model": card.name,
         "engine": incremental.info.device,
@@ -134,18 +143,20 @@ def bench_incremental(
         "ticks": n_ticks,
         "load_average_1min": os.getloadavg()[0],
         "hops": rows,
+        # incremental cost ≈ per_window_ms + hop_frames · per_frame_ms (least squares over hops)
+        "fit": {"per_window_ms": float(per_window_ms), "per_frame_ms": float(per_frame_ms)},
     }
 
 
 def format_incremental(result: dict) -> str:
     """The result as a markdown table for the bench report and docs/incremental.md."""
     lines = [
-        f"Incremental vs full-window inference, {result['model']} on onnxruntime "
-        f"{result['engine']}, {result['streams']} streams per batch, median of {result['ticks']} "
-        f"ticks (1-min load average {result['load_average_1min']:.1f})",
+        (f"Incremental vs full-window inference, {result['model']} on onnxruntime "
+         f"{result['engine']}, {result['streams']} streams per batch, median of {result['ticks']} "
+         f"ticks (1-min load average {result['load_average_1min']:.1f})"),
         "",
-        "| hop | full ms/window | incremental ms/window | speed-up (ideal, FLOPs) "
-        "| capacity full → incremental (streams) | frames computed per window |",
+        ("| hop | full ms/window | incremental ms/window | speed-up (ideal, FLOPs) "
+         "| capacity full → incremental (streams) | frames computed per window |"),
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["hops"]:
@@ -156,6 +167,9 @@ def format_incremental(result: dict) -> str:
             f"| {r['full_capacity_streams']:.0f} → {r['incremental_capacity_streams']:.0f} "
             f"| {r['frames_computed_per_window']:.0f} |"
         )
+    fit = result["fit"]
+    lines += ["", (f"Incremental cost ≈ {fit['per_window_ms']:.1f} ms per window + "
+                   f"{fit['per_frame_ms']:.3f} ms per new frame (fit over the hops).")]
     return "\n".join(lines)
 
 

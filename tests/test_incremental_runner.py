@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-
 from incremental_helpers import assert_same_outputs, reference, window_at, windows_at
+
 from streamclf.backends.base import load_engine
-from streamclf.backends.incremental import FullWindowRunner, IncrementalRunner
+from streamclf.backends.incremental import FullWindowRunner, IncrementalCounters, IncrementalRunner
 from streamclf.features.framer import LogMelFramer, load_mono_16k, logmel_windows_for_file
 from streamclf.features.mel import logmel as logmel_of
 from streamclf.models.card import load_model_card
 
-CLIP = "streamclf/data/clip.ogg"
+CLIP_PATH = Path(__file__).resolve().parent.parent / "streamclf" / "data" / "clip.ogg"
 CORE_FRAMES = 181
 MAX_BATCH = 8
 
@@ -24,9 +26,7 @@ def card():
 
 @pytest.fixture(scope="module")
 def audio() -> np.ndarray:
-    from pathlib import Path
-
-    return load_mono_16k(Path(__file__).resolve().parent.parent / CLIP)
+    return load_mono_16k(CLIP_PATH)
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +39,17 @@ def full(card) -> FullWindowRunner:
     return FullWindowRunner(load_engine(card, "onnxruntime", max_batch=MAX_BATCH))
 
 
-@pytest.fixture
-def runner(card) -> IncrementalRunner:
+@pytest.fixture(scope="module")
+def loaded_runner(card) -> IncrementalRunner:
     return IncrementalRunner(card, max_batch=MAX_BATCH)
+
+
+@pytest.fixture
+def runner(loaded_runner) -> IncrementalRunner:
+    """The module's runner with no streams and zeroed counters."""
+    loaded_runner.reset()
+    loaded_runner.counters = IncrementalCounters()
+    return loaded_runner
 
 
 class TestExactness:
@@ -112,13 +120,9 @@ class TestReuse:
         windows = [window_at(logmel, s) for s in (0, 62, 500, 562, 100)]  # jump, then backwards
         replaced = window_at(np.ascontiguousarray(logmel[::-1]), 162)  # same index, other audio
         items = [("s", w) for w in windows] + [("s", replaced)]
-        got = {k: [] for k in ("tags", "embedding")}
-        for item in items:  # one at a time: each decision sees the previous window's ring
-            out = runner.run([item])
-            for k in got:
-                got[k].append(out[k])
-        assert_same_outputs({k: np.concatenate(v) for k, v in got.items()},
-                            reference(full, [w for _, w in items]))
+        outputs = [runner.run([item]) for item in items]  # one at a time, as a live stream
+        got = {k: np.concatenate([o[k] for o in outputs]) for k in ("tags", "embedding")}
+        assert_same_outputs(got, reference(full, [w for _, w in items]))
         assert runner.counters.restarts == 3
         assert runner.counters.frames_reused == 2 * (CORE_FRAMES - 62)
 
@@ -137,15 +141,14 @@ class TestReuse:
         assert runner.counters.frames_computed == 3 * CORE_FRAMES + CORE_FRAMES + 62
 
 
-def test_classify_and_daemon_agree(card, full, logmel):
+def test_classify_and_daemon_agree(runner, full, audio):
     """`classify`'s non-overlapping patches and the daemon's overlapping windows: same tags."""
-    path = __file__.rsplit("/tests/", 1)[0] + "/" + CLIP
-    patches = logmel_windows_for_file(path)  # hop 187, what classify runs
-    daemon = logmel_windows_for_file(path, hop_frames=17)  # 187 = 11 hops: every 11th is a patch
-    runner = IncrementalRunner(card, max_batch=MAX_BATCH)
+    patches = logmel_windows_for_file(CLIP_PATH)  # hop 187, what classify runs
+    framer = LogMelFramer(187, 17)  # 187 = 11 hops of 17: every 11th daemon window is a patch
+    daemon = list(framer.push(audio[: 12 * 16000]))
     got = runner.run([("live", w) for w in daemon])
     by_start = {w.start_frame: i for i, w in enumerate(daemon)}
     shared = [p for p in patches if p.start_frame in by_start]
-    assert len(shared) >= 2
+    assert len(shared) >= 3
     rows = [by_start[p.start_frame] for p in shared]
     assert_same_outputs({k: v[rows] for k, v in got.items()}, reference(full, shared))

@@ -7,9 +7,9 @@ import shutil
 
 import numpy as np
 import pytest
+from incremental_helpers import TOLERANCE, windows_at
 from structlog.testing import capture_logs
 
-from incremental_helpers import TOLERANCE, windows_at
 from streamclf.backends.incremental import (
     SPLIT_DIR,
     FullWindowRunner,

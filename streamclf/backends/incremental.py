@@ -44,7 +44,13 @@ from streamclf.backends.base import (
 from streamclf.errors import ModelError
 from streamclf.features.framer import Window
 from streamclf.features.mel import N_MELS, WINDOW_FRAMES
-from streamclf.models.card import ENGINES_DIR, ModelCard, architecture_of, load_model_card, sha256_file
+from streamclf.models.card import (
+    ENGINES_DIR,
+    ModelCard,
+    architecture_of,
+    load_model_card,
+    sha256_file,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -179,7 +185,7 @@ class WindowRunner(Protocol):
         """items [(stream_id, window)] → {'tags': [N, 50], 'embedding': [N, D]}."""
         ...
 
-    def reset(self, stream_id: str) -> None: ...
+    def reset(self, stream_id: str | None = None) -> None: ...
 
     def warmup(self) -> None: ...
 
@@ -201,7 +207,7 @@ class FullWindowRunner:
     def run(self, items: Sequence[tuple[str, Window]]) -> dict[str, np.ndarray]:
         return run_batched(self.engine, [w.frames for _, w in items], buffer=self._buffer)
 
-    def reset(self, stream_id: str) -> None:
+    def reset(self, stream_id: str | None = None) -> None:
         """Nothing is kept between windows."""
 
     def warmup(self) -> None:
@@ -263,9 +269,13 @@ class IncrementalRunner:
     def max_batch(self) -> int:
         return self.info.max_batch
 
-    def reset(self, stream_id: str) -> None:
-        """Forget a stream (restarted source, removed stream); its next window starts afresh."""
-        self._rings.pop(stream_id, None)
+    def reset(self, stream_id: str | None = None) -> None:
+        """Forget a stream (restarted source, removed stream), or all of them when None;
+        its next window starts afresh."""
+        if stream_id is None:
+            self._rings.clear()
+        else:
+            self._rings.pop(stream_id, None)
 
     def run(self, items: Sequence[tuple[str, Window]]) -> dict[str, np.ndarray]:
         chunks = [self._run_chunk(items[i : i + self.max_batch])
