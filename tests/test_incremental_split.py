@@ -101,6 +101,7 @@ class TestLoadRunner:
         ("MSD_vgg", {}, "VGG"),
         ("MSD_musicnn", {"incremental": False}, "disabled"),
         ("MSD_musicnn", {"split_dir": "EMPTY"}, "no usable split"),
+        ("MSD_musicnn", {"hop_frames": 187}, "share no reusable frame"),
     ])
     def test_falls_back_to_full_windows(self, tmp_path, clip_windows, model, kwargs, why):
         if kwargs.get("split_dir") == "EMPTY":

@@ -58,6 +58,7 @@ SPLIT_DIR = ENGINES_DIR / "split"
 SPLIT_SCHEMA = 1
 RING_FRAMES = 256  # >= the core frames of one window; a stream's ring is RING_FRAMES × 408 floats
 FRAME_CHUNK = 256  # patches per frame-graph call: bounds its intermediates (~73 KB a frame)
+CONTEXT_FRAMES = 3  # the timbral blocks see 3 frames either side (streamclf.models.split)
 MAX_STREAMS = 256  # rings kept; the least recently used stream beyond this is forgotten
 
 
@@ -364,6 +365,7 @@ def load_runner(
     kind: str = "auto",
     *,
     incremental: bool = True,
+    hop_frames: int | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     precision: str | None = None,
     threads: int | None = None,
@@ -374,7 +376,9 @@ def load_runner(
 
     Incremental needs a musicnn model with a matching split and the onnxruntime engine (the
     split graphs have two inputs, which the TensorRT and torch engines do not take); under
-    "auto" a usable GPU wins, with full windows on TensorRT. The choice is logged with its reason.
+    "auto" a usable GPU wins, with full windows on TensorRT. Windows `hop_frames` apart (when
+    known) must overlap by more than the 6 edge frames for anything to be reused, so `classify`'s
+    non-overlapping patches run full windows. The choice is logged with its reason.
     """
     card = model if isinstance(model, ModelCard) else load_model_card(model)
     reason = ""
@@ -382,6 +386,8 @@ def load_runner(
         reason = "incremental inference disabled"
     elif architecture_of(card.name) != "musicnn":
         reason = f"{card.name}: every VGG layer pads and pools by 2, no per-frame part to reuse"
+    elif hop_frames is not None and hop_frames >= card.window_frames - 2 * CONTEXT_FRAMES:
+        reason = f"hop of {hop_frames} frames: consecutive windows share no reusable frame"
     else:
         if kind in ("auto", "tensorrt"):
             from streamclf.backends.tensorrt import probe_gpu
