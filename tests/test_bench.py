@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streamclf.bench import SECTIONS, framer_flops_per_audio_s
+from streamclf.bench import BEGIN_MARK, END_MARK, SECTIONS, framer_flops_per_audio_s, write_report
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -52,6 +52,7 @@ class TestReport:
         for i, section in enumerate(SECTIONS, 1):
             assert f"## {i}. {section.title}" in doc
         assert "## Targets (CPU engine)" in doc
+        assert doc.startswith(f"# Benchmarks\n\n{BEGIN_MARK}\n")
         assert doc.count("| met |") + doc.count("| **missed** |") == len(report["checks"])
 
 
@@ -65,7 +66,9 @@ class TestFramer:
             assert _positive(row["x_realtime"]), name
             assert row["x_realtime"] == pytest.approx(framer["audio_s"] / row["seconds"])
         # A quarter of the hop: about four times the windows of the 1 s hop.
-        assert rows["framer_hop_0.25s"]["windows"] >= 3 * rows["framer_hop_1s"]["windows"]
+        assert (rows["framer_hop_0.25s_block_50ms"]["windows"]
+                >= 3 * rows["framer_hop_1s_block_50ms"]["windows"])
+        assert rows["framer_hop_1s_block_1000ms"]["windows"] == rows["framer_hop_1s_block_50ms"]["windows"]
         assert framer["floor"]["flops_per_audio_s"] == pytest.approx(framer_flops_per_audio_s())
 
     def test_librosa_comparisons_ran(self, bench: tuple[dict, str]) -> None:
@@ -127,3 +130,18 @@ def test_missing_daemon_fails_with_one_line(tmp_path: Path) -> None:
     with (pytest.raises(StreamclfError, match="did not become ready"),
           Daemon(tmp_path, streams=1, hop_s=1.0, audio=tmp_path / "missing.wav")):
         pass
+
+
+class TestWriteReport:
+    """--write replaces only the generated part, so the hand-written reading of it survives."""
+
+    def test_new_file_gets_a_title_and_the_markers(self, tmp_path: Path) -> None:
+        path = tmp_path / "docs" / "benchmarks.md"
+        write_report(path, "table 1\n")
+        assert path.read_text() == f"# Benchmarks\n\n{BEGIN_MARK}\ntable 1\n{END_MARK}\n"
+
+    def test_rewrite_keeps_the_text_around_the_markers(self, tmp_path: Path) -> None:
+        path = tmp_path / "benchmarks.md"
+        path.write_text(f"# Title\nintro\n{BEGIN_MARK}\nold\n{END_MARK}\n## Reading\nnotes\n")
+        write_report(path, "new\n")
+        assert path.read_text() == f"# Title\nintro\n{BEGIN_MARK}\nnew\n{END_MARK}\n## Reading\nnotes\n"
