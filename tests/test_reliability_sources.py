@@ -95,10 +95,14 @@ class TestFileEnds:
     def test_without_loop_the_daemon_stops_cleanly(self, tmp_path):
         """At the end of a file the daemon flushes, sends a final status and exits 0 by itself."""
         path = _short_wav(tmp_path, 8.0)
-        cfg = write_config(tmp_path, streams=[{"id": "f", "source": "file", "path": str(path),
-                                               "realtime": False}])  # fmt: skip
-        with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg.path) as daemon:
-            assert daemon.wait(START_TIMEOUT_S) == 0
+        cfg = write_config(tmp_path, streams=[{"id": "f", "source": "file", "path": str(path)}])
+        with Daemon(cfg.path) as daemon:
+            # subscribe once the feed is bound: a SUB that keeps knocking on a missing ipc path
+            # backs off to 5 s between tries, longer than the rest of this run
+            assert wait_for(lambda: "feed_bound" in daemon.event_names(),
+                            timeout_s=START_TIMEOUT_S)  # fmt: skip
+            with FeedRecorder(cfg.endpoint) as feed:
+                assert daemon.wait(START_TIMEOUT_S) == 0
             names = daemon.event_names()
         assert "all_inputs_ended" in names
         final = feed.final_status("f")
