@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import structlog
@@ -27,50 +27,56 @@ TARGET_ORT_VS_TORCH = 1.3  # onnxruntime at least this much faster than torch at
 TARGET_SGEMM_SHARE = 0.40  # onnxruntime at batch 8 reaches this share of the sgemm rate
 
 
-def sgemm_gflops(*, sizes: Sequence[int] = SGEMM_SIZES, min_time_s: float = 0.5) -> float:
-    """Best fp32 matrix-multiply rate of numpy's BLAS on square [n, n] @ [n, n], in GFLOP/s.
-
-    The best call over a few sizes, each tried for `min_time_s`: the machine's attainable
-    rate, least disturbed by other processes.
-    """
+def _sgemm_call(n: int) -> Callable[[], None]:
+    """One fp32 [n, n] @ [n, n] product into a preallocated output (2·n³ FLOPs per call)."""
     rng = np.random.default_rng(0)
-    best = 0.0
-    for n in sizes:
-        a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
-        out = np.empty((n, n), np.float32)
-        np.matmul(a, b, out=out)
-        deadline = time.perf_counter() + min_time_s
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            np.matmul(a, b, out=out)
-            best = max(best, 2 * n**3 / (time.perf_counter() - started) / 1e9)
-    return best
+    a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
+    out = np.empty((n, n), np.float32)
+    return lambda: np.matmul(a, b, out=out)
 
 
-def time_calls(engine, batch: np.ndarray, *, min_calls: int, min_time_s: float) -> list[float]:  # noqa: ANN001
-    """Seconds per `engine.infer(batch)` call, after one untimed call."""
-    engine.infer(batch)
+def sgemm_gflops(*, sizes: Sequence[int] = SGEMM_SIZES, min_time_s: float = 0.5) -> float:
+    """Best fp32 matrix-multiply rate of numpy's BLAS over a few square sizes, in GFLOP/s.
+
+    The best single call: the machine's attainable rate, least disturbed by other processes.
+    """
+    return max(
+        2 * n**3 / min(time_calls(_sgemm_call(n), min_calls=3, min_time_s=min_time_s)) / 1e9
+        for n in sizes
+    )
+
+
+def time_calls(call: Callable[[], object], *, min_calls: int, min_time_s: float) -> list[float]:
+    """Seconds per `call()`, after one untimed call, for at least min_calls and min_time_s."""
+    call()
     seconds = []
     deadline = time.perf_counter() + min_time_s
     while len(seconds) < min_calls or time.perf_counter() < deadline:
         started = time.perf_counter()
-        engine.infer(batch)
+        call()
         seconds.append(time.perf_counter() - started)
     return seconds
 
 
-def bench_engines(engines: Sequence, inputs: np.ndarray, *, quick: bool) -> list[dict]:
-    """Latency percentiles at batch 1 and throughput at each of BATCHES, per engine.
+def bench_engines(engines: Sequence, inputs: np.ndarray, *, quick: bool) -> tuple[list[dict], float]:
+    """Per engine: latency percentiles at batch 1 and throughput at each of BATCHES; and the
+    median sgemm rate measured alongside them.
 
-    The engines take turns in short blocks over several rounds, so that load from other
-    processes falls on all of them alike instead of on whichever ran during a busy moment.
+    The engines and an sgemm block take turns in short blocks over several rounds, so that load
+    from other processes falls on all of them alike instead of on whichever ran during a busy
+    moment. The median sgemm rate shows how loaded the run was: close to the best rate on a quiet
+    machine, far below it when other processes compete (BLAS threads suffer most from that, so
+    the share is taken against the best rate, the conservative choice).
     """
     rounds, block_s = (2, 0.2) if quick else (5, 0.6)
     seconds = {id(e): {b: [] for b in BATCHES if b <= e.max_batch} for e in engines}
+    sgemm, sgemm_seconds = _sgemm_call(SGEMM_SIZES[-1]), []
     for _ in range(rounds):
+        sgemm_seconds.extend(time_calls(sgemm, min_calls=3, min_time_s=block_s))
         for engine in engines:
             for batch, samples in seconds[id(engine)].items():
-                samples.extend(time_calls(engine, inputs[:batch], min_calls=1, min_time_s=block_s))
+                windows = inputs[:batch]
+                samples.extend(time_calls(lambda: engine.infer(windows), min_calls=1, min_time_s=block_s))
     rows = []
     for engine in engines:
         per_batch = {b: np.asarray(s) for b, s in seconds[id(engine)].items()}
@@ -83,7 +89,7 @@ def bench_engines(engines: Sequence, inputs: np.ndarray, *, quick: bool) -> list
             "calls_batch1": len(per_batch[1]),
             "windows_per_s": {b: b / float(np.median(s)) for b, s in per_batch.items()},
         })
-    return rows
+    return rows, 2 * SGEMM_SIZES[-1] ** 3 / float(np.median(sgemm_seconds)) / 1e9
 
 
 def available_kinds() -> list[str]:
@@ -128,7 +134,9 @@ def run_engine_bench(model: object, *, kinds: Sequence[str] | None = None, quick
             log.warning("bench_engine_skipped", engine=kind, error=str(exc))
     try:
         outputs = [e.infer(inputs[: min(8, e.max_batch)]) for e in engines]
-        results["engines"] = bench_engines(engines, inputs, quick=quick)
+        results["engines"], results["machine"]["sgemm_gflops_alongside"] = bench_engines(
+            engines, inputs, quick=quick
+        )
     finally:
         for engine in engines:
             engine.close()
@@ -167,7 +175,8 @@ def render_markdown(results: dict) -> str:
         f"Model `{results['model']}`, "
         + (f"{flops / 1e9:.2f} GFLOP per window; " if flops else "FLOPs not counted (no onnx); ")
         + f"{machine['cores']} cores, load {machine['load_1min']:.1f}, "
-        f"numpy sgemm {machine['sgemm_gflops']:.0f} GFLOP/s.",
+        f"numpy sgemm {machine['sgemm_gflops']:.0f} GFLOP/s at best (the % column's base), "
+        f"{machine['sgemm_gflops_alongside']:.0f} GFLOP/s median alongside the engines.",
         "",
         "| engine | device | precision | p50 ms (b1) | p99 ms (b1) | "
         + " | ".join(f"win/s b{b}" for b in BATCHES)
