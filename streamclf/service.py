@@ -36,8 +36,11 @@ STALL_S = 5.0  # an engine worker silent for this long counts as stalled (no wat
 STOP_TIMEOUT_S = 1.5  # leaves room for the final status inside the promised 2 s
 
 
-class ShutdownRequested(Exception):
-    """Raised by the signal handler while start-up is still loading the engine."""
+class ShutdownRequested(BaseException):
+    """Raised by the signal handler while start-up is still loading the engine.
+
+    A BaseException (like KeyboardInterrupt), so that code which turns any Exception into its
+    own error (the model loader does) cannot mistake a SIGTERM for a broken model."""
 
 
 def config_for_listen(args) -> Config:
@@ -93,13 +96,14 @@ class Runner:
         try:
             self.pipeline.start(on_progress=lambda text: self.notifier.status(text))
             self._starting = False
-        except ShutdownRequested:
-            log.info("stopped_during_startup", signal=self._stop_signal)
-            self.pipeline.stop(STOP_TIMEOUT_S)
-            return 0
         except BaseException:
             self.pipeline.stop(STOP_TIMEOUT_S)
-            raise
+            # the handler's ShutdownRequested may surface as whatever the interrupted code made
+            # of it (an ImportError inside an import, a ModelError from the model loader)
+            if self._stop_signal is None:
+                raise
+            log.info("stopped_during_startup", signal=self._stop_signal)
+            return 0
         self.notifier.ready(status="running")
         try:
             self._loop()
