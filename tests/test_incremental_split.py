@@ -129,3 +129,16 @@ def test_split_export_reproduces_the_model(tmp_path):
     doc = json.loads(card_path.read_text())
     assert doc["split_vs_full_max_abs"] <= TOLERANCE
     load_split_card(load_model_card("MTT_musicnn"), split_dir=tmp_path)
+
+
+def test_bench_reports_both_runners_on_the_same_ticks():
+    """The bench's bookkeeping (timing is for `streamclf bench`, not asserted here)."""
+    from streamclf.bench_incremental import bench_incremental, format_incremental
+
+    result = bench_incremental(hops_s=(0.5, 1.0), streams=2, quick=True, threads=1)
+    assert [r["hop_frames"] for r in result["hops"]] == [31, 62]
+    for row in result["hops"]:
+        assert row["frames_computed_per_window"] == row["hop_frames"]
+        assert row["full_ms_per_window"] > 0 and row["incremental_ms_per_window"] > 0
+        assert 1.5 < row["ideal_speedup"] < 3.5
+    assert "| 0.5 s (31 frames) |" in format_incremental(result)
