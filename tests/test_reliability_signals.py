@@ -1,0 +1,71 @@
+"""SIGTERM at awkward moments: during engine warm-up and under overload (device loss: in
+test_reliability_device.py). Each must end the daemon cleanly within 2 s; once the feed is up,
+a final status message goes out first."""
+
+from __future__ import annotations
+
+import socket
+
+from reliability_helpers import (
+    CLIP,
+    EXIT_PROMISE_S,
+    START_TIMEOUT_S,
+    Daemon,
+    FeedRecorder,
+    wait_for,
+    write_config,
+)
+
+
+class NotifyListener:
+    """A $NOTIFY_SOCKET of our own: the datagrams the daemon sends to 'systemd'."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self.path)
+        self._sock.settimeout(0.05)
+        self.received: list[str] = []
+
+    def poll(self) -> list[str]:
+        try:
+            while True:
+                self.received.append(self._sock.recv(4096).decode())
+        except TimeoutError:
+            return self.received
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def test_sigterm_during_engine_warmup(tmp_path):
+    """The signal lands while the engine loads: exit 0 within 2 s, 'stopped_during_startup'."""
+    cfg = write_config(tmp_path, streams=[{"id": "a", "source": "file", "path": str(CLIP)}])
+    notify = NotifyListener(tmp_path / "notify")
+    try:
+        with Daemon(cfg.path, env={"NOTIFY_SOCKET": notify.path}) as daemon:
+            assert wait_for(lambda: "STATUS=loading engine" in notify.poll(),
+                            timeout_s=START_TIMEOUT_S)  # fmt: skip
+            rc, took_s = daemon.terminate()
+            names = daemon.event_names()
+    finally:
+        notify.close()
+    assert rc == 0 and took_s < EXIT_PROMISE_S, took_s
+    assert "stopped_during_startup" in names and "pipeline_started" not in names
+    assert not any(m.startswith("READY=1") for m in notify.received)
+
+
+def test_sigterm_under_overload(tmp_path):
+    """An unpaced looped file at a 0.1 s hop gives the engine far more windows than it can
+    take; SIGTERM still ends it in 2 s, and the final status counts the dropped windows."""
+    cfg = write_config(tmp_path, streams=[{"id": "a", "source": "file", "path": str(CLIP),
+                                           "loop": True, "realtime": False}],
+                       framing={"hop_s": 0.1})  # fmt: skip
+    with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg.path) as daemon:
+        assert feed.wait(lambda: getattr(feed.last_status("a"), "dropped_windows", 0) > 50,
+                         timeout_s=START_TIMEOUT_S)  # fmt: skip
+        rc, took_s = daemon.terminate()
+    assert rc == 0 and took_s < EXIT_PROMISE_S, took_s
+    final = feed.final_status("a")
+    assert final is not None and final.dropped_windows > 50
+    assert feed.seq_gaps() == {}
