@@ -248,16 +248,14 @@ class TensorRTEngine(InfoFields):
         self._context = engine.create_execution_context()
         self._stream = cuda.Stream()
         self._host_in = cuda.pagelocked_empty((max_batch, WINDOW_FRAMES, N_MELS), np.float32)
-        self._host_out = {}
-        self._device_buffers = []
-        for name in names:
+        self._device_in = cuda.mem_alloc(self._host_in.nbytes)
+        self._context.set_tensor_address(INPUT_NAME, int(self._device_in))
+        self._host_out, self._device_out = {}, {}
+        for name in (n for n in names if not is_input[n]):
             dtype = trt.nptype(engine.get_tensor_dtype(name))
-            host = self._host_in if is_input[name] else cuda.pagelocked_empty((max_batch, shapes[name][1]), dtype)
-            device_buffer = cuda.mem_alloc(host.nbytes)
-            self._context.set_tensor_address(name, int(device_buffer))
-            self._device_buffers.append((name, host, device_buffer))
-            if not is_input[name]:
-                self._host_out[name] = host
+            self._host_out[name] = cuda.pagelocked_empty((max_batch, *shapes[name][1:]), dtype)
+            self._device_out[name] = cuda.mem_alloc(self._host_out[name].nbytes)
+            self._context.set_tensor_address(name, int(self._device_out[name]))
 
     @contextlib.contextmanager
     def _pushed(self) -> Iterator[None]:
@@ -274,15 +272,12 @@ class TensorRTEngine(InfoFields):
         n = len(batch)
         with self._pushed():
             self._host_in[:n] = batch
-            for name, host, device_buffer in self._device_buffers:
-                if name == INPUT_NAME:
-                    cuda.memcpy_htod_async(device_buffer, host[:n], self._stream)
+            cuda.memcpy_htod_async(self._device_in, self._host_in[:n], self._stream)
             self._context.set_input_shape(INPUT_NAME, (n, WINDOW_FRAMES, N_MELS))
             if not self._context.execute_async_v3(self._stream.handle):
                 raise EngineError("TensorRT execution failed")
-            for name, host, device_buffer in self._device_buffers:
-                if name != INPUT_NAME:
-                    cuda.memcpy_dtoh_async(host[:n], device_buffer, self._stream)
+            for name, host in self._host_out.items():
+                cuda.memcpy_dtoh_async(host[:n], self._device_out[name], self._stream)
             self._stream.synchronize()
         return {name: self._host_out[name][:n].astype(np.float32) for name in OUTPUT_NAMES}
 
@@ -291,9 +286,9 @@ class TensorRTEngine(InfoFields):
         if self._cuda_context is None:
             return
         with self._pushed():
-            for _, _, device_buffer in self._device_buffers:
+            for device_buffer in (self._device_in, *self._device_out.values()):
                 device_buffer.free()
-            self._device_buffers = []
+            self._device_out = {}
             self._context = None
             self._engine = None
             self._runtime = None
