@@ -30,7 +30,7 @@ from streamclf.evaluate import (
     render_table,
 )
 from streamclf.features.mel import frames_for_seconds
-from streamclf.models.card import DEFAULT_MODEL, ModelCard, dataset_of, load_model_card
+from streamclf.models.card import MODEL_NAMES, ModelCard, dataset_of, load_model_card
 from streamclf.models.taxonomy import VOCABULARIES, family_scores, zero_shot_family
 from streamclf.train.augment import AugmentConfig, draw
 from streamclf.train.datasets import Dataset, Item, assign_splits, load_dataset, summary
@@ -38,6 +38,7 @@ from streamclf.train.features import EmbeddingCache, WindowOutputs, file_sha256
 
 log = structlog.get_logger(__name__)
 
+BASE_MODEL = "MSD_musicnn"  # the frozen backbone: its 200-d penultimate layer is the embedding
 SHA_PREFIX = 16  # hex digits of a file's sha256 recorded in the card (enough to spot reuse)
 
 
@@ -68,7 +69,7 @@ def train_model(
     config: Any,
     augment: AugmentConfig = AugmentConfig(),
     splits: SplitOptions = SplitOptions(),
-    base_model: str = DEFAULT_MODEL,
+    base_model: str = BASE_MODEL,
     engine: str | None = None,
     hop_s: float = 3.0,
     cache_dir: str | Path | None = None,
@@ -86,6 +87,9 @@ def train_model(
     missing = sorted(set(classes) - {item.label for item in train_items})
     if missing:
         msg = f"class {missing[0]!r} has no training file; add files or change the split"
+        raise ConfigError(msg)
+    if base_model not in MODEL_NAMES:
+        msg = f"--base: a head sits on one stock musicnn model ({', '.join(MODEL_NAMES)}), not {base_model!r}"
         raise ConfigError(msg)
     base = load_model_card(base_model)
     cache = EmbeddingCache(base, _engine_for(base, engine), hop_frames=_hop_frames(hop_s),
