@@ -40,7 +40,7 @@ SOURCE_KEYS = {  # the keys that only mean something for one kind of source
 @dataclass(frozen=True)
 class EngineConfig:
     kind: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "auto"
-    model: str = "MSD_musicnn"
+    model: str = "fused_musicnn"
     precision: Literal["fp16", "fp32"] = "fp16"
     max_batch: int = 32
     threads: int = 0
@@ -60,7 +60,7 @@ class SmoothingConfig:
     switch_margin: float = 0.1
     min_dwell_s: float = 3.0
     silence_dbfs: float = -55.0
-    unknown_threshold: float = 0.0
+    unknown_threshold: float = 0.35  # chosen on the calibration tracks: docs/model-quality.md
 
 
 @dataclass(frozen=True)

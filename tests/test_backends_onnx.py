@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import shutil
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from backends_helpers import FP32_TOLERANCE, card, music_windows
 from streamclf.backends import load_engine
 from streamclf.backends.onnx import OnnxEngine
 from streamclf.errors import ModelError
+from streamclf.models.card import load_model_card
 
 MODELS = ("MSD_musicnn", "MTT_vgg")
 
@@ -121,10 +124,15 @@ class TestBadModels:
         with pytest.raises(ModelError, match=r"input 'logmel' has shape \['batch', 128, 96\]"):
             load_engine(path, "onnxruntime")
 
-    def test_wrong_tag_count(self, tmp_path: Path) -> None:
-        path = _write_model(tmp_path / "wrong.onnx", tags=10)
-        with pytest.raises(ModelError, match=r"output 'tags' has shape \['batch', 10\]"):
-            load_engine(path, "onnxruntime")
+    def test_tag_count_must_match_the_card(self, tmp_path: Path) -> None:
+        """Any fixed tag width loads (families, trained heads), but not one that differs from the card."""
+        path = _write_model(tmp_path / "ten.onnx", tags=10)
+        engine = load_engine(path, "onnxruntime")
+        assert engine.infer(np.zeros((2, 187, 96), np.float32))["tags"].shape == (2, 10)
+        engine.close()
+        card = dataclasses.replace(load_model_card("MSD_musicnn"), onnx_path=path)
+        with pytest.raises(ModelError, match="gives 10 tag probabilities but its card lists 50"):
+            load_engine(card, "onnxruntime")
 
     def test_wrong_input_name(self, tmp_path: Path) -> None:
         path = _write_model(tmp_path / "wrong.onnx", input_name="mel")

@@ -20,6 +20,7 @@ from e2e_helpers import (
 
 from streamclf.feed.schema import ChangeMessage, GenreMessage, StatusMessage
 from streamclf.feed.subscriber import Subscriber
+from streamclf.models.card import load_model_card
 
 CONFIG = """
 [engine]
@@ -55,12 +56,15 @@ def _wait_for(predicate, timeout_s):
     return False
 
 
-def _collect(sub, messages, seconds):
+def _collect(sub, messages, seconds, *, genres=None):
+    """Receive for `seconds`, or until `genres` genre messages arrived (generous under load)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         msg = sub.recv(0.2)
         if msg is not None:
             messages.append(msg)
+        if genres is not None and sum(isinstance(m, GenreMessage) for m in messages) >= genres:
+            return
 
 
 def _gap_free(messages, kind):
@@ -94,17 +98,18 @@ class TestServe:
         proc, notify, sub, config, endpoint = daemon
         assert _wait_for(lambda: "READY=1" in notify.lines(), 30), proc.stderr.read1().decode()
         messages: list = []
-        _collect(sub, messages, 6.0)
+        _collect(sub, messages, 40.0, genres=4)
         genres = [m for m in messages if isinstance(m, GenreMessage)]
-        assert len(genres) >= 3
+        assert len(genres) >= 4
         assert _gap_free(messages, GenreMessage) and _gap_free(messages, StatusMessage)
         assert genres[0].stream == "main" and genres[0].engine == "onnxruntime"
-        assert all(g.genre == "rock" and 0 < g.confidence <= 1 for g in genres)
+        assert {g.genre for g in genres} <= {"rock", "unknown"} and genres[-1].genre == "rock"
+        assert all(0 < g.confidence <= 1 for g in genres)
         assert all(0 <= g.latency_ms < 5000 for g in genres)
         assert [m.genre for m in messages if isinstance(m, ChangeMessage)][:1] in ([], ["rock"])
         statuses = [m for m in messages if isinstance(m, StatusMessage)]
         assert statuses and statuses[-1].device_state == "running" and not statuses[-1].final
-        assert len(statuses[-1].labels) == 50
+        assert statuses[-1].labels == list(load_model_card().labels)  # the default model's
         lines = notify.lines()
         assert lines.count("WATCHDOG=1") >= 3
         assert any(line.startswith("STATUS=main: rock") for line in lines)

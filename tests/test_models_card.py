@@ -55,7 +55,7 @@ class TestPackagedCards:
         assert doc["parity"]["onnx_vs_tensorflow"]["tags_max_abs"] < 1e-4
 
     def test_default_model_and_licence_ship(self):
-        assert load_model_card().name == DEFAULT_MODEL == "MSD_musicnn"
+        assert load_model_card().name == DEFAULT_MODEL == "fused_musicnn"
         assert (
             "ISC"
             in json.loads((ENGINES_DIR / f"{DEFAULT_MODEL}.json").read_text())["license"]["name"]

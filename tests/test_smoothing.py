@@ -27,7 +27,9 @@ def probs(**values: float) -> np.ndarray:
 
 
 def smoother(**overrides) -> Smoother:
-    return Smoother(SmoothingConfig(**overrides), labels=LABELS, genres=GENRES)
+    """Unknown-threshold off unless a test sets it: these tests are about the average and hysteresis."""
+    return Smoother(SmoothingConfig(**{"unknown_threshold": 0.0, **overrides}), labels=LABELS,
+                    genres=GENRES)
 
 
 class TestEma:

@@ -102,7 +102,9 @@ def check_model_io(
     """Check a model's inputs and outputs against the contract; return the embedding width D.
 
     Shapes list one entry per axis: an int for a fixed size, a str or None for a dynamic one.
-    Expected: one input `logmel [B, 187, 96]`, outputs `tags [B, 50]` and `embedding [B, D]`.
+    Expected: one input `logmel [B, 187, 96]`, outputs `tags [B, N]` (N = the card's labels:
+    50 for the stock taggers, the families or a trained head's classes otherwise) and
+    `embedding [B, D]`.
     """
     if [name for name, _ in inputs] != [INPUT_NAME]:
         found = ", ".join(name for name, _ in inputs)
@@ -118,8 +120,8 @@ def check_model_io(
         msg = f"{source}: missing output(s) {', '.join(missing)}; found {', '.join(shapes) or 'none'}"
         raise ModelError(msg)
     tags, embedding = list(shapes["tags"]), list(shapes["embedding"])
-    if len(tags) != 2 or tags[1] != N_TAGS:
-        msg = f"{source}: output 'tags' has shape {tags}, expected [batch, {N_TAGS}]"
+    if len(tags) != 2 or not isinstance(tags[1], int) or tags[1] < 1:
+        msg = f"{source}: output 'tags' has shape {tags}, expected [batch, N]"
         raise ModelError(msg)
     if len(embedding) != 2 or not isinstance(embedding[1], int):
         msg = f"{source}: output 'embedding' has shape {embedding}, expected [batch, D]"
@@ -222,6 +224,7 @@ def load_engine(
         from streamclf.backends.torch import TorchEngine
 
         engine = TorchEngine(path, max_batch=max_batch, threads=threads, reason=reason)
+    _check_matches_card(engine, model)
     info = engine.info
     log.info(
         "engine_selected",
@@ -233,6 +236,19 @@ def load_engine(
         reason=reason,
     )
     return engine
+
+
+def _check_matches_card(engine: Engine, model: object) -> None:
+    """A model whose outputs do not fit its card's labels fails at load, not on the first window."""
+    labels = getattr(model, "labels", None)
+    if labels is None:
+        return
+    width = engine.infer(np.zeros((1, WINDOW_FRAMES, N_MELS), np.float32))["tags"].shape[1]
+    if width != len(labels):
+        engine.close()
+        msg = (f"{model_path(model)}: the model gives {width} tag probabilities but its card "
+               f"lists {len(labels)} labels")
+        raise ModelError(msg)
 
 
 # -- batching -------------------------------------------------------------------------------

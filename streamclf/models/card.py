@@ -19,7 +19,7 @@ from streamclf.features.mel import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE_HZ, WI
 
 CARD_SCHEMA = 1
 ENGINES_DIR = Path(__file__).resolve().parent.parent / "engines"
-DEFAULT_MODEL = "MSD_musicnn"
+DEFAULT_MODEL = "fused_musicnn"  # MTT + MSD musicnn fused and calibrated: docs/model-quality.md
 LICENSE_FILE = "LICENSE-musicnn.txt"
 INPUT_NAME = "logmel"
 OUTPUT_NAMES = ("tags", "embedding")
