@@ -67,3 +67,12 @@ class TestRunBatched:
     def test_wrong_window_shape(self, small_engine: Engine) -> None:
         with pytest.raises(ValueError, match=r"window 1 has shape \(96,\)"):
             run_batched(small_engine, [np.zeros((187, 96), np.float32), np.zeros(96, np.float32)])
+
+
+def test_no_windows_on_a_model_with_other_tag_width() -> None:
+    """The empty result has the model's own tag width (the fused model has 14 families)."""
+    engine = load_engine(card("fused_musicnn"), "onnxruntime")
+    assert engine.info.n_tags == 14
+    out = run_batched(engine, [])
+    assert out["tags"].shape == (0, 14) and out["embedding"].shape == (0, engine.info.embedding_dim)
+    assert run_batched(engine, list(music_windows(3)))["tags"].shape == (3, 14)

@@ -40,6 +40,7 @@ class EngineInfo:
     model: str
     embedding_dim: int
     reason: str = ""
+    n_tags: int = N_TAGS
 
 
 @runtime_checkable
@@ -98,8 +99,8 @@ def check_model_io(
     source: str,
     inputs: Sequence[tuple[str, Sequence[int | str | None]]],
     outputs: Sequence[tuple[str, Sequence[int | str | None]]],
-) -> int:
-    """Check a model's inputs and outputs against the contract; return the embedding width D.
+) -> tuple[int, int]:
+    """Check a model's inputs and outputs against the contract; return (N, D).
 
     Shapes list one entry per axis: an int for a fixed size, a str or None for a dynamic one.
     Expected: one input `logmel [B, 187, 96]`, outputs `tags [B, N]` (N = the card's labels:
@@ -126,7 +127,7 @@ def check_model_io(
     if len(embedding) != 2 or not isinstance(embedding[1], int):
         msg = f"{source}: output 'embedding' has shape {embedding}, expected [batch, D]"
         raise ModelError(msg)
-    return embedding[1]
+    return tags[1], embedding[1]
 
 
 def check_batch(batch: np.ndarray, max_batch: int) -> np.ndarray:
@@ -282,7 +283,7 @@ def run_batched(
         chunks.append(engine.infer(buffer[: len(chunk)]))
     if not chunks:
         return {
-            "tags": np.empty((0, N_TAGS), np.float32),
+            "tags": np.empty((0, engine.info.n_tags), np.float32),
             "embedding": np.empty((0, engine.info.embedding_dim), np.float32),
         }
     if len(chunks) == 1:

@@ -79,7 +79,7 @@ class OnnxEngine(InfoFields):
         path = Path(path)
         threads = threads or default_threads()
         self._session = open_session(path, threads=threads, spin=spin, arena=arena)
-        embedding_dim = check_model_io(
+        n_tags, embedding_dim = check_model_io(
             source=str(path),
             inputs=[(i.name, i.shape) for i in self._session.get_inputs()],
             outputs=[(o.name, o.shape) for o in self._session.get_outputs()],
@@ -95,6 +95,7 @@ class OnnxEngine(InfoFields):
             model=path.stem,
             embedding_dim=embedding_dim,
             reason=reason,
+            n_tags=n_tags,
         )
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -225,6 +225,7 @@ class TensorRTEngine(InfoFields):
             model=path.stem,
             embedding_dim=self._host_out["embedding"].shape[1],
             reason=reason,
+            n_tags=self._host_out["tags"].shape[1],
         )
 
     def _deserialize(self, plan: bytes):  # noqa: ANN202

@@ -125,15 +125,16 @@ class TorchEngine(InfoFields):
         self._torch = torch
         self._model = load_torch_from_onnx(path)
         with torch.no_grad():
-            embedding_dim = self._model(torch.zeros(1, WINDOW_FRAMES, N_MELS))[1].shape[1]
+            tags, embedding = self._model(torch.zeros(1, WINDOW_FRAMES, N_MELS))
         self.info = EngineInfo(
             name="torch",
             device=f"cpu ({torch.get_num_threads()} threads)",
             precision="fp32",
             max_batch=max_batch,
             model=path.stem,
-            embedding_dim=int(embedding_dim),
+            embedding_dim=embedding.shape[1],
             reason=reason,
+            n_tags=tags.shape[1],
         )
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
