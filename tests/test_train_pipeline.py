@@ -9,6 +9,7 @@ commands accepting it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -23,7 +24,14 @@ torch = pytest.importorskip("torch")
 from streamclf.backends.base import load_engine  # noqa: E402
 from streamclf.models.card import load_model_card  # noqa: E402
 from streamclf.train.augment import AugmentConfig  # noqa: E402
-from streamclf.train.commands import SplitOptions, evaluate_model, split_dataset, train_model  # noqa: E402
+from streamclf.train.commands import (  # noqa: E402
+    SplitOptions,
+    evaluate_model,
+    is_trained_head,
+    run_evaluate_head,
+    split_dataset,
+    train_model,
+)
 from streamclf.train.export import load_torch_custom  # noqa: E402
 from streamclf.train.trainer import TrainConfig  # noqa: E402
 
@@ -80,6 +88,21 @@ def test_held_out_accuracy_far_above_chance_and_the_zero_shot_baseline(trained, 
     assert files.macro_f1 > baseline.macro_f1
 
 
+def test_evaluate_command_writes_tables_pngs_and_json(trained, evaluation, workdir: Path, capsys) -> None:
+    card, _ = trained
+    assert is_trained_head(card.onnx_path) and not is_trained_head("MSD_musicnn")
+    args = argparse.Namespace(model=card.onnx_path, dataset=GENRES_CSV, split="test", engine=None,
+                              cache_dir=workdir / "cache", out_dir=workdir / "report", json=False)
+    assert run_evaluate_head(args) == 0
+    text = capsys.readouterr().out
+    assert "| class | precision | recall | F1 | support |" in text and "zero-shot" in text
+    pngs = sorted(p.name for p in (workdir / "report").glob("confusion-*.png"))
+    assert len(pngs) == 4
+    report = json.loads((workdir / "report" / "evaluation.json").read_text())
+    assert report["files"] == evaluation.files
+    assert set(report["scores"][0]["per_class"]) == set(card.labels)
+
+
 def test_exported_onnx_equals_the_torch_model_on_real_windows(trained) -> None:
     card, _ = trained
     from streamclf.features.framer import logmel_windows_for_file
@@ -123,6 +146,7 @@ def test_cached_embeddings_make_a_second_run_reproducible(trained, workdir: Path
     again, report_again = train_model(GENRES_CSV, out=workdir / "again.onnx", config=CONFIG,
                                       augment=AugmentConfig(copies=1), splits=SPLITS,
                                       cache_dir=workdir / "cache")
+    assert report_again["embeddings"] == {"computed": 0, "from_cache": sum(report["embeddings"].values())}
     assert report_again["best"] == report["best"]
     assert report_again["window_accuracy"] == report["window_accuracy"]
 

@@ -119,6 +119,7 @@ def train_model(
             split: _window_accuracy(result.head, tracks[split]) for split in ("val", "test")
             if tracks[split]
         },
+        "embeddings": {"computed": cache.misses, "from_cache": cache.hits},
         "train_files_sha256": sorted(file_sha256(item.path)[:SHA_PREFIX]
                                      for item in train_items + val_items),
     }
@@ -205,6 +206,11 @@ def _scores(name: str, probs: list[np.ndarray], truth: np.ndarray, n_classes: in
         Score(f"{name} (files)", confusion_matrix(truth=truth, pred=pred(per_file),
                                                   n_classes=n_classes)),
     ]
+
+
+def is_trained_head(model: str | Path) -> bool:
+    """True for a model exported by `streamclf train` (the CLI sends those to run_evaluate_head)."""
+    return "head" in load_model_card(model).document
 
 
 def evaluate_model(
