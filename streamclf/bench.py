@@ -143,7 +143,7 @@ def bench_framer(ctx: Context) -> dict:
 
     y = load_mono_16k(CLIP)
     if ctx.quick:
-        y = y[: 10 * SAMPLE_RATE_HZ]
+        y = y[: 6 * SAMPLE_RATE_HZ]
     audio_s = y.shape[0] / SAMPLE_RATE_HZ
     repeats = 1 if ctx.quick else 3
     rows: dict[str, dict] = {}
@@ -511,10 +511,10 @@ def capacity_trial(ctx: Context, streams: int, *, measure_s: float) -> dict:
 def bench_capacity(ctx: Context) -> dict:
     engine_wps = max(ort_row(ctx.results)["windows_per_s"].values())
     engine_streams = engine_wps * CAPACITY_HOP_S
-    measure_s, max_trials = (5.0, 2) if ctx.quick else (15.0, 6)
+    measure_s, max_trials = (5.0, 1) if ctx.quick else (15.0, 6)
     lo, hi = 0, max(3, math.ceil(1.2 * engine_streams) + 1)  # lo sustained, hi assumed not
     if ctx.quick:
-        hi, n = 4, 2  # two small trials: the shape of the search, not the machine's capacity
+        hi, n = 4, 2  # one small trial: the shape of the search, not the machine's capacity
     else:
         n = min(hi - 1, max(1, int(TARGET_CAPACITY_SHARE * engine_streams)))
     trials = []
