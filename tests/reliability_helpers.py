@@ -65,11 +65,13 @@ def write_config(folder: Path, *, streams: list[dict], engine: dict | None = Non
                  feed: dict | None = None, framing: dict | None = None,
                  name: str = "daemon.toml") -> DaemonConfig:
     """A config on the CPU engine, JSON logs, status every 0.5 s, a private ipc:// endpoint."""
-    endpoint = f"ipc://{tempfile.mkdtemp(prefix='scf')}/feed"  # short: ipc paths are ≤ 107 bytes
+    feed = dict(feed or {})
+    # a private ipc path by default (short: ipc paths are ≤ 107 bytes)
+    endpoint = feed.pop("endpoint", f"ipc://{tempfile.mkdtemp(prefix='scf')}/feed")
     sections = [
         _toml_table("[engine]", {"kind": "onnxruntime", "threads": 1, **(engine or {})}),
         _toml_table("[framing]", framing or {}),
-        _toml_table("[feed]", {"endpoint": endpoint, "status_interval_s": 0.5, **(feed or {})}),
+        _toml_table("[feed]", {"endpoint": endpoint, "status_interval_s": 0.5, **feed}),
         _toml_table("[service]", {"log_format": "json", "log_level": "info", "watchdog": False}),
         *(_toml_table("[[streams]]", stream) for stream in streams),
     ]
