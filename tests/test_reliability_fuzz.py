@@ -1,0 +1,91 @@
+"""Bad input, fuzzed: the stdin PCM reader (any bytes, any read sizes) and the daemon fed random
+bytes on stdin. The config loader and the feed decoder are fuzzed in test_config.py and
+test_feed_schema.py (not repeated here)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reliability_helpers import REPO, START_TIMEOUT_S, wait_for, write_config
+
+from streamclf.audio.ring import RingBuffer
+from streamclf.audio.sources import PCM_FORMATS, StdinSource
+
+
+class ShortReads(io.RawIOBase):
+    """A pipe that hands out its bytes in the given read sizes (cycled), as pipes do."""
+
+    def __init__(self, data: bytes, sizes: list[int]) -> None:
+        self._data = memoryview(data)
+        self._sizes = sizes
+        self._at = 0
+        self._reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        size = min(len(buffer), self._sizes[self._reads % len(self._sizes)])
+        self._reads += 1
+        chunk = self._data[self._at : self._at + size]
+        buffer[: len(chunk)] = chunk
+        self._at += len(chunk)
+        return len(chunk)
+
+
+class TestStdinReader:
+    """Whatever bytes arrive, in whatever pieces: the whole frames come out exactly (non-finite
+    floats as 0, counted), a trailing partial frame is dropped, and the source ends."""
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(data=st.binary(max_size=4000), fmt=st.sampled_from(sorted(PCM_FORMATS)),
+           channels=st.integers(1, 6), blocksize=st.integers(1, 300),
+           sizes=st.lists(st.integers(1, 500), min_size=1, max_size=8))  # fmt: skip
+    def test_any_bytes_any_reads(self, data, fmt, channels, blocksize, sizes):
+        dtype = PCM_FORMATS[fmt]
+        frames = len(data) // (dtype.itemsize * channels)
+        source = StdinSource(sample_rate=16000, channels=channels, fmt=fmt,
+                             stream=ShortReads(data, sizes), blocksize=blocksize)  # fmt: skip
+        source.open()
+        ring = RingBuffer(max(frames, 1), channels)
+        source.start(ring)
+        assert wait_for(lambda: source.state == "ended", timeout_s=10), source.state
+        source.stop()
+        out = np.zeros((max(frames, 1), channels), np.float32)
+        n, _ = ring.read(out)
+        expected = np.frombuffer(data, dtype, count=frames * channels).reshape(frames, channels)
+        expected = expected.astype(np.float32) * (np.float32(1 / 32768) if fmt == "s16le" else 1)
+        finite = np.isfinite(expected)
+        assert n == frames
+        np.testing.assert_array_equal(out[:n], np.where(finite, expected, 0))
+        assert source.nonfinite_samples == np.count_nonzero(~finite)
+
+
+def test_daemon_survives_random_bytes_on_stdin(tmp_path):
+    """Random f32le bytes (NaN, Inf, 1e38 among them) and a partial last frame: the daemon
+    classifies what it can, ends at EOF by itself, exit 0, no traceback."""
+    cfg = write_config(tmp_path, streams=[{"id": "in", "source": "stdin",
+                                           "stdin_format": "f32le", "stdin_rate": 16000,
+                                           "stdin_channels": 1}])  # fmt: skip
+    noise = np.random.default_rng(11).bytes(16000 * 4 * 6 + 3)  # 6 s and three stray bytes
+    log_path = tmp_path / "stdin.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streamclf.cli", "serve", "--config",
+                                 str(cfg.path)], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=log, cwd=REPO)  # fmt: skip
+        try:
+            proc.stdin.write(noise)
+            proc.stdin.close()
+            assert proc.wait(START_TIMEOUT_S) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    text = log_path.read_text()
+    assert "Traceback" not in text
+    assert '"all_inputs_ended"' in text and '"pcm_partial_frame_dropped"' in text
