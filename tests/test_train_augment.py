@@ -42,7 +42,9 @@ class TestTransforms:
     def test_noise_at_the_requested_snr(self, rng: np.random.Generator, snr_db: float) -> None:
         y = _tone(440.0)
         noisy = add_noise(y, snr_db=snr_db, rng=rng)
-        measured = 10 * np.log10(np.mean(y.astype(np.float64) ** 2) / np.mean((noisy - y).astype(np.float64) ** 2))
+        measured = 10 * np.log10(
+            np.mean(y.astype(np.float64) ** 2) / np.mean((noisy - y).astype(np.float64) ** 2)
+        )
         assert measured == pytest.approx(snr_db, abs=0.3)
 
     def test_noise_leaves_silence_silent(self, rng: np.random.Generator) -> None:
@@ -66,8 +68,13 @@ class TestDraws:
         draws = [draw(np.random.default_rng(5), config) for _ in range(2)]
         assert draws[0] == draws[1]
         many = [draw(np.random.default_rng(s), config) for s in range(50)]
-        assert all(abs(a.gain_db) <= 3.0 and 0 <= a.shift_samples <= 8000 and 20 <= a.snr_db <= 30
-                   and abs(a.speed - 1) <= 0.02 for a in many)
+        assert all(
+            abs(a.gain_db) <= 3.0
+            and 0 <= a.shift_samples <= 8000
+            and 20 <= a.snr_db <= 30
+            and abs(a.speed - 1) <= 0.02
+            for a in many
+        )
         assert len({a.key for a in many}) == 50
 
     def test_apply_is_a_pure_function_of_the_draw(self) -> None:

@@ -25,7 +25,13 @@ class TestLoad:
     """A folder of class folders or a CSV becomes items with sorted classes."""
 
     def test_class_folders(self, tmp_path: Path) -> None:
-        for name in ("rock/a.wav", "rock/sub/b.flac", "jazz/c.ogg", "jazz/notes.txt", ".hidden/d.wav"):
+        for name in (
+            "rock/a.wav",
+            "rock/sub/b.flac",
+            "jazz/c.ogg",
+            "jazz/notes.txt",
+            ".hidden/d.wav",
+        ):
             _touch(tmp_path / name)
         ds = load_dataset(tmp_path)
         assert ds.classes == ("jazz", "rock")
@@ -36,20 +42,24 @@ class TestLoad:
         _touch(tmp_path / "clips" / "a.wav")
         _touch(tmp_path / "clips" / "b.wav")
         (tmp_path / "m.csv").write_text(
-            "path,label,split,artist,notes\nclips/a.wav,rock,calib,X,hi\nclips/b.wav,jazz,Test,,\n")
+            "path,label,split,artist,notes\nclips/a.wav,rock,calib,X,hi\nclips/b.wav,jazz,Test,,\n"
+        )
         ds = load_dataset(tmp_path / "m.csv")
         by_name = {i.path.name: i for i in ds.items}
         assert by_name["a.wav"].path == tmp_path / "clips" / "a.wav"
         assert (by_name["a.wav"].split, by_name["a.wav"].artist) == ("train", "X")
         assert (by_name["b.wav"].split, by_name["b.wav"].artist) == ("test", None)
 
-    @pytest.mark.parametrize(("body", "needle"), [
-        ("path,label\nmissing.wav,rock\nb.wav,jazz\n", "missing"),
-        ("path,label,split\nb.wav,rock,someday\n", "unknown split"),
-        ("file,genre\nb.wav,rock\n", "header"),
-        ("path,label\nb.wav,rock\n", "at least 2"),
-        ("path,label\nb.wav,rock\nb.wav,jazz\n", "listed 2 times"),
-    ])
+    @pytest.mark.parametrize(
+        ("body", "needle"),
+        [
+            ("path,label\nmissing.wav,rock\nb.wav,jazz\n", "missing"),
+            ("path,label,split\nb.wav,rock,someday\n", "unknown split"),
+            ("file,genre\nb.wav,rock\n", "header"),
+            ("path,label\nb.wav,rock\n", "at least 2"),
+            ("path,label\nb.wav,rock\nb.wav,jazz\n", "listed 2 times"),
+        ],
+    )
     def test_bad_csv_is_a_config_error(self, tmp_path: Path, body: str, needle: str) -> None:
         _touch(tmp_path / "b.wav")
         (tmp_path / "m.csv").write_text(body)
@@ -67,17 +77,27 @@ class TestLoad:
 
 
 def _items(spec: list[tuple[str, str | None]]) -> Dataset:
-    return Dataset(source=Path("."), items=tuple(
-        Item(path=Path(f"/f{k}.wav"), label=label, artist=artist) for k, (label, artist) in enumerate(spec)))
+    return Dataset(
+        source=Path("."),
+        items=tuple(
+            Item(path=Path(f"/f{k}.wav"), label=label, artist=artist)
+            for k, (label, artist) in enumerate(spec)
+        ),
+    )
 
 
 class TestSplits:
     """Splits are made of whole groups (artist, else file), per class, reproducibly."""
 
     @settings(max_examples=60, deadline=None)
-    @given(spec=st.lists(st.tuples(st.sampled_from("abc"), st.one_of(st.none(), st.sampled_from("PQRSTU"))),
-                         min_size=2, max_size=40),
-           seed=st.integers(0, 1000))
+    @given(
+        spec=st.lists(
+            st.tuples(st.sampled_from("abc"), st.one_of(st.none(), st.sampled_from("PQRSTU"))),
+            min_size=2,
+            max_size=40,
+        ),
+        seed=st.integers(0, 1000),
+    )
     def test_no_artist_or_file_in_two_splits(self, spec, seed: int) -> None:
         ds = assign_splits(_items(spec), seed=seed)
         where = defaultdict(set)
@@ -89,7 +109,10 @@ class TestSplits:
     def test_shares_per_class_with_one_file_per_group(self) -> None:
         ds = assign_splits(_items([("a", None)] * 10 + [("b", None)] * 20), seed=3)
         for label, n in (("a", 10), ("b", 20)):
-            counts = [sum(i.label == label and i.split == s for i in ds.items) for s in ("train", "val", "test")]
+            counts = [
+                sum(i.label == label and i.split == s for i in ds.items)
+                for s in ("train", "val", "test")
+            ]
             assert counts == [round(0.6 * n), round(0.2 * n), round(0.2 * n)]
 
     def test_same_seed_same_split_other_seed_other_split(self) -> None:

@@ -7,10 +7,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from streamclf.train.heads import HEADS, AttentionHead, build_head  # noqa: E402
-from streamclf.train.trainer import (  # noqa: E402
-    TrainConfig,
+from streamclf.train.heads import HEADS, AttentionHead, build_head
+from streamclf.train.trainer import (
     Track,
+    TrainConfig,
     class_balanced_weights,
     draw_segments,
     train_head,
@@ -19,12 +19,21 @@ from streamclf.train.trainer import (  # noqa: E402
 pytestmark = pytest.mark.torch
 
 
-def _tracks(rng: np.random.Generator, *, per_class: list[int], dim: int = 8, windows: int = 5,
-            separation: float = 3.0) -> list[Track]:
+def _tracks(
+    rng: np.random.Generator,
+    *,
+    per_class: list[int],
+    dim: int = 8,
+    windows: int = 5,
+    separation: float = 3.0,
+) -> list[Track]:
     """Gaussian clusters, one per class: enough to check mechanics, not a stand-in for music."""
     centres = separation * rng.standard_normal((len(per_class), dim))
-    return [Track((centres[c] + rng.standard_normal((windows, dim))).astype(np.float32), c)
-            for c, n in enumerate(per_class) for _ in range(n)]
+    return [
+        Track((centres[c] + rng.standard_normal((windows, dim))).astype(np.float32), c)
+        for c, n in enumerate(per_class)
+        for _ in range(n)
+    ]
 
 
 class TestHeads:
@@ -58,7 +67,9 @@ class TestHeads:
 class TestSampling:
     def test_every_class_gets_equal_mass(self) -> None:
         weights = class_balanced_weights([0, 0, 0, 0, 1, 2, 2])
-        assert [weights[np.array([0, 0, 0, 0, 1, 2, 2]) == c].sum() for c in range(3)] == pytest.approx([1 / 3] * 3)
+        assert [
+            weights[np.array([0, 0, 0, 0, 1, 2, 2]) == c].sum() for c in range(3)
+        ] == pytest.approx([1 / 3] * 3)
 
     def test_segments_are_balanced_and_short_files_tile(self, rng: np.random.Generator) -> None:
         tracks = _tracks(rng, per_class=[9, 1], windows=6) + [Track(np.ones((2, 8), np.float32), 1)]
@@ -72,17 +83,27 @@ class TestSampling:
 class TestTraining:
     def test_learns_separable_clusters(self, rng: np.random.Generator) -> None:
         tracks = _tracks(rng, per_class=[12, 12, 12])
-        result = train_head(tracks[::2], tracks[1::2], n_classes=3,
-                            config=TrainConfig(head="linear", epochs=8, segment_windows=2))
+        result = train_head(
+            tracks[::2],
+            tracks[1::2],
+            n_classes=3,
+            config=TrainConfig(head="linear", epochs=8, segment_windows=2),
+        )
         assert result.history[result.best_epoch - 1]["val_accuracy"] > 0.9
         assert not result.head.training
 
-    def test_stops_when_validation_stops_improving_and_keeps_the_best(self, rng: np.random.Generator) -> None:
+    def test_stops_when_validation_stops_improving_and_keeps_the_best(
+        self, rng: np.random.Generator
+    ) -> None:
         """Validation labels that contradict training: its loss rises, training stops, best kept."""
         train = _tracks(rng, per_class=[6, 6])
         val = [Track(t.embedding, 1 - t.label) for t in train]
-        result = train_head(train, val, n_classes=2,
-                            config=TrainConfig(head="mlp", epochs=200, patience=4, segment_windows=2))
+        result = train_head(
+            train,
+            val,
+            n_classes=2,
+            config=TrainConfig(head="mlp", epochs=200, patience=4, segment_windows=2),
+        )
         assert result.epochs_run == result.best_epoch + 4 < 200
         x = torch.from_numpy(np.concatenate([t.embedding for t in val])[:, None])
         y = torch.from_numpy(np.concatenate([np.full(len(t.embedding), t.label) for t in val]))
@@ -96,8 +117,12 @@ class TestTraining:
         config = TrainConfig(head=kind, hidden=8, epochs=1, seed=11)
 
         def weights(seed: int) -> list[np.ndarray]:
-            head = train_head(tracks, tracks[:2], n_classes=2,
-                              config=TrainConfig(**{**config.__dict__, "seed": seed})).head
+            head = train_head(
+                tracks,
+                tracks[:2],
+                n_classes=2,
+                config=TrainConfig(**{**config.__dict__, "seed": seed}),
+            ).head
             return [p.detach().numpy().copy() for p in head.state_dict().values()]
 
         first, again, other = weights(11), weights(11), weights(12)

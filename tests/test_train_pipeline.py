@@ -21,10 +21,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from streamclf.backends.base import load_engine  # noqa: E402
-from streamclf.models.card import load_model_card  # noqa: E402
-from streamclf.train.augment import AugmentConfig  # noqa: E402
-from streamclf.train.commands import (  # noqa: E402
+from streamclf.backends.base import load_engine
+from streamclf.models.card import load_model_card
+from streamclf.train.augment import AugmentConfig
+from streamclf.train.commands import (
     SplitOptions,
     evaluate_model,
     is_trained_head,
@@ -32,8 +32,8 @@ from streamclf.train.commands import (  # noqa: E402
     split_dataset,
     train_model,
 )
-from streamclf.train.export import load_torch_custom  # noqa: E402
-from streamclf.train.trainer import TrainConfig  # noqa: E402
+from streamclf.train.export import load_torch_custom
+from streamclf.train.trainer import TrainConfig
 
 pytestmark = [pytest.mark.torch, pytest.mark.timeout(600)]
 
@@ -50,9 +50,14 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(workdir: Path):
-    card, report = train_model(GENRES_CSV, out=workdir / "genres-mlp.onnx", config=CONFIG,
-                               augment=AugmentConfig(copies=1), splits=SPLITS,
-                               cache_dir=workdir / "cache")
+    card, report = train_model(
+        GENRES_CSV,
+        out=workdir / "genres-mlp.onnx",
+        config=CONFIG,
+        augment=AugmentConfig(copies=1),
+        splits=SPLITS,
+        cache_dir=workdir / "cache",
+    )
     return card, report
 
 
@@ -88,11 +93,20 @@ def test_held_out_accuracy_far_above_chance_and_the_zero_shot_baseline(trained, 
     assert files.macro_f1 > baseline.macro_f1
 
 
-def test_evaluate_command_writes_tables_pngs_and_json(trained, evaluation, workdir: Path, capsys) -> None:
+def test_evaluate_command_writes_tables_pngs_and_json(
+    trained, evaluation, workdir: Path, capsys
+) -> None:
     card, _ = trained
     assert is_trained_head(card.onnx_path) and not is_trained_head("MSD_musicnn")
-    args = argparse.Namespace(model=card.onnx_path, dataset=GENRES_CSV, split="test", engine=None,
-                              cache_dir=workdir / "cache", out_dir=workdir / "report", json=False)
+    args = argparse.Namespace(
+        model=card.onnx_path,
+        dataset=GENRES_CSV,
+        split="test",
+        engine=None,
+        cache_dir=workdir / "cache",
+        out_dir=workdir / "report",
+        json=False,
+    )
     assert run_evaluate_head(args) == 0
     text = capsys.readouterr().out
     assert "| class | precision | recall | F1 | support |" in text and "zero-shot" in text
@@ -107,11 +121,15 @@ def test_exported_onnx_equals_the_torch_model_on_real_windows(trained) -> None:
     card, _ = trained
     from streamclf.features.framer import logmel_windows_for_file
 
-    frames = np.stack([w.frames for w in logmel_windows_for_file(ROOT / "streamclf" / "data" / "clip.ogg")])
+    frames = np.stack(
+        [w.frames for w in logmel_windows_for_file(ROOT / "streamclf" / "data" / "clip.ogg")]
+    )
     engine = load_engine(card, kind="onnxruntime")
     got = engine.infer(frames[: engine.max_batch])
     with torch.no_grad():
-        tags, embedding = load_torch_custom(card.onnx_path)(torch.from_numpy(frames[: engine.max_batch]))
+        tags, embedding = load_torch_custom(card.onnx_path)(
+            torch.from_numpy(frames[: engine.max_batch])
+        )
     np.testing.assert_allclose(got["tags"], tags.numpy(), atol=1e-4)
     np.testing.assert_allclose(got["embedding"], embedding.numpy(), atol=1e-4)
     np.testing.assert_allclose(got["tags"].sum(axis=1), 1.0, atol=1e-5)
@@ -119,9 +137,12 @@ def test_exported_onnx_equals_the_torch_model_on_real_windows(trained) -> None:
     np.testing.assert_allclose(got["embedding"][:4], stock["embedding"], atol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, raises=Exception,
-                   reason="backends/torch.py must rebuild custom heads with "
-                          "streamclf.train.export.load_torch_custom (requested from its owner)")
+@pytest.mark.xfail(
+    strict=True,
+    raises=Exception,
+    reason="backends/torch.py must rebuild custom heads with "
+    "streamclf.train.export.load_torch_custom (requested from its owner)",
+)
 def test_torch_engine_runs_the_custom_model(trained) -> None:
     card, _ = trained
     engine = load_engine(card, kind="torch")
@@ -133,8 +154,20 @@ def test_torch_engine_runs_the_custom_model(trained) -> None:
 def test_classify_command_accepts_the_custom_model(trained) -> None:
     card, _ = trained
     clip = ROOT / "datasets" / "genres" / "clips" / "metal" / "fof-feelings.ogg"
-    out = subprocess.run([str(Path(sys.executable).parent / "streamclf"), "classify", "--model", str(card.onnx_path),
-                          "--json", str(clip)], capture_output=True, text=True, timeout=300, check=False)
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "streamclf"),
+            "classify",
+            "--model",
+            str(card.onnx_path),
+            "--json",
+            str(clip),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["files"][0]["summary"]["genre"] in card.labels
@@ -143,20 +176,33 @@ def test_classify_command_accepts_the_custom_model(trained) -> None:
 def test_cached_embeddings_make_a_second_run_reproducible(trained, workdir: Path) -> None:
     """Same seed, warm cache: the same head, bit for bit, without recomputing an embedding."""
     card, report = trained
-    again, report_again = train_model(GENRES_CSV, out=workdir / "again.onnx", config=CONFIG,
-                                      augment=AugmentConfig(copies=1), splits=SPLITS,
-                                      cache_dir=workdir / "cache")
-    assert report_again["embeddings"] == {"computed": 0, "from_cache": sum(report["embeddings"].values())}
+    again, report_again = train_model(
+        GENRES_CSV,
+        out=workdir / "again.onnx",
+        config=CONFIG,
+        augment=AugmentConfig(copies=1),
+        splits=SPLITS,
+        cache_dir=workdir / "cache",
+    )
+    assert report_again["embeddings"] == {
+        "computed": 0,
+        "from_cache": sum(report["embeddings"].values()),
+    }
+    assert again.sha256 == card.sha256  # the exported ONNX file is byte-identical
     assert report_again["best"] == report["best"]
     assert report_again["window_accuracy"] == report["window_accuracy"]
 
 
 def test_attention_head_trains_and_exports(trained, workdir: Path) -> None:
     card, _ = trained
-    attention, report = train_model(GENRES_CSV, out=workdir / "genres-attention.onnx",
-                                    config=replace(CONFIG, head="attention", segment_windows=4),
-                                    augment=AugmentConfig(copies=1), splits=SPLITS,
-                                    cache_dir=workdir / "cache")
+    attention, report = train_model(
+        GENRES_CSV,
+        out=workdir / "genres-attention.onnx",
+        config=replace(CONFIG, head="attention", segment_windows=4),
+        augment=AugmentConfig(copies=1),
+        splits=SPLITS,
+        cache_dir=workdir / "cache",
+    )
     assert report["window_accuracy"]["test"] >= 2.5 / len(card.labels)
     assert attention.document["head"]["kind"] == "attention"
     x = np.random.default_rng(1).uniform(0, 4, (3, 187, 96)).astype(np.float32)

@@ -14,7 +14,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
@@ -36,6 +36,9 @@ from streamclf.train.augment import AugmentConfig, draw
 from streamclf.train.datasets import Dataset, Item, assign_splits, load_dataset, summary
 from streamclf.train.features import EmbeddingCache, WindowOutputs, file_sha256
 
+if TYPE_CHECKING:  # the trainer imports torch; evaluation must not
+    from streamclf.train.trainer import TrainConfig
+
 log = structlog.get_logger(__name__)
 
 BASE_MODEL = "MSD_musicnn"  # the frozen backbone: its 200-d penultimate layer is the embedding
@@ -53,12 +56,16 @@ class SplitOptions:
 
 
 def split_dataset(source: str | Path, options: SplitOptions) -> Dataset:
-    return assign_splits(load_dataset(source), val_share=options.val_share,
-                         test_share=options.test_share, seed=options.seed,
-                         use_given=options.use_given)
+    return assign_splits(
+        load_dataset(source),
+        val_share=options.val_share,
+        test_share=options.test_share,
+        seed=options.seed,
+        use_given=options.use_given,
+    )
 
 
-def _engine_for(card: ModelCard, kind: str | None):  # noqa: ANN202
+def _engine_for(card: ModelCard, kind: str | None):
     return load_engine(card, kind=kind or "onnxruntime", max_batch=16)
 
 
@@ -66,18 +73,20 @@ def train_model(
     source: str | Path,
     *,
     out: str | Path,
-    config: Any,
-    augment: AugmentConfig = AugmentConfig(),
-    splits: SplitOptions = SplitOptions(),
+    config: TrainConfig,
+    augment: AugmentConfig | None = None,
+    splits: SplitOptions | None = None,
     base_model: str = BASE_MODEL,
     engine: str | None = None,
     hop_s: float = 3.0,
     cache_dir: str | Path | None = None,
 ) -> tuple[ModelCard, dict[str, Any]]:
-    """Train a head of `config` (a trainer.TrainConfig) on `source`; returns (card, report)."""
+    """Train a head of `config` on `source` and export it to `out`; returns (card, report)."""
     from streamclf.train.export import export_custom
     from streamclf.train.trainer import Track, train_head
 
+    augment = augment or AugmentConfig()
+    splits = splits or SplitOptions()
     dataset = split_dataset(source, splits)
     classes = dataset.classes
     train_items, val_items = dataset.split("train"), dataset.split("val")
@@ -92,8 +101,9 @@ def train_model(
         msg = f"--base: a head sits on one stock musicnn model ({', '.join(MODEL_NAMES)}), not {base_model!r}"
         raise ConfigError(msg)
     base = load_model_card(base_model)
-    cache = EmbeddingCache(base, _engine_for(base, engine), hop_frames=_hop_frames(hop_s),
-                           root=cache_dir)
+    cache = EmbeddingCache(
+        base, _engine_for(base, engine), hop_frames=_hop_frames(hop_s), root=cache_dir
+    )
     rng = np.random.default_rng(splits.seed)
     jobs = [(item, None) for item in dataset.items]
     jobs += [(item, draw(rng, augment)) for item in train_items for _ in range(augment.copies)]
@@ -116,17 +126,24 @@ def train_model(
         "best_epoch": result.best_epoch,
         "best": result.history[result.best_epoch - 1],
         "window_accuracy": {
-            split: _window_accuracy(result.head, tracks[split]) for split in ("val", "test")
+            split: _window_accuracy(result.head, tracks[split])
+            for split in ("val", "test")
             if tracks[split]
         },
         "embeddings": {"computed": cache.misses, "from_cache": cache.hits},
-        "train_files_sha256": sorted(file_sha256(item.path)[:SHA_PREFIX]
-                                     for item in train_items + val_items),
+        "train_files_sha256": sorted(
+            file_sha256(item.path)[:SHA_PREFIX] for item in train_items + val_items
+        ),
     }
-    spec = {"kind": config.head, "dim": base.embedding_dim, "hidden": config.hidden,
-            "segment_windows": config.segment_windows}
-    card = export_custom(result.head, base=base, classes=classes, out=out, head_spec=spec,
-                         training=report)
+    spec = {
+        "kind": config.head,
+        "dim": base.embedding_dim,
+        "hidden": config.hidden,
+        "segment_windows": config.segment_windows,
+    }
+    card = export_custom(
+        result.head, base=base, classes=classes, out=out, head_spec=spec, training=report
+    )
     return card, report
 
 
@@ -138,7 +155,7 @@ def _hop_frames(hop_s: float) -> int:
     return hop
 
 
-def _window_accuracy(head, tracks) -> float:  # noqa: ANN001
+def _window_accuracy(head, tracks) -> float:
     import torch
 
     from streamclf.train.trainer import single_windows
@@ -183,17 +200,37 @@ class Evaluation:
         rows = []
         for score in self.scores:
             p, r, f = per_class_prf(score.cm)
-            rows.append({**score.to_dict(self.classes),
-                         "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]),
-                                           "f1": float(f[i]), "support": int(score.cm[i].sum())}
-                                       for i, c in enumerate(self.classes)}})
-        return {"files": self.files, "seen_in_training": self.seen_in_training,
-                "baseline_classes": self.mapped_classes, "scores": rows}
+            rows.append(
+                {
+                    **score.to_dict(self.classes),
+                    "per_class": {
+                        c: {
+                            "precision": float(p[i]),
+                            "recall": float(r[i]),
+                            "f1": float(f[i]),
+                            "support": int(score.cm[i].sum()),
+                        }
+                        for i, c in enumerate(self.classes)
+                    },
+                }
+            )
+        return {
+            "files": self.files,
+            "seen_in_training": self.seen_in_training,
+            "baseline_classes": self.mapped_classes,
+            "scores": rows,
+        }
 
 
-def _scores(name: str, probs: list[np.ndarray], truth: np.ndarray, n_classes: int,
-            reachable: np.ndarray | None = None) -> list[Score]:
+def _scores(
+    name: str,
+    probs: list[np.ndarray],
+    truth: np.ndarray,
+    n_classes: int,
+    reachable: np.ndarray | None = None,
+) -> list[Score]:
     """Per-window and per-file scores of window probabilities, one array [n_i, C] per file."""
+
     def pred(p: np.ndarray) -> np.ndarray:
         return p.argmax(axis=1) if reachable is None else zero_shot_family(p, mapping=reachable)
 
@@ -201,10 +238,14 @@ def _scores(name: str, probs: list[np.ndarray], truth: np.ndarray, n_classes: in
     window_truth = np.repeat(truth, [len(p) for p in probs])
     per_file = np.stack([p.mean(axis=0) for p in probs])
     return [
-        Score(f"{name} (windows)", confusion_matrix(truth=window_truth, pred=pred(windows),
-                                                    n_classes=n_classes)),
-        Score(f"{name} (files)", confusion_matrix(truth=truth, pred=pred(per_file),
-                                                  n_classes=n_classes)),
+        Score(
+            f"{name} (windows)",
+            confusion_matrix(truth=window_truth, pred=pred(windows), n_classes=n_classes),
+        ),
+        Score(
+            f"{name} (files)",
+            confusion_matrix(truth=truth, pred=pred(per_file), n_classes=n_classes),
+        ),
     ]
 
 
@@ -214,7 +255,11 @@ def is_trained_head(model: str | Path) -> bool:
 
 
 def evaluate_model(
-    model: str | Path, source: str | Path, *, split: str = "test", engine: str | None = None,
+    model: str | Path,
+    source: str | Path,
+    *,
+    split: str = "test",
+    engine: str | None = None,
     cache_dir: str | Path | None = None,
 ) -> Evaluation:
     """Score a custom model on `split` ("train", "val", "test" or "all") of a dataset.
@@ -225,8 +270,10 @@ def evaluate_model(
     card = load_model_card(model)
     training = card.document.get("training")
     if not training:
-        msg = f"{card.name} is not a trained head (its card has no 'training'); for the stock " \
-              "models use the genre-family evaluation"
+        msg = (
+            f"{card.name} is not a trained head (its card has no 'training'); for the stock "
+            "models use the genre-family evaluation"
+        )
         raise ConfigError(msg)
     dataset = split_dataset(source, SplitOptions(**training["splits"]))
     items = list(dataset.items) if split == "all" else dataset.split(split)
@@ -253,12 +300,23 @@ def evaluate_model(
         base_out = _outputs(base, items, engine=engine, hop=hop, cache_dir=cache_dir)
         zero_shot = [family_scores(tags=o.tags, mapping=mapping) for o in base_out]
         scores += _scores(f"{base.name} zero-shot", zero_shot, truth, n, reachable=mapping)
-    return Evaluation(classes=card.labels, scores=scores, mapped_classes=mapped, files=len(items),
-                      seen_in_training=reused)
+    return Evaluation(
+        classes=card.labels,
+        scores=scores,
+        mapped_classes=mapped,
+        files=len(items),
+        seen_in_training=reused,
+    )
 
 
-def _outputs(card: ModelCard, items: list[Item], *, engine: str | None, hop: int,
-             cache_dir: str | Path | None) -> list[WindowOutputs]:
+def _outputs(
+    card: ModelCard,
+    items: list[Item],
+    *,
+    engine: str | None,
+    hop: int,
+    cache_dir: str | Path | None,
+) -> list[WindowOutputs]:
     cache = EmbeddingCache(card, _engine_for(card, engine), hop_frames=hop, root=cache_dir)
     return cache.get_many([(item.path, None) for item in items], description=card.name)
 
@@ -267,55 +325,86 @@ def render_per_class(score: Score, classes: tuple[str, ...]) -> str:
     """A markdown table of precision, recall, F1 and support per class."""
     p, r, f = per_class_prf(score.cm)
     lines = ["| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {c} | {p[i]:.3f} | {r[i]:.3f} | {f[i]:.3f} | {int(score.cm[i].sum())} |"
-              for i, c in enumerate(classes)]
+    lines += [
+        f"| {c} | {p[i]:.3f} | {r[i]:.3f} | {f[i]:.3f} | {int(score.cm[i].sum())} |"
+        for i, c in enumerate(classes)
+    ]
     return "\n".join(lines)
 
 
 # -- the CLI ----------------------------------------------------------------------------------
 
 
-def run_train(args) -> int:  # noqa: ANN001
+def run_train(args) -> int:
     """CLI `streamclf train DATASET`; see docs/training.md for every option."""
     from streamclf.train.trainer import TrainConfig
 
-    config = TrainConfig(head=args.head, hidden=args.hidden, dropout=args.dropout,
-                         segment_windows=args.segment, epochs=args.epochs, patience=args.patience,
-                         batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
+    config = TrainConfig(
+        head=args.head,
+        hidden=args.hidden,
+        dropout=args.dropout,
+        segment_windows=args.segment,
+        epochs=args.epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        seed=args.seed,
+    )
     augment = AugmentConfig(copies=args.augment, snr_db=(args.snr_db, args.snr_db + 20.0))
-    splits = SplitOptions(val_share=args.val_share, test_share=args.test_share, seed=args.seed,
-                          use_given=not args.ignore_splits)
+    splits = SplitOptions(
+        val_share=args.val_share,
+        test_share=args.test_share,
+        seed=args.seed,
+        use_given=not args.ignore_splits,
+    )
     out = args.out or Path(f"{Path(args.dataset).stem}-{args.head}.onnx")
-    card, report = train_model(args.dataset, out=out, config=config, augment=augment,
-                               splits=splits, base_model=args.base, engine=args.engine,
-                               hop_s=args.hop, cache_dir=args.cache_dir)
+    card, report = train_model(
+        args.dataset,
+        out=out,
+        config=config,
+        augment=augment,
+        splits=splits,
+        base_model=args.base,
+        engine=args.engine,
+        hop_s=args.hop,
+        cache_dir=args.cache_dir,
+    )
     accuracy = ", ".join(f"{k} {v:.3f}" for k, v in report["window_accuracy"].items())
-    print(f"{card.onnx_path}: {len(card.labels)} classes ({', '.join(card.labels)}); "
-          f"{report['epochs_run']} epochs, best {report['best_epoch']}; "
-          f"window accuracy {accuracy or 'n/a (no val/test files)'}")
+    print(
+        f"{card.onnx_path}: {len(card.labels)} classes ({', '.join(card.labels)}); "
+        f"{report['epochs_run']} epochs, best {report['best_epoch']}; "
+        f"window accuracy {accuracy or 'n/a (no val/test files)'}"
+    )
     print(f"next: streamclf evaluate {card.onnx_path} {args.dataset}")
     return 0
 
 
-def run_evaluate_head(args) -> int:  # noqa: ANN001
+def run_evaluate_head(args) -> int:
     """CLI `streamclf evaluate MODEL DATASET` for a trained head."""
-    evaluation = evaluate_model(args.model, args.dataset, split=args.split, engine=args.engine,
-                                cache_dir=args.cache_dir)
+    evaluation = evaluate_model(
+        args.model, args.dataset, split=args.split, engine=args.engine, cache_dir=args.cache_dir
+    )
     classes = evaluation.classes
     if args.out_dir:
         out_dir = Path(args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         for score in evaluation.scores:
             stem = score.name.replace(" ", "-").replace("(", "").replace(")", "")
-            plot_confusion(score.cm, classes, out_dir / f"confusion-{stem}.png",
-                           title=f"{score.name}, {args.split}")
+            plot_confusion(
+                score.cm,
+                classes,
+                out_dir / f"confusion-{stem}.png",
+                title=f"{score.name}, {args.split}",
+            )
         (out_dir / "evaluation.json").write_text(json.dumps(evaluation.to_dict(), indent=1) + "\n")
     if args.json:
         json.dump({"split": args.split, **evaluation.to_dict()}, sys.stdout, indent=1)
         print()
         return 0
-    print(f"{evaluation.files} files, split {args.split!r}; zero-shot baseline covers "
-          f"{', '.join(evaluation.mapped_classes) or 'no class'}\n")
+    print(
+        f"{evaluation.files} files, split {args.split!r}; zero-shot baseline covers "
+        f"{', '.join(evaluation.mapped_classes) or 'no class'}\n"
+    )
     print(render_table(evaluation.scores))
     for score in evaluation.scores:
         print(f"\n{score.name}\n")

@@ -24,9 +24,17 @@ log = structlog.get_logger(__name__)
 SPLITS = ("train", "val", "test")
 # What datasets call their splits; "calib" is the calibration (fitting) part of datasets/genres.
 SPLIT_ALIASES = {
-    "train": "train", "training": "train", "calib": "train", "fit": "train",
-    "val": "val", "valid": "val", "validation": "val", "dev": "val",
-    "test": "test", "eval": "test", "holdout": "test",
+    "train": "train",
+    "training": "train",
+    "calib": "train",
+    "fit": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "eval": "test",
+    "holdout": "test",
 }
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".au", ".aiff", ".aif", ".m4a")
 
@@ -88,12 +96,14 @@ def _read_csv(path: Path) -> list[Item]:
             msg = f"{where}: empty path or label"
             raise ConfigError(msg)
         file = Path(row["path"].strip())
-        items.append(Item(
-            path=file if file.is_absolute() else path.parent / file,
-            label=row["label"].strip(),
-            split=_split_name(row.get("split") or "", where=where),
-            artist=(row.get("artist") or "").strip() or None,
-        ))
+        items.append(
+            Item(
+                path=file if file.is_absolute() else path.parent / file,
+                label=row["label"].strip(),
+                split=_split_name(row.get("split") or "", where=where),
+                artist=(row.get("artist") or "").strip() or None,
+            )
+        )
     return items
 
 
@@ -132,9 +142,7 @@ def load_dataset(source: str | Path) -> Dataset:
     return dataset
 
 
-def group_split(
-    items: Sequence[Item], *, shares: dict[str, float], seed: int
-) -> dict[str, str]:
+def group_split(items: Sequence[Item], *, shares: dict[str, float], seed: int) -> dict[str, str]:
     """Assign whole groups (artists or files) to splits, stratified by class: {group: split}.
 
     Groups are visited in a seeded random order; each goes to the split whose per-class
@@ -167,7 +175,11 @@ def group_split(
 
 
 def assign_splits(
-    dataset: Dataset, *, val_share: float = 0.2, test_share: float = 0.2, seed: int = 0,
+    dataset: Dataset,
+    *,
+    val_share: float = 0.2,
+    test_share: float = 0.2,
+    seed: int = 0,
     use_given: bool = True,
 ) -> Dataset:
     """Give every item a split; splits named by the CSV are kept unless `use_given` is False.

@@ -52,34 +52,55 @@ class CustomTagger(nn.Module):
 
 
 def custom_card_document(
-    *, base: cards.ModelCard, name: str, onnx_path: Path, classes: tuple[str, ...],
-    head: dict[str, Any], training: dict[str, Any], parity: dict[str, float],
+    *,
+    base: cards.ModelCard,
+    name: str,
+    onnx_path: Path,
+    classes: tuple[str, ...],
+    head: dict[str, Any],
+    training: dict[str, Any],
+    parity: dict[str, float],
 ) -> dict[str, Any]:
     """The base model's card with the head's classes, outputs, file, and how it was trained."""
     document = copy.deepcopy(base.document)
-    document.update({
-        "name": name,
-        "architecture": f"{base.document['architecture']}+{head['kind']}",
-        "base_model": {"name": base.name, "sha256": base.sha256,
-                       "embedding": base.document["outputs"]["embedding"]},
-        "head": head,
-        "training": training,
-        "labels": list(classes),
-        "genres": list(classes),
-        "onnx": {"file": onnx_path.name, "sha256": cards.sha256_file(onnx_path),
-                 "bytes": onnx_path.stat().st_size},
-        "parity": parity,
-    })
+    document.update(
+        {
+            "name": name,
+            "architecture": f"{base.document['architecture']}+{head['kind']}",
+            "base_model": {
+                "name": base.name,
+                "sha256": base.sha256,
+                "embedding": base.document["outputs"]["embedding"],
+            },
+            "head": head,
+            "training": training,
+            "labels": list(classes),
+            "genres": list(classes),
+            "onnx": {
+                "file": onnx_path.name,
+                "sha256": cards.sha256_file(onnx_path),
+                "bytes": onnx_path.stat().st_size,
+            },
+            "parity": parity,
+        }
+    )
     document["outputs"]["tags"] = {
-        "dtype": "float32", "shape": ["batch", len(classes)], "activation": "softmax",
+        "dtype": "float32",
+        "shape": ["batch", len(classes)],
+        "activation": "softmax",
         "description": "class probabilities of one window (the trained head)",
     }
     return document
 
 
 def export_custom(
-    head: nn.Module, *, base: cards.ModelCard, classes: tuple[str, ...], out: str | Path,
-    head_spec: dict[str, Any], training: dict[str, Any],
+    head: nn.Module,
+    *,
+    base: cards.ModelCard,
+    classes: tuple[str, ...],
+    out: str | Path,
+    head_spec: dict[str, Any],
+    training: dict[str, Any],
 ) -> cards.ModelCard:
     """Write `out` (.onnx) and its card beside it; check ONNX Runtime against torch first."""
     onnx_path = Path(out).with_suffix(".onnx")
@@ -93,13 +114,23 @@ def export_custom(
         msg = f"{onnx_path}: ONNX export differs from PyTorch by {error:.2g}"
         raise ModelError(msg)
     document = custom_card_document(
-        base=base, name=onnx_path.stem, onnx_path=onnx_path, classes=classes, head=head_spec,
-        training=training, parity={"onnx_vs_torch_max_abs": error},
+        base=base,
+        name=onnx_path.stem,
+        onnx_path=onnx_path,
+        classes=classes,
+        head=head_spec,
+        training=training,
+        parity={"onnx_vs_torch_max_abs": error},
     )
     card_path = onnx_path.with_suffix(".json")
     card_path.write_text(json.dumps(document, indent=2) + "\n")
-    log.info("custom_model_exported", onnx=str(onnx_path), card=str(card_path), classes=len(classes),
-             onnx_vs_torch_max_abs=error)
+    log.info(
+        "custom_model_exported",
+        onnx=str(onnx_path),
+        card=str(card_path),
+        classes=len(classes),
+        onnx_vs_torch_max_abs=error,
+    )
     return cards.load_model_card(card_path)
 
 
@@ -110,7 +141,7 @@ def head_state_from_onnx(path: Path) -> dict[str, torch.Tensor]:
 
     graph = onnx.load(str(path)).graph
     return {
-        t.name[len(HEAD_PREFIX):]: torch.from_numpy(np.array(numpy_helper.to_array(t), np.float32))
+        t.name[len(HEAD_PREFIX) :]: torch.from_numpy(np.array(numpy_helper.to_array(t), np.float32))
         for t in graph.initializer
         if t.name.startswith(HEAD_PREFIX)
     }
@@ -131,8 +162,13 @@ def load_torch_custom(path: str | Path) -> CustomTagger:
     if base.sha256 != card.document["base_model"]["sha256"]:
         msg = f"{card.onnx_path}: base model {base.name} is not the one it was trained on"
         raise ModelError(msg)
-    head = build_head(spec["kind"], dim=spec["dim"], n_classes=len(card.labels),
-                      hidden=spec["hidden"], dropout=0.0)
+    head = build_head(
+        spec["kind"],
+        dim=spec["dim"],
+        n_classes=len(card.labels),
+        hidden=spec["hidden"],
+        dropout=0.0,
+    )
     try:
         head.load_state_dict(head_state_from_onnx(card.onnx_path))
     except RuntimeError as exc:

@@ -70,7 +70,11 @@ class EmbeddingCache:
     """Runs one model over files (optionally augmented) and remembers the outputs on disk."""
 
     def __init__(
-        self, card: ModelCard, engine: Engine, *, hop_frames: int = WINDOW_FRAMES,
+        self,
+        card: ModelCard,
+        engine: Engine,
+        *,
+        hop_frames: int = WINDOW_FRAMES,
         root: str | Path | None = None,
     ) -> None:
         self.card = card
@@ -86,8 +90,11 @@ class EmbeddingCache:
         if path not in self._file_sha:
             self._file_sha[path] = file_sha256(path)
         parts = (
-            f"v{CACHE_VERSION}", self._file_sha[path], self.card.sha256,
-            f"window={WINDOW_FRAMES}", f"hop={self.hop_frames}",
+            f"v{CACHE_VERSION}",
+            self._file_sha[path],
+            self.card.sha256,
+            f"window={WINDOW_FRAMES}",
+            f"hop={self.hop_frames}",
             augmentation.key if augmentation else "clean",
         )
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
@@ -122,8 +129,13 @@ class EmbeddingCache:
     ) -> list[WindowOutputs]:
         """`get` for each (path, augmentation), with a progress bar on a terminal."""
         progress = Progress(
-            TextColumn(description), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
-            TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+            TextColumn(description),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("files"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
             disable=not sys.stderr.isatty(),
         )
         results = []
@@ -132,6 +144,11 @@ class EmbeddingCache:
             for path, augmentation in jobs:
                 results.append(self.get(path, augmentation))
                 progress.advance(task)
-        log.info("embeddings_ready", model=self.card.name, files=len(jobs), cached=self.hits,
-                 computed=self.misses)
+        log.info(
+            "embeddings_ready",
+            model=self.card.name,
+            files=len(jobs),
+            cached=self.hits,
+            computed=self.misses,
+        )
         return results

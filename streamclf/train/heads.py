@@ -46,8 +46,12 @@ class PooledHead(nn.Module):
         self.norm = Standardize(dim)
         layers: list[nn.Module] = [nn.Linear(dim, n_classes)]
         if hidden:
-            layers = [nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout),
-                      nn.Linear(hidden, n_classes)]
+            layers = [
+                nn.Linear(dim, hidden),
+                nn.ReLU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, n_classes),
+            ]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

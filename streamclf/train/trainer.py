@@ -77,7 +77,7 @@ def draw_segments(
         if len(emb) < windows:
             emb = np.resize(emb, (windows, emb.shape[1]))
         start = int(rng.integers(0, len(emb) - windows + 1))
-        x[row] = emb[start:start + windows]
+        x[row] = emb[start : start + windows]
     return x, np.array([tracks[k].label for k in picks], np.int64)
 
 
@@ -85,7 +85,9 @@ def single_windows(tracks: Sequence[Track]) -> tuple[torch.Tensor, torch.Tensor]
     """Every window of `tracks` as its own sequence: (x [N, 1, D], y [N])."""
     x = np.concatenate([t.embedding for t in tracks])[:, None, :]
     y = np.concatenate([np.full(len(t.embedding), t.label) for t in tracks])
-    return torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(y.astype(np.int64))
+    return torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(
+        y.astype(np.int64)
+    )
 
 
 def train_head(
@@ -95,13 +97,15 @@ def train_head(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     dim = train[0].embedding.shape[1]
-    head = build_head(config.head, dim=dim, n_classes=n_classes, hidden=config.hidden,
-                      dropout=config.dropout)
+    head = build_head(
+        config.head, dim=dim, n_classes=n_classes, hidden=config.hidden, dropout=config.dropout
+    )
     train_x, _ = single_windows(train)
     head.norm.fit(train_x[:, 0])
     val_x, val_y = single_windows(val) if val else (None, None)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.learning_rate,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
     total_windows = sum(len(t.embedding) for t in train)
     steps = max(MIN_STEPS_PER_EPOCH, total_windows // (config.segment_windows * config.batch_size))
     best_loss, best_epoch, best_state = np.inf, 0, None
@@ -110,8 +114,9 @@ def train_head(
         head.train()
         losses = []
         for _ in range(steps):
-            x, y = draw_segments(train, count=config.batch_size, windows=config.segment_windows,
-                                 rng=rng)
+            x, y = draw_segments(
+                train, count=config.batch_size, windows=config.segment_windows, rng=rng
+            )
             loss = F.cross_entropy(head(torch.from_numpy(x)), torch.from_numpy(y))
             optimizer.zero_grad()
             loss.backward()
@@ -137,6 +142,13 @@ def train_head(
         head.load_state_dict(best_state)
     result.best_epoch = best_epoch or result.epochs_run
     head.eval()
-    log.info("head_trained", head=config.head, epochs=result.epochs_run, best_epoch=result.best_epoch,
-             **{k: round(v, 4) for k, v in result.history[result.best_epoch - 1].items() if k != "epoch"})
+    log.info(
+        "head_trained",
+        head=config.head,
+        epochs=result.epochs_run,
+        best_epoch=result.best_epoch,
+        **{
+            k: round(v, 4) for k, v in result.history[result.best_epoch - 1].items() if k != "epoch"
+        },
+    )
     return result
