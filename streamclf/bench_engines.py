@@ -7,6 +7,7 @@ against this machine's fp32 matrix-multiply rate (numpy sgemm) measured in the s
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
@@ -58,7 +59,9 @@ def time_calls(call: Callable[[], object], *, min_calls: int, min_time_s: float)
     return seconds
 
 
-def bench_engines(engines: Sequence, inputs: np.ndarray, *, quick: bool) -> tuple[list[dict], float]:
+def bench_engines(
+    engines: Sequence, inputs: np.ndarray, *, quick: bool
+) -> tuple[list[dict], float]:
     """Per engine: latency percentiles at batch 1 and throughput at each of BATCHES; and the
     median sgemm rate measured alongside them.
 
@@ -75,20 +78,22 @@ def bench_engines(engines: Sequence, inputs: np.ndarray, *, quick: bool) -> tupl
         sgemm_seconds.extend(time_calls(sgemm, min_calls=3, min_time_s=block_s))
         for engine in engines:
             for batch, samples in seconds[id(engine)].items():
-                windows = inputs[:batch]
-                samples.extend(time_calls(lambda: engine.infer(windows), min_calls=1, min_time_s=block_s))
+                call = functools.partial(engine.infer, inputs[:batch])
+                samples.extend(time_calls(call, min_calls=1, min_time_s=block_s))
     rows = []
     for engine in engines:
         per_batch = {b: np.asarray(s) for b, s in seconds[id(engine)].items()}
-        rows.append({
-            "engine": engine.name,
-            "device": engine.device,
-            "precision": engine.precision,
-            "latency_ms_p50": 1e3 * float(np.percentile(per_batch[1], 50)),
-            "latency_ms_p99": 1e3 * float(np.percentile(per_batch[1], 99)),
-            "calls_batch1": len(per_batch[1]),
-            "windows_per_s": {b: b / float(np.median(s)) for b, s in per_batch.items()},
-        })
+        rows.append(
+            {
+                "engine": engine.name,
+                "device": engine.device,
+                "precision": engine.precision,
+                "latency_ms_p50": 1e3 * float(np.percentile(per_batch[1], 50)),
+                "latency_ms_p99": 1e3 * float(np.percentile(per_batch[1], 99)),
+                "calls_batch1": len(per_batch[1]),
+                "windows_per_s": {b: b / float(np.median(s)) for b, s in per_batch.items()},
+            }
+        )
     return rows, 2 * SGEMM_SIZES[-1] ** 3 / float(np.median(sgemm_seconds)) / 1e9
 
 
@@ -106,10 +111,14 @@ def available_kinds() -> list[str]:
     return kinds
 
 
-def run_engine_bench(model: object, *, kinds: Sequence[str] | None = None, quick: bool = False) -> dict:
+def run_engine_bench(
+    model: object, *, kinds: Sequence[str] | None = None, quick: bool = False
+) -> dict:
     """Benchmark each engine kind on `model` (a ModelCard or ONNX path); a JSON-able dict."""
     path = model_path(model)
-    inputs = (4.0 * np.random.default_rng(7).random((max(BATCHES), WINDOW_FRAMES, N_MELS))).astype(np.float32)
+    inputs = (4.0 * np.random.default_rng(7).random((max(BATCHES), WINDOW_FRAMES, N_MELS))).astype(
+        np.float32
+    )
     try:
         from streamclf.flops import count_flops
 
@@ -157,12 +166,16 @@ def check_targets(results: dict) -> dict:
     if ort and torch:
         speedup = torch["latency_ms_p50"] / ort["latency_ms_p50"]
         checks["onnxruntime_vs_torch_batch1"] = {
-            "value": speedup, "target": TARGET_ORT_VS_TORCH, "ok": speedup >= TARGET_ORT_VS_TORCH,
+            "value": speedup,
+            "target": TARGET_ORT_VS_TORCH,
+            "ok": speedup >= TARGET_ORT_VS_TORCH,
         }
     if ort and "gflops" in ort and 8 in ort["gflops"]:
         share = ort["gflops"][8] / results["machine"]["sgemm_gflops"]
         checks["onnxruntime_sgemm_share_batch8"] = {
-            "value": share, "target": TARGET_SGEMM_SHARE, "ok": share >= TARGET_SGEMM_SHARE,
+            "value": share,
+            "target": TARGET_SGEMM_SHARE,
+            "ok": share >= TARGET_SGEMM_SHARE,
         }
     return checks
 
@@ -181,7 +194,9 @@ def render_markdown(results: dict) -> str:
         "| engine | device | precision | p50 ms (b1) | p99 ms (b1) | "
         + " | ".join(f"win/s b{b}" for b in BATCHES)
         + " | GFLOP/s b8 | % sgemm b8 | max abs diff |",
-        "| --- | --- | --- | ---: | ---: | " + " | ".join("---:" for _ in BATCHES) + " | ---: | ---: | ---: |",
+        "| --- | --- | --- | ---: | ---: | "
+        + " | ".join("---:" for _ in BATCHES)
+        + " | ---: | ---: | ---: |",
     ]
     for row in results["engines"]:
         wps = row["windows_per_s"]
@@ -190,7 +205,11 @@ def render_markdown(results: dict) -> str:
             f"| {row['engine']} | {row['device']} | {row['precision']} | {row['latency_ms_p50']:.2f} | "
             f"{row['latency_ms_p99']:.2f} | "
             + " | ".join(f"{wps[b]:.0f}" if b in wps else "–" for b in BATCHES)
-            + (f" | {gflops_b8:.1f} | {100 * gflops_b8 / machine['sgemm_gflops']:.0f}%" if gflops_b8 else " | – | –")
+            + (
+                f" | {gflops_b8:.1f} | {100 * gflops_b8 / machine['sgemm_gflops']:.0f}%"
+                if gflops_b8
+                else " | – | –"
+            )
             + f" | {row['max_abs_vs_first']:.1e} |"
         )
     if results["checks"]:

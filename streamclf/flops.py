@@ -23,7 +23,7 @@ class FlopCount:
     by_op: dict[str, int]
 
 
-def _tensor_shapes(model, names: set[str]) -> dict[str, tuple[int, ...]]:  # noqa: ANN001
+def _tensor_shapes(model, names: set[str]) -> dict[str, tuple[int, ...]]:
     """Shapes of `names` at batch 1: weights from the graph, activations by one ONNX Runtime run.
 
     Running the graph is exact where static shape inference gives up (pads computed in-graph).
@@ -46,10 +46,14 @@ def _tensor_shapes(model, names: set[str]) -> dict[str, tuple[int, ...]]:  # noq
         dims = [d if isinstance(d, int) else 1 for d in value.shape]
         feed[value.name] = np.zeros(dims, np.float32)
     outputs = [o.name for o in session.get_outputs()]
-    return shapes | {name: tuple(a.shape) for name, a in zip(outputs, session.run(outputs, feed), strict=True)}
+    return shapes | {
+        name: tuple(a.shape) for name, a in zip(outputs, session.run(outputs, feed), strict=True)
+    }
 
 
-def node_flops(op: str, inputs: list[tuple[int, ...]], output: tuple[int, ...], *, trans_a: bool = False) -> int:
+def node_flops(
+    op: str, inputs: list[tuple[int, ...]], output: tuple[int, ...], *, trans_a: bool = False
+) -> int:
     """FLOPs of one Conv/MatMul/Gemm node from its first two input shapes and its output shape.
 
     Conv: W [M, C/group, *kernel] → 2 · |Y| · C/group · |kernel|.

@@ -56,7 +56,7 @@ def make_tensorrt(*, builds: list[dict]) -> types.ModuleType:
             return self.errors[i]
 
     class Profile:
-        def set_shape(self, name: str, min, opt, max) -> None:  # noqa: A002, ANN001
+        def set_shape(self, name: str, min, opt, max) -> None:
             self.shapes = {"name": name, "min": list(min), "opt": list(opt), "max": list(max)}
 
     class Config:
@@ -88,8 +88,12 @@ def make_tensorrt(*, builds: list[dict]) -> types.ModuleType:
             return Profile()
 
         def build_serialized_network(self, network: Network, config: Config) -> memoryview:
-            build = {"onnx": network.onnx_path, "flags": sorted(config.flags),
-                     "profiles": config.profiles, "pools": config.pools}
+            build = {
+                "onnx": network.onnx_path,
+                "flags": sorted(config.flags),
+                "profiles": config.profiles,
+                "pools": config.pools,
+            }
             builds.append(build)
             return memoryview(PLAN_MAGIC + json.dumps(build).encode())
 
@@ -154,7 +158,7 @@ def make_tensorrt(*, builds: list[dict]) -> types.ModuleType:
             if not data.startswith(PLAN_MAGIC):
                 return None
             try:
-                return Engine(json.loads(data[len(PLAN_MAGIC):]))
+                return Engine(json.loads(data[len(PLAN_MAGIC) :]))
             except ValueError:
                 return None
 
@@ -169,7 +173,9 @@ def make_tensorrt(*, builds: list[dict]) -> types.ModuleType:
 _CONTEXT_STACK: list[object] = []
 
 
-def make_pycuda_driver(*, gpu_name: str = "Fake GPU", compute_capability: tuple[int, int] = (8, 9)) -> types.ModuleType:
+def make_pycuda_driver(
+    *, gpu_name: str = "Fake GPU", compute_capability: tuple[int, int] = (8, 9)
+) -> types.ModuleType:
     """A `pycuda.driver` module with one device; device memory lives in `_memory`."""
     cuda = types.ModuleType("pycuda.driver")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from backends_helpers import FP32_TOLERANCE, card, music_windows
+
 from streamclf.backends import load_engine, new_batch_buffer, run_batched
 from streamclf.backends.base import Engine
 

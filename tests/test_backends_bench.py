@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from backends_helpers import card
 from onnx import TensorProto, helper
 
-from backends_helpers import card
 from streamclf.bench_engines import render_markdown, run_engine_bench, sgemm_gflops
 from streamclf.flops import count_flops, node_flops
 
@@ -26,7 +26,10 @@ def _conv_gemm_model(path: Path) -> Path:
         helper.make_node("Gemm", ["f", "g"], ["y"], transB=1),
     ]
     graph = helper.make_graph(nodes, "tiny", [x], [y], initializer=[w, g])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(path))
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10),
+        str(path),
+    )
     return path
 
 
@@ -50,7 +53,9 @@ class TestFlops:
         temporal = 2 * 51 * 187 * 96 * (128 + 64 + 32)
         midend = 2 * 64 * 187 * 7 * (561 + 64 + 64)
         dense = 2 * (1506 * 200 + 200 * 50)
-        assert count_flops(card("MSD_musicnn").onnx_path).total == timbral + temporal + midend + dense
+        assert (
+            count_flops(card("MSD_musicnn").onnx_path).total == timbral + temporal + midend + dense
+        )
 
 
 class TestEngineBench:

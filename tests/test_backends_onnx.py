@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-
 import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from backends_helpers import FP32_TOLERANCE, card, music_windows
 from onnx import TensorProto, helper
 
-from backends_helpers import FP32_TOLERANCE, card, music_windows
 from streamclf.backends import load_engine
 from streamclf.backends.onnx import OnnxEngine
 from streamclf.errors import ModelError
@@ -51,8 +50,12 @@ class TestOnnxEngine:
         eights = [engine.infer(windows[i : i + 8]) for i in range(0, 32, 8)]
         singles = [engine.infer(windows[i : i + 1]) for i in range(0, 32, 4)]
         for name in ("tags", "embedding"):
-            np.testing.assert_allclose(np.concatenate([o[name] for o in eights]), full[name], atol=FP32_TOLERANCE)
-            np.testing.assert_allclose(np.concatenate([o[name] for o in singles]), full[name][::4], atol=FP32_TOLERANCE)
+            np.testing.assert_allclose(
+                np.concatenate([o[name] for o in eights]), full[name], atol=FP32_TOLERANCE
+            )
+            np.testing.assert_allclose(
+                np.concatenate([o[name] for o in singles]), full[name][::4], atol=FP32_TOLERANCE
+            )
 
     def test_matches_the_tensorflow_reference(self) -> None:
         """The engine runs what musicnn runs: the clip's first patches against the TF taggram."""
@@ -74,16 +77,22 @@ class TestOnnxEngine:
     def test_float64_input_is_converted(self, engine: OnnxEngine) -> None:
         windows = music_windows(2)
         np.testing.assert_allclose(
-            engine.infer(windows.astype(np.float64))["tags"], engine.infer(windows)["tags"], atol=1e-6
+            engine.infer(windows.astype(np.float64))["tags"],
+            engine.infer(windows)["tags"],
+            atol=1e-6,
         )
 
 
-def _write_model(path: Path, *, frames: int = 187, tags: int = 50, input_name: str = "logmel") -> Path:
+def _write_model(
+    path: Path, *, frames: int = 187, tags: int = 50, input_name: str = "logmel"
+) -> Path:
     """A small valid ONNX graph with the given input/output shape: flatten, matmul, sigmoid."""
     x = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", frames, 96])
     y = helper.make_tensor_value_info("tags", TensorProto.FLOAT, ["batch", tags])
     e = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 8])
-    w1 = helper.make_tensor("w1", TensorProto.FLOAT, [frames * 96, 8], np.zeros(frames * 96 * 8, np.float32))
+    w1 = helper.make_tensor(
+        "w1", TensorProto.FLOAT, [frames * 96, 8], np.zeros(frames * 96 * 8, np.float32)
+    )
     w2 = helper.make_tensor("w2", TensorProto.FLOAT, [8, tags], np.zeros(8 * tags, np.float32))
     nodes = [
         helper.make_node("Flatten", [input_name], ["flat"], axis=1),

@@ -149,8 +149,13 @@ def test_engine_info_command_lists_plans(tmp_path: Path) -> None:
     cache.store(dataclasses.replace(KEY, max_batch=8), PLAN).write_bytes(b"x")
     result = subprocess.run(
         [sys.executable, "-m", "streamclf.cli", "engine", "info", "--cache-dir", str(tmp_path)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert f"2 plan(s) in {tmp_path}" in result.stdout
-    assert "MSD_musicnn fp16 batch 1..32 (opt 1), TensorRT 10.3.0, NVIDIA H100 80GB HBM3 sm_90" in result.stdout
+    assert (
+        "MSD_musicnn fp16 batch 1..32 (opt 1), TensorRT 10.3.0, NVIDIA H100 80GB HBM3 sm_90"
+        in result.stdout
+    )
     assert "[checksum mismatch (corrupt plan)]" in result.stdout

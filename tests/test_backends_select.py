@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from backends_helpers import card, music_windows
 from structlog.testing import capture_logs
 
-from backends_helpers import card, music_windows
 from streamclf.backends import load_engine
 from streamclf.backends import tensorrt as trt_backend
 from streamclf.backends.base import GpuProbe, choose_kind
@@ -24,14 +24,19 @@ class TestChooseKind:
         assert "TensorRT 10.3.0 on NVIDIA L4 (sm_89)" in reason
 
     def test_auto_without_gpu_picks_onnxruntime(self) -> None:
-        assert choose_kind("auto", NO_GPU) == ("onnxruntime", "auto: no usable GPU (tensorrt is not installed)")
+        assert choose_kind("auto", NO_GPU) == (
+            "onnxruntime",
+            "auto: no usable GPU (tensorrt is not installed)",
+        )
 
     @pytest.mark.parametrize("kind", ["onnxruntime", "torch"])
     def test_explicit_cpu_kinds_ignore_the_gpu(self, kind: str) -> None:
         assert choose_kind(kind, GPU) == (kind, "requested")
 
     def test_explicit_tensorrt_without_gpu_is_an_error(self) -> None:
-        with pytest.raises(EngineError, match="tensorrt engine requested but unavailable: tensorrt is not"):
+        with pytest.raises(
+            EngineError, match="tensorrt engine requested but unavailable: tensorrt is not"
+        ):
             choose_kind("tensorrt", NO_GPU)
 
     def test_unknown_kind(self) -> None:
@@ -61,7 +66,9 @@ class TestLoadEngineHere:
             load_engine(card(), "tensorrt")
         assert "\n" not in str(err.value)
 
-    def test_auto_falls_back_when_tensorrt_cannot_load(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_auto_falls_back_when_tensorrt_cannot_load(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """A GPU that is detected but whose engine cannot be made (here: no tensorrt module)
         ends in onnxruntime with a warning, not in a crash."""
         monkeypatch.setattr(trt_backend, "probe_gpu", lambda device=0: GPU)
@@ -89,15 +96,19 @@ class TestLoadEngineHere:
 class TestDefaultPrecision:
     """fp16 where the GPU has tensor cores, fp32 before."""
 
-    @pytest.mark.parametrize(("cc", "precision"), [("6.1", "fp32"), ("7.0", "fp16"), ("8.9", "fp16"), ("10.0", "fp16")])
+    @pytest.mark.parametrize(
+        ("cc", "precision"), [("6.1", "fp32"), ("7.0", "fp16"), ("8.9", "fp16"), ("10.0", "fp16")]
+    )
     def test_by_compute_capability(self, cc: str, precision: str) -> None:
         assert trt_backend.default_precision(cc) == precision
 
-    def test_plan_key_follows_the_model_bytes(self, tmp_path) -> None:  # noqa: ANN001
+    def test_plan_key_follows_the_model_bytes(self, tmp_path) -> None:
         a = tmp_path / "MSD_musicnn.onnx"
         a.write_bytes(card().onnx_path.read_bytes())
         key = trt_backend.plan_key(a, GPU, precision="fp16", max_batch=32)
-        assert key.gpu_name == "NVIDIA L4" and key.compute_capability == "8.9" and key.opt_batch == 1
+        assert (
+            key.gpu_name == "NVIDIA L4" and key.compute_capability == "8.9" and key.opt_batch == 1
+        )
         a.write_bytes(a.read_bytes() + b"\0")
         assert trt_backend.plan_key(a, GPU, precision="fp16", max_batch=32) != key
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from backends_helpers import FP16_TOLERANCE, FP32_TOLERANCE, card, music_windows
+
 from streamclf.backends import list_plans, load_engine
 from streamclf.backends.tensorrt import build_plans, probe_gpu
 
@@ -27,7 +27,9 @@ def reference() -> dict[str, np.ndarray]:
     return load_engine(card(), "onnxruntime").infer(music_windows(32))
 
 
-@pytest.mark.parametrize(("precision", "tolerance"), [("fp32", FP32_TOLERANCE), ("fp16", FP16_TOLERANCE)])
+@pytest.mark.parametrize(
+    ("precision", "tolerance"), [("fp32", FP32_TOLERANCE), ("fp16", FP16_TOLERANCE)]
+)
 def test_agrees_with_onnxruntime(
     tmp_path: Path, reference: dict[str, np.ndarray], precision: str, tolerance: float
 ) -> None:
@@ -38,7 +40,9 @@ def test_agrees_with_onnxruntime(
         got = engine.infer(windows[:n])
         np.testing.assert_allclose(got["tags"], reference["tags"][:n], atol=tolerance)
         scale = max(1.0, float(np.abs(reference["embedding"]).max()))
-        np.testing.assert_allclose(got["embedding"], reference["embedding"][:n], atol=tolerance * scale)
+        np.testing.assert_allclose(
+            got["embedding"], reference["embedding"][:n], atol=tolerance * scale
+        )
     engine.close()
 
 

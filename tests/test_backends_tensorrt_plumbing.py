@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from structlog.testing import capture_logs
-
 from backends_fake_gpu import _CONTEXT_STACK, make_pycuda_driver, make_tensorrt
 from backends_helpers import FP32_TOLERANCE, card, music_windows
+from structlog.testing import capture_logs
+
 from streamclf.backends import list_plans, load_engine
 from streamclf.backends.plans import PlanCache
 from streamclf.backends.tensorrt import build_plans, plan_key, probe_gpu
@@ -52,7 +52,9 @@ class TestBuild:
         assert engine.device == "cuda:0 Fake GPU (sm_89)"
         [build] = fake_gpu.builds
         assert build["flags"] == ["FP16"]
-        assert build["profiles"] == [{"name": "logmel", "min": [1, 187, 96], "opt": [1, 187, 96], "max": [32, 187, 96]}]
+        assert build["profiles"] == [
+            {"name": "logmel", "min": [1, 187, 96], "opt": [1, 187, 96], "max": [32, 187, 96]}
+        ]
         assert build["pools"] == {"WORKSPACE": 1 << 30}
         selected = next(e for e in logs if e["event"] == "engine_selected")
         assert selected["reason"] == "auto: TensorRT 10.99.0-fake on Fake GPU (sm_89)"
@@ -62,7 +64,9 @@ class TestBuild:
         load_engine(card(), "tensorrt", precision="fp32", plan_dir=tmp_path).close()
         assert fake_gpu.builds[0]["flags"] == []
 
-    def test_second_load_reuses_the_plan(self, fake_gpu: types.SimpleNamespace, tmp_path: Path) -> None:
+    def test_second_load_reuses_the_plan(
+        self, fake_gpu: types.SimpleNamespace, tmp_path: Path
+    ) -> None:
         load_engine(card(), "tensorrt", plan_dir=tmp_path).close()
         load_engine(card(), "tensorrt", plan_dir=tmp_path).close()
         assert len(fake_gpu.builds) == 1
@@ -73,19 +77,34 @@ class TestBuild:
         self, fake_gpu: types.SimpleNamespace, tmp_path: Path
     ) -> None:
         lines: list[str] = []
-        first = build_plans([card()], cache_dir=tmp_path, precisions=["fp16", "fp32"], progress=lines.append)
-        again = build_plans([card()], cache_dir=tmp_path, precisions=["fp16", "fp32"], progress=lines.append)
+        first = build_plans(
+            [card()], cache_dir=tmp_path, precisions=["fp16", "fp32"], progress=lines.append
+        )
+        again = build_plans(
+            [card()], cache_dir=tmp_path, precisions=["fp16", "fp32"], progress=lines.append
+        )
         assert first == again and len(first) == 2 and all(p.exists() for p in first)
         assert len(fake_gpu.builds) == 2
-        assert [line.split()[0] for line in lines] == ["building", "built", "building", "built", "cached", "cached"]
-        build_plans([card()], cache_dir=tmp_path, precisions=["fp16"], force=True, progress=lines.append)
+        assert [line.split()[0] for line in lines] == [
+            "building",
+            "built",
+            "building",
+            "built",
+            "cached",
+            "cached",
+        ]
+        build_plans(
+            [card()], cache_dir=tmp_path, precisions=["fp16"], force=True, progress=lines.append
+        )
         assert len(fake_gpu.builds) == 3
 
 
 class TestDamagedPlans:
     """A damaged plan, or one TensorRT refuses, is rebuilt, never run."""
 
-    def test_truncated_plan_is_rebuilt(self, fake_gpu: types.SimpleNamespace, tmp_path: Path) -> None:
+    def test_truncated_plan_is_rebuilt(
+        self, fake_gpu: types.SimpleNamespace, tmp_path: Path
+    ) -> None:
         [plan] = build_plans([card()], cache_dir=tmp_path, progress=lambda _: None)
         plan.write_bytes(plan.read_bytes()[:20])
         engine = load_engine(card(), "tensorrt", plan_dir=tmp_path)
@@ -93,7 +112,9 @@ class TestDamagedPlans:
         assert engine.infer(music_windows(1))["tags"].shape == (1, 50)
         engine.close()
 
-    def test_plan_tensorrt_rejects_is_rebuilt(self, fake_gpu: types.SimpleNamespace, tmp_path: Path) -> None:
+    def test_plan_tensorrt_rejects_is_rebuilt(
+        self, fake_gpu: types.SimpleNamespace, tmp_path: Path
+    ) -> None:
         """Intact bytes under the right key that TensorRT cannot deserialize (e.g. a different
         build of the same version) are replaced."""
         key = plan_key(card().onnx_path, probe_gpu(), precision="fp16", max_batch=32)
@@ -131,7 +152,9 @@ class TestRun:
         np.testing.assert_array_equal(kept, first)
         engine.close()
 
-    def test_loads_on_one_thread_runs_on_another(self, fake_gpu: types.SimpleNamespace, tmp_path: Path) -> None:
+    def test_loads_on_one_thread_runs_on_another(
+        self, fake_gpu: types.SimpleNamespace, tmp_path: Path
+    ) -> None:
         engine = load_engine(card(), "tensorrt", plan_dir=tmp_path)
         result: dict = {}
         worker = threading.Thread(target=lambda: result.update(engine.infer(music_windows(3))))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from backends_helpers import FP32_TOLERANCE, card, music_windows
+
 from streamclf.backends import load_engine
 from streamclf.errors import ModelError
 

@@ -118,7 +118,9 @@ def check_model_io(
     shapes = dict(outputs)
     missing = [name for name in OUTPUT_NAMES if name not in shapes]
     if missing:
-        msg = f"{source}: missing output(s) {', '.join(missing)}; found {', '.join(shapes) or 'none'}"
+        msg = (
+            f"{source}: missing output(s) {', '.join(missing)}; found {', '.join(shapes) or 'none'}"
+        )
         raise ModelError(msg)
     tags, embedding = list(shapes["tags"]), list(shapes["embedding"])
     if len(tags) != 2 or not isinstance(tags[1], int) or tags[1] < 1:
@@ -132,7 +134,11 @@ def check_model_io(
 
 def check_batch(batch: np.ndarray, max_batch: int) -> np.ndarray:
     """Return `batch` as C-contiguous float32 [B, 187, 96] or raise ValueError (a caller bug)."""
-    if batch.ndim != 3 or batch.shape[1:] != (WINDOW_FRAMES, N_MELS) or not 1 <= len(batch) <= max_batch:
+    if (
+        batch.ndim != 3
+        or batch.shape[1:] != (WINDOW_FRAMES, N_MELS)
+        or not 1 <= len(batch) <= max_batch
+    ):
         msg = f"batch shape {batch.shape} is not [1..{max_batch}, {WINDOW_FRAMES}, {N_MELS}]"
         raise ValueError(msg)
     return np.ascontiguousarray(batch, dtype=np.float32)
@@ -247,8 +253,10 @@ def _check_matches_card(engine: Engine, model: object) -> None:
     width = engine.infer(np.zeros((1, WINDOW_FRAMES, N_MELS), np.float32))["tags"].shape[1]
     if width != len(labels):
         engine.close()
-        msg = (f"{model_path(model)}: the model gives {width} tag probabilities but its card "
-               f"lists {len(labels)} labels")
+        msg = (
+            f"{model_path(model)}: the model gives {width} tag probabilities but its card "
+            f"lists {len(labels)} labels"
+        )
         raise ModelError(msg)
 
 

@@ -15,7 +15,9 @@ def run(args: argparse.Namespace) -> int:
         from streamclf.models.card import DEFAULT_MODEL, load_model_card
 
         cards = [load_model_card(name) for name in (args.model or [DEFAULT_MODEL])]
-        for path in build_plans(cards, cache_dir=cache_dir, precisions=[args.precision], max_batch=args.max_batch):
+        for path in build_plans(
+            cards, cache_dir=cache_dir, precisions=[args.precision], max_batch=args.max_batch
+        ):
             print(path)
         return 0
     records = list_plans(cache_dir)

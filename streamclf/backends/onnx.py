@@ -32,7 +32,7 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def session_options(*, threads: int, spin: bool = False, arena: bool = True):  # noqa: ANN201
+def session_options(*, threads: int, spin: bool = False, arena: bool = True):
     """The tuned `onnxruntime.SessionOptions`; `spin` and `arena` exist for the measurements."""
     import onnxruntime as ort
 
@@ -47,7 +47,7 @@ def session_options(*, threads: int, spin: bool = False, arena: bool = True):  #
     return options
 
 
-def open_session(path: Path, *, threads: int, spin: bool = False, arena: bool = True):  # noqa: ANN201
+def open_session(path: Path, *, threads: int, spin: bool = False, arena: bool = True):
     """An InferenceSession on the CPU; an unreadable model raises ModelError with one line."""
     import onnxruntime as ort
 

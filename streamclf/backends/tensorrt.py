@@ -62,9 +62,11 @@ def probe_gpu(device: int = 0) -> GpuProbe:
         name = gpu.name()
     except ImportError:
         return GpuProbe(tensorrt_version=trt.__version__, problem="pycuda is not installed")
-    except Exception as exc:  # pycuda raises cuda.Error subclasses, or OSError without a driver
+    except Exception as exc:  # noqa: BLE001 - pycuda raises cuda.Error kinds, OSError without a driver
         return GpuProbe(tensorrt_version=trt.__version__, problem=f"CUDA unavailable: {exc}")
-    return GpuProbe(tensorrt_version=trt.__version__, gpu_name=name, compute_capability=f"{major}.{minor}")
+    return GpuProbe(
+        tensorrt_version=trt.__version__, gpu_name=name, compute_capability=f"{major}.{minor}"
+    )
 
 
 def default_precision(compute_capability: str) -> str:
@@ -96,7 +98,7 @@ def plan_key(
 
 
 @functools.cache
-def _logger():  # noqa: ANN202
+def _logger():
     """One process-wide logger: TensorRT needs it to outlive every builder and runtime."""
     import tensorrt as trt
 
@@ -169,7 +171,9 @@ def build_plans(
         for precision in precisions:
             key = plan_key(path, probe, precision=precision, max_batch=max_batch)
             cached = not force and cache.load(key) is not None
-            progress(f"{'cached  ' if cached else 'building'} {key.model} {precision} on {probe.gpu_name}")
+            progress(
+                f"{'cached  ' if cached else 'building'} {key.model} {precision} on {probe.gpu_name}"
+            )
             started = time.monotonic()
             if not cached:
                 cached_plan(path, key, cache, rebuild=True)
@@ -228,15 +232,15 @@ class TensorRTEngine(InfoFields):
             n_tags=self._host_out["tags"].shape[1],
         )
 
-    def _deserialize(self, plan: bytes):  # noqa: ANN202
+    def _deserialize(self, plan: bytes):
         """The ICudaEngine, or None when TensorRT rejects the plan (wrong version, damaged)."""
         try:
             return self._runtime.deserialize_cuda_engine(plan)
-        except Exception as exc:  # the bindings raise on some rejections, return None on others
+        except Exception as exc:  # noqa: BLE001 - the bindings raise on some rejections, return None on others
             log.warning("plan_deserialize_failed", error=str(exc))
             return None
 
-    def _allocate(self, cuda, trt, path: Path, max_batch: int) -> None:  # noqa: ANN001
+    def _allocate(self, cuda, trt, path: Path, max_batch: int) -> None:
         engine = self._engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         shapes = {n: [d if d >= 0 else None for d in engine.get_tensor_shape(n)] for n in names}

@@ -21,12 +21,15 @@ from streamclf.features.mel import N_MELS, WINDOW_FRAMES
 # ONNX op → (torch module class names, the parameter each node input after X fills)
 _WEIGHT_INPUTS = {
     "Conv": (("Conv1d", "Conv2d"), ("weight", "bias")),
-    "BatchNormalization": (("BatchNorm1d", "BatchNorm2d"), ("weight", "bias", "running_mean", "running_var")),
+    "BatchNormalization": (
+        ("BatchNorm1d", "BatchNorm2d"),
+        ("weight", "bias", "running_mean", "running_var"),
+    ),
     "Gemm": (("Linear",), ("weight", "bias")),
 }
 
 
-def onnx_constants(graph) -> dict[str, np.ndarray]:  # noqa: ANN001
+def onnx_constants(graph) -> dict[str, np.ndarray]:
     """Every constant tensor of a graph by name: initializers, Constant nodes, their Identities."""
     from onnx import numpy_helper
 
@@ -39,7 +42,7 @@ def onnx_constants(graph) -> dict[str, np.ndarray]:  # noqa: ANN001
     return values
 
 
-def modules_in_call_order(model) -> list[tuple[str, object]]:  # noqa: ANN001
+def modules_in_call_order(model) -> list[tuple[str, object]]:
     """(qualified name, module) of each Conv/BatchNorm/Linear in the order forward() calls them."""
     import torch
 
@@ -59,7 +62,7 @@ def modules_in_call_order(model) -> list[tuple[str, object]]:  # noqa: ANN001
     return order
 
 
-def state_from_onnx(model, path: Path) -> dict[str, object]:  # noqa: ANN001
+def state_from_onnx(model, path: Path) -> dict[str, object]:
     """A state dict for `model` holding the weights of the ONNX file at `path`."""
     import onnx
     import torch
@@ -69,7 +72,9 @@ def state_from_onnx(model, path: Path) -> dict[str, object]:  # noqa: ANN001
     pending = {op: [n for n in graph.node if n.op_type == op] for op in _WEIGHT_INPUTS}
     state = {}
     for name, module in modules_in_call_order(model):
-        op = next(op for op, (classes, _) in _WEIGHT_INPUTS.items() if type(module).__name__ in classes)
+        op = next(
+            op for op, (classes, _) in _WEIGHT_INPUTS.items() if type(module).__name__ in classes
+        )
         if not pending[op]:
             msg = f"{path}: no {op} node left for {name}; the ONNX graph is not this architecture"
             raise ModelError(msg)
@@ -91,7 +96,7 @@ def state_from_onnx(model, path: Path) -> dict[str, object]:  # noqa: ANN001
     return state
 
 
-def load_torch_from_onnx(path: Path):  # noqa: ANN201
+def load_torch_from_onnx(path: Path):
     """The streamclf.models.musicnn port of the model `path` names, with the file's weights."""
     from streamclf.models.musicnn import ARCHITECTURES, build_model
 
