@@ -27,7 +27,7 @@ from streamclf.features.mel import (
     frames_for_seconds,
     logmel,
 )
-from streamclf.models.card import load_model_card
+from streamclf.models.card import DEFAULT_MODEL, load_model_card
 
 log = structlog.get_logger(__name__)
 
@@ -87,7 +87,7 @@ def ideal_speedups(card, split, hops_frames: list[int]) -> dict[int, float]:
 
 
 def bench_incremental(
-    model: str = "MSD_musicnn",
+    model: str = DEFAULT_MODEL,
     *,
     hops_s: tuple[float, ...] = HOPS_S,
     streams: int = BENCH_STREAMS,

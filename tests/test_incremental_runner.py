@@ -40,6 +40,11 @@ def full(card) -> FullWindowRunner:
 
 
 @pytest.fixture(scope="module")
+def full_fused() -> FullWindowRunner:
+    return FullWindowRunner(load_engine(load_model_card("fused_musicnn"), "onnxruntime", max_batch=MAX_BATCH))
+
+
+@pytest.fixture(scope="module")
 def loaded_runner(card) -> IncrementalRunner:
     return IncrementalRunner(card, max_batch=MAX_BATCH)
 
@@ -57,7 +62,7 @@ class TestExactness:
 
     @pytest.mark.parametrize("hop", [31, 62, 93])
     def test_daemon_hops(self, runner, full, logmel, hop):
-        windows = windows_at(logmel, hop=hop, count=12)
+        windows = windows_at(logmel, hop=hop, count=8)
         got = runner.run([("s", w) for w in windows])
         assert_same_outputs(got, reference(full, windows))
 
@@ -105,6 +110,16 @@ class TestExactness:
                 got.append(runner.run([("live", w) for w in ready]))
         outputs = {k: np.concatenate([o[k] for o in got]) for k in ("tags", "embedding")}
         assert_same_outputs(outputs, reference(full, windows))
+
+
+def test_fused_default_model(full_fused, logmel):
+    """The default model (two taggers and a calibrated head) runs incrementally, exactly."""
+    runner = IncrementalRunner(full_fused.engine.info.model, max_batch=MAX_BATCH)
+    windows = windows_at(logmel, hop=31, count=10)
+    got = runner.run([("s", w) for w in windows])
+    assert got["tags"].shape == (10, 14) and got["embedding"].shape == (10, 400)
+    assert_same_outputs(got, reference(full_fused, windows))
+    assert runner.counters.frames_computed == 181 + 9 * 31
 
 
 class TestReuse:

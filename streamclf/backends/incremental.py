@@ -31,7 +31,6 @@ import structlog
 
 from streamclf.backends.base import (
     DEFAULT_MAX_BATCH,
-    N_TAGS,
     OUTPUT_NAMES,
     Engine,
     EngineInfo,
@@ -255,7 +254,7 @@ class IncrementalRunner:
         self.info = EngineInfo(
             name="onnxruntime", device=f"cpu ({threads} threads)", precision="fp32",
             max_batch=max_batch, model=card.name, embedding_dim=card.embedding_dim,
-            reason=f"incremental{': ' + reason if reason else ''}",
+            reason=f"incremental{': ' + reason if reason else ''}", n_tags=len(card.labels),
         )
         self.counters = IncrementalCounters()
         self._max_streams = max_streams
@@ -282,7 +281,7 @@ class IncrementalRunner:
         chunks = [self._run_chunk(items[i : i + self.max_batch])
                   for i in range(0, len(items), self.max_batch)]
         if not chunks:
-            return {"tags": np.empty((0, N_TAGS), np.float32),
+            return {"tags": np.empty((0, self.info.n_tags), np.float32),
                     "embedding": np.empty((0, self.info.embedding_dim), np.float32)}
         return {name: np.concatenate([c[name] for c in chunks]) for name in OUTPUT_NAMES}
 

@@ -11,6 +11,9 @@ window, the mid-end convolves the temporal features, the back-end pools the whol
 - window graph: `logmel` [B, 187, 96] and `core` [B, 181, 408] (the frame graph's features of
   window frames 3 … 183) → `tags` [B, 50], `embedding` [B, 200]. It recomputes the 3 + 3 edge
   frames with the zero padding, then runs temporal blocks, mid-end and back-end.
+- the fused default model (MTT + MSD musicnn and a calibrated head, `streamclf.models.fused`)
+  splits the same way, with both taggers' features side by side: 816 per frame, outputs
+  `tags` [B, 14] and `embedding` [B, 400].
 
 The weights are read from the shipped `engines/<name>.onnx` (`load_torch_from_onnx`), and the
 composition is checked against that file in ONNX Runtime before anything is written.
@@ -43,7 +46,8 @@ CORE_FRAMES = card.WINDOW_FRAMES - 2 * CONTEXT_FRAMES  # 181 frames whose featur
 SPLIT_DIR = card.ENGINES_DIR / "split"
 SPLIT_TOLERANCE = 1e-5
 SPLIT_SCHEMA = 1
-SPLITTABLE = ("MTT_musicnn", "MSD_musicnn")
+FUSED = "fused_musicnn"
+SPLITTABLE = ("MTT_musicnn", "MSD_musicnn", FUSED)
 
 
 class PoolFirstBlock(nn.Module):
@@ -83,19 +87,21 @@ def pool_first(model: Musicnn) -> tuple[nn.ModuleList, nn.ModuleList]:
 
 
 class FrameNet(nn.Module):
-    """Input batch norm + both timbral blocks, valid in time.
+    """Input batch norm + both timbral blocks of each part, valid in time.
 
-    context [B, T + 6, 96] → timbral [B, T, 408] (frame-major, ready for a per-frame ring).
+    context [B, T + 6, 96] → timbral [B, T, 408 · parts] (frame-major, for a per-frame ring).
     """
 
-    def __init__(self, model: Musicnn) -> None:
+    def __init__(self, parts: list[Musicnn]) -> None:
         super().__init__()
-        self.input_bn = model.input_bn
-        self.timbral = pool_first(model)[0]
+        self.input_bns = nn.ModuleList(m.input_bn for m in parts)
+        self.timbral = nn.ModuleList(pool_first(m)[0] for m in parts)
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
-        x = self.input_bn(context.unsqueeze(1))
-        return torch.cat([block(x) for block in self.timbral], dim=1).transpose(1, 2)
+        x = context.unsqueeze(1)
+        features = [block(bn(x)) for bn, blocks in zip(self.input_bns, self.timbral, strict=True)
+                    for block in blocks]
+        return torch.cat(features, dim=1).transpose(1, 2)
 
 
 class WindowNet(nn.Module):
@@ -121,6 +127,29 @@ class WindowNet(nn.Module):
         return musicnn_head(self.model, frontend)
 
 
+class FusedWindowNet(nn.Module):
+    """The default fused model's window part: each tagger's WindowNet, then the fused head.
+
+    logmel [B, 187, 96], core [B, 181, 816] (MTT's 408 features, then MSD's) →
+    (tags [B, 14], embedding [B, 400]).
+    """
+
+    def __init__(self, fused: nn.Module) -> None:
+        super().__init__()
+        self.fused = fused
+        self.parts = nn.ModuleList([WindowNet(fused.mtt), WindowNet(fused.msd)])
+
+    def forward(self, logmel: torch.Tensor, core: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.fused
+        dim = core.shape[2] // 2
+        (mtt_tags, mtt_emb), (msd_tags, msd_emb) = (
+            part(logmel, c) for part, c in zip(self.parts, core.split(dim, dim=2), strict=True))
+        # FusedMusicnn.forward after its two taggers (streamclf.models.fused)
+        z = (f.weight_mtt * f._logit_scores(mtt_tags, f.map_mtt)
+             + f.weight_msd * f._logit_scores(msd_tags, f.map_msd) + f.bias)
+        return torch.softmax(z, dim=1), torch.cat([mtt_emb, msd_emb], dim=1)
+
+
 def musicnn_head(m: Musicnn, frontend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mid-end and back-end of `Musicnn.forward` from the front-end features [B, 561, T].
 
@@ -135,21 +164,45 @@ def musicnn_head(m: Musicnn, frontend: torch.Tensor) -> tuple[torch.Tensor, torc
     return torch.sigmoid(m.classifier(embedding)), embedding
 
 
-def export_split(model: Musicnn, frame_path: Path, window_path: Path) -> None:
+def load_source(name: str, engines_dir: Path) -> tuple[nn.Module, list[Musicnn]]:
+    """The shipped model `name` in torch with the weights of its ONNX file, and its musicnn parts.
+
+    The fused model is rebuilt from the MTT and MSD files its card names (sha256 checked) and
+    the calibration its card records; `check_split` then compares with the fused file itself.
+    """
+    if name != FUSED:
+        model = load_torch_from_onnx(engines_dir / f"{name}.onnx")
+        return model, [model]
+    from streamclf.models.fused import FusedMusicnn
+
+    document = json.loads((engines_dir / f"{name}.json").read_text())
+    parts = []
+    for part, source in document["source"]["parts"].items():
+        path = engines_dir / f"{part}.onnx"
+        if sha256_of(path) != source["onnx_sha256"]:
+            msg = f"{name} was fused from another {path.name} (sha256 differs)"
+            raise ModelError(msg)
+        parts.append(load_torch_from_onnx(path))
+    calibration = {k: np.asarray(document["calibration"][k], np.float32)
+                   for k in ("weight_mtt", "weight_msd", "bias")}
+    return FusedMusicnn(*parts, **calibration).eval(), parts
+
+
+def export_split(model: nn.Module, parts: list[Musicnn], frame_path: Path, window_path: Path) -> None:
     """Write the frame and window graphs of `model` (dynamic batch; dynamic frames for the first)."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", UserWarning)  # constant-folding notes
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter, as the importer's
         torch.onnx.export(
-            FrameNet(model).eval(), (torch.zeros(2, 10 + 2 * CONTEXT_FRAMES, card.N_MELS),),
+            FrameNet(parts).eval(), (torch.zeros(2, 10 + 2 * CONTEXT_FRAMES, card.N_MELS),),
             str(frame_path), dynamo=False, opset_version=ONNX_OPSET,
             input_names=["context"], output_names=["timbral"],
             dynamic_axes={"context": {0: "batch", 1: "context_frames"},
                           "timbral": {0: "batch", 1: "frames"}},
         )
-        window = WindowNet(model).eval()
+        window = (WindowNet(model) if model is parts[0] else FusedWindowNet(model)).eval()
         example = (torch.zeros(2, card.WINDOW_FRAMES, card.N_MELS),
-                   torch.zeros(2, CORE_FRAMES, timbral_dim(model)))
+                   torch.zeros(2, CORE_FRAMES, timbral_dim(parts)))
         torch.onnx.export(
             window, example, str(window_path), dynamo=False, opset_version=ONNX_OPSET,
             input_names=["logmel", "core"], output_names=list(card.OUTPUT_NAMES),
@@ -157,8 +210,8 @@ def export_split(model: Musicnn, frame_path: Path, window_path: Path) -> None:
         )
 
 
-def timbral_dim(model: Musicnn) -> int:
-    return sum(block.conv.out_channels for block in model.timbral)
+def timbral_dim(parts: list[Musicnn]) -> int:
+    return sum(block.conv.out_channels for m in parts for block in m.timbral)
 
 
 def split_predict(frame_path: Path, window_path: Path, logmel: np.ndarray) -> list[np.ndarray]:
@@ -197,9 +250,9 @@ def split_models(names: list[str] | None = None, *, out_dir: Path = SPLIT_DIR,
             msg = f"{name} cannot be split (only {', '.join(SPLITTABLE)}: see docs/incremental.md)"
             raise ModelError(msg)
         full_path = engines_dir / f"{name}.onnx"
-        model = load_torch_from_onnx(full_path)
+        model, parts = load_source(name, engines_dir)
         frame_path, window_path = out_dir / f"{name}.frame.onnx", out_dir / f"{name}.window.onnx"
-        export_split(model, frame_path, window_path)
+        export_split(model, parts, frame_path, window_path)
         error = check_split(full_path, frame_path, window_path)
         if error > SPLIT_TOLERANCE:
             msg = f"{name}: split graphs differ from {full_path.name} by {error:.2g}"
@@ -212,7 +265,7 @@ def split_models(names: list[str] | None = None, *, out_dir: Path = SPLIT_DIR,
             "window": {"file": window_path.name, "sha256": sha256_of(window_path)},
             "context_frames": CONTEXT_FRAMES,
             "core_frames": CORE_FRAMES,
-            "timbral_dim": timbral_dim(model),
+            "timbral_dim": timbral_dim(parts),
             "split_vs_full_max_abs": error,
         }
         card_path = out_dir / f"{name}.json"
