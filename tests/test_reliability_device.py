@@ -36,7 +36,7 @@ def _state(feed: FeedRecorder) -> str | None:
 
 
 class TestDeviceLoss:
-    def test_lost_then_resumes_in_the_same_process(self, sink_restored, tmp_path, record_property):
+    def test_lost_then_resumes_in_the_same_process(self, sink_restored, tmp_path, request):
         pulse = sink_restored
         cfg = _device_config(tmp_path)
         pulse.play()
@@ -52,14 +52,14 @@ class TestDeviceLoss:
             assert daemon.proc.poll() is None  # never restarted
             rc, took_s = daemon.terminate()
             states = [e["state"] for e in daemon.events() if e.get("event") == "source_state"]
-        record_property("exit_s", round(took_s, 3))  # docs/reliability.md
+        request.node.user_properties.append(("exit_s", round(took_s, 3)))  # docs/reliability.md
         assert rc == 0 and took_s < EXIT_PROMISE_S
         assert "lost" in states and states[-1] == "running", states
         assert feed.seq_gaps() == {} and feed.lost == 0
         assert feed.final_status("dev").device_state == "running"
 
     def test_sigterm_while_lost_exits_in_time_with_a_final_status(self, sink_restored, tmp_path,
-                                                                  record_property):
+                                                                  request):
         pulse = sink_restored
         cfg = _device_config(tmp_path)
         pulse.play()
@@ -69,7 +69,7 @@ class TestDeviceLoss:
             assert feed.wait(lambda: _state(feed) == "lost", timeout_s=30)
             wait_for(lambda: False, timeout_s=1.0)  # let it be inside a retry
             rc, took_s = daemon.terminate()
-        record_property("exit_s", round(took_s, 3))  # docs/reliability.md
+        request.node.user_properties.append(("exit_s", round(took_s, 3)))  # docs/reliability.md
         assert rc == 0 and took_s < EXIT_PROMISE_S, took_s
         final = feed.final_status("dev")
         assert final is not None and final.device_state == "lost"

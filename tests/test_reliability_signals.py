@@ -38,7 +38,7 @@ class NotifyListener:
         self._sock.close()
 
 
-def test_sigterm_during_engine_warmup(tmp_path, record_property):
+def test_sigterm_during_engine_warmup(tmp_path, request):
     """The signal lands while the engine loads: exit 0 within 2 s, 'stopped_during_startup'."""
     cfg = write_config(tmp_path, streams=[{"id": "a", "source": "file", "path": str(CLIP)}])
     notify = NotifyListener(tmp_path / "notify")
@@ -50,13 +50,13 @@ def test_sigterm_during_engine_warmup(tmp_path, record_property):
             names = daemon.event_names()
     finally:
         notify.close()
-    record_property("exit_s", round(took_s, 3))  # docs/reliability.md
+    request.node.user_properties.append(("exit_s", round(took_s, 3)))  # docs/reliability.md
     assert rc == 0 and took_s < EXIT_PROMISE_S, took_s
     assert "stopped_during_startup" in names and "pipeline_started" not in names
     assert not any(m.startswith("READY=1") for m in notify.received)
 
 
-def test_sigterm_under_overload(tmp_path, record_property):
+def test_sigterm_under_overload(tmp_path, request):
     """An unpaced looped file at a 0.1 s hop gives the engine far more windows than it can
     take; SIGTERM still ends it in 2 s, and the final status counts the dropped windows."""
     cfg = write_config(tmp_path, streams=[{"id": "a", "source": "file", "path": str(CLIP),
@@ -66,7 +66,7 @@ def test_sigterm_under_overload(tmp_path, record_property):
         assert feed.wait(lambda: getattr(feed.last_status("a"), "dropped_windows", 0) > 50,
                          timeout_s=START_TIMEOUT_S)  # fmt: skip
         rc, took_s = daemon.terminate()
-    record_property("exit_s", round(took_s, 3))  # docs/reliability.md
+    request.node.user_properties.append(("exit_s", round(took_s, 3)))  # docs/reliability.md
     assert rc == 0 and took_s < EXIT_PROMISE_S, took_s
     final = feed.final_status("a")
     assert final is not None and final.dropped_windows > 50
