@@ -16,7 +16,7 @@ import structlog
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from streamclf.backends.base import Engine, load_engine, run_batched
+from streamclf.backends.incremental import WindowRunner, load_runner
 from streamclf.errors import AudioInputError, ConfigError
 from streamclf.features.framer import logmel_windows_for_file
 from streamclf.features.mel import WINDOW_FRAMES, frames_for_seconds
@@ -54,7 +54,7 @@ def top_genre(probs: np.ndarray, card: ModelCard) -> tuple[str, float]:
     return card.labels[best], float(probs[best])
 
 
-def tag_file(path: Path, engine: Engine, *, window_frames: int, hop_frames: int,
+def tag_file(path: Path, runner: WindowRunner, *, window_frames: int, hop_frames: int,
              progress: Progress | None = None) -> FileTags:
     """Frame the whole file, then run the engine over its windows in batches."""
     windows = list(logmel_windows_for_file(path, window_frames=window_frames, hop_frames=hop_frames))
@@ -65,9 +65,10 @@ def tag_file(path: Path, engine: Engine, *, window_frames: int, hop_frames: int,
     chunks = []
     for first in range(0, len(windows), BATCH_WINDOWS):
         batch = windows[first:first + BATCH_WINDOWS]
-        chunks.append(run_batched(engine, [w.frames for w in batch])["tags"])
+        chunks.append(runner.run([(str(path), w) for w in batch])["tags"])
         if progress is not None:
             progress.advance(task, len(batch))
+    runner.reset(str(path))
     return FileTags(
         path=path,
         starts_s=np.array([w.t_start_s for w in windows]),
@@ -76,7 +77,7 @@ def tag_file(path: Path, engine: Engine, *, window_frames: int, hop_frames: int,
     )
 
 
-def to_json(result: FileTags, card: ModelCard, engine: Engine, *, top_k: int) -> dict:
+def to_json(result: FileTags, card: ModelCard, *, top_k: int) -> dict:
     summary = result.summary()
     genre, confidence = top_genre(summary, card)
     return {
@@ -149,7 +150,8 @@ def run(args) -> int:
         msg = f"--top-k: must be at least 1, got {args.top_k}"
         raise ConfigError(msg)
     card = load_model_card(args.model or DEFAULT_MODEL)
-    engine = load_engine(card, kind=args.engine or "auto", max_batch=BATCH_WINDOWS)
+    runner = load_runner(card, args.engine or "auto", hop_frames=hop_frames,
+                         max_batch=BATCH_WINDOWS)
     docs = []
     progress = Progress(TextColumn("{task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total} windows"), TimeRemainingColumn(),
@@ -157,14 +159,14 @@ def run(args) -> int:
                         disable=not sys.stderr.isatty())
     with progress:
         for path in args.files:
-            result = tag_file(path, engine, window_frames=window_frames, hop_frames=hop_frames,
+            result = tag_file(path, runner, window_frames=window_frames, hop_frames=hop_frames,
                               progress=progress)
-            docs.append(to_json(result, card, engine, top_k=args.top_k))
+            docs.append(to_json(result, card, top_k=args.top_k))
             if args.plot:
                 plot_taggram(result, card, _plot_path(args.plot, path, len(args.files) > 1))
-    engine.close()
+    runner.close()
     if args.json:
-        json.dump({"v": SCHEMA_VERSION, "model": card.name, "engine": engine.name,
+        json.dump({"v": SCHEMA_VERSION, "model": card.name, "engine": runner.info.name,
                    "window_s": args.window, "hop_s": args.hop, "files": docs}, sys.stdout)
         sys.stdout.write("\n")
     else:

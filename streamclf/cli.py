@@ -116,6 +116,47 @@ def _build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", type=Path, default=Path("engines"), help="output folder (default engines/)")
     m.add_argument("--name", action="append", help="model(s) to import (default: all four)")
 
+    p = sub.add_parser("evaluate", help="measure a model's genre calls on a labelled dataset",
+                       description="Accuracy, per-class precision/recall/F1, macro-F1 and a "
+                                   "confusion matrix on a dataset split, beside the zero-shot "
+                                   "baselines (docs/model-quality.md, docs/training.md).")
+    p.add_argument("paths", nargs="+", metavar="[MODEL] DATASET",
+                   help="a trained head (.onnx) or a model name, then a dataset (class folders, "
+                        "a CSV or a manifest); without MODEL the fused default")
+    p.add_argument("--split", default="test", help="which split to score (default test)")
+    p.add_argument("--threshold", type=float, help="unknown threshold (default: the card's)")
+    p.add_argument("--max-windows", type=int, help="at most this many windows per clip")
+    p.add_argument("--engine", choices=["auto", "onnxruntime", "tensorrt", "torch"])
+    p.add_argument("--cache-dir", type=Path, help="embedding cache (trained heads)")
+    p.add_argument("--out-dir", type=Path, help="write confusion PNGs and JSON here (trained heads)")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="confusion matrix picture (fused default)")
+    p.add_argument("--json", action="store_true", help="JSON output")
+
+    p = sub.add_parser("train", help="train a genre head on your own labelled music",
+                       description="Train a head on frozen musicnn embeddings and export it, with "
+                                   "musicnn, as one ONNX model the daemon loads (docs/training.md).")
+    p.add_argument("dataset", type=Path, help="a folder of class folders, or a CSV "
+                                              "(path,label[,split,artist])")
+    p.add_argument("--out", type=Path, help="the .onnx to write (default DATASET-HEAD.onnx)")
+    p.add_argument("--head", choices=["linear", "mlp", "attention"], default="mlp")
+    p.add_argument("--hidden", type=int, default=128, help="MLP/attention width (default 128)")
+    p.add_argument("--dropout", type=float, default=0.3)
+    p.add_argument("--segment", type=int, default=4, help="windows pooled per training example")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.003, help="learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--augment", type=int, default=2, help="augmented copies per training file")
+    p.add_argument("--snr-db", type=float, default=15.0, help="lowest SNR of the added noise")
+    p.add_argument("--val-share", type=float, default=0.2)
+    p.add_argument("--test-share", type=float, default=0.2)
+    p.add_argument("--ignore-splits", action="store_true", help="ignore a CSV's split column")
+    p.add_argument("--base", default="MSD_musicnn", help="the frozen musicnn model (default MSD_musicnn)")
+    p.add_argument("--engine", choices=["auto", "onnxruntime", "tensorrt", "torch"])
+    p.add_argument("--hop", type=float, default=3.0, help="seconds between training windows")
+    p.add_argument("--cache-dir", type=Path, help="embedding cache directory")
+
     p = sub.add_parser("bench", help="measure speed, latency, capacity and memory")
     p.add_argument("--json", action="store_true", help="JSON output")
     p.add_argument("--quick", action="store_true", help="shorter runs (less precise)")
@@ -153,12 +194,35 @@ def _dispatch(args: argparse.Namespace) -> int:
         for card_path in import_models(args.source, args.out, names=args.name):
             print(card_path)
         return 0
+    if args.command == "evaluate":
+        return _evaluate(args)
+    if args.command == "train":
+        from streamclf.train.commands import run_train
+
+        return run_train(args)
     if args.command == "bench":
         from streamclf import bench
 
         return bench.run(args)
     msg = f"unknown command {args.command!r}"
     raise ConfigError(msg)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """A trained head is scored on its own classes, the stock models on the genre families."""
+    if len(args.paths) > 2:
+        msg = "evaluate takes [MODEL] DATASET"
+        raise ConfigError(msg)
+    args.model, args.dataset = (None, *args.paths) if len(args.paths) == 1 else args.paths
+    from streamclf.train.commands import is_trained_head
+
+    if args.model is not None and is_trained_head(args.model):
+        from streamclf.train.commands import run_evaluate_head
+
+        return run_evaluate_head(args)
+    from streamclf.evaluate import run_evaluate
+
+    return run_evaluate(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

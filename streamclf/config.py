@@ -45,6 +45,7 @@ class EngineConfig:
     max_batch: int = 32
     threads: int = 0
     plan_cache_dir: str = ""
+    incremental: bool = True  # per-frame front-end computed once per frame: docs/incremental.md
 
 
 @dataclass(frozen=True)

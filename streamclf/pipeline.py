@@ -22,7 +22,7 @@ import structlog
 from streamclf.audio.resample import Resampler
 from streamclf.audio.ring import RingBuffer
 from streamclf.audio.sources import open_source
-from streamclf.backends.base import Engine, load_engine, new_batch_buffer, run_batched
+from streamclf.backends.incremental import WindowRunner, load_runner
 from streamclf.config import Config
 from streamclf.features.framer import LogMelFramer, Window
 from streamclf.features.mel import WINDOW_FRAMES, frames_for_seconds
@@ -142,7 +142,6 @@ class EngineWorker(threading.Thread):
         self._p = pipeline
         self.heartbeat = time.monotonic()
         self.engine_latency = LatencyWindow()
-        self._batch_buffer = new_batch_buffer(pipeline.engine.max_batch)
         self._failure_burst = False
 
     def run(self) -> None:
@@ -168,7 +167,7 @@ class EngineWorker(threading.Thread):
         p = self._p
         started = time.monotonic()
         try:
-            outputs = run_batched(p.engine, [w.frames for _, w in batch], buffer=self._batch_buffer)
+            outputs = p.runner.run([(stream.stream_id, window) for stream, window in batch])
         except Exception as exc:  # an engine fault must not stop the daemon: count and carry on
             for stream, _ in batch:
                 stream.engine_failures += 1
@@ -198,10 +197,10 @@ class Pipeline:
     """Sources, workers, engine and feed for one config; start(), stop(), reload()."""
 
     def __init__(self, config: Config, *, publish: bool = True, view: bool = False,
-                 engine_wrapper: Callable[[Engine], Engine] | None = None) -> None:
-        """`engine_wrapper` wraps the loaded engine (the reliability tests inject faults so)."""
+                 runner_wrapper: Callable[[WindowRunner], WindowRunner] | None = None) -> None:
+        """`runner_wrapper` wraps the loaded runner (the reliability tests inject faults so)."""
         self.config = config
-        self._engine_wrapper = engine_wrapper
+        self._runner_wrapper = runner_wrapper
         self.publish = publish
         self.stop_event = threading.Event()
         self.all_finished = threading.Event()
@@ -210,7 +209,7 @@ class Pipeline:
         self.view_drops = 0
         self.streams: list[Stream] = []
         self.card: ModelCard | None = None
-        self.engine: Engine | None = None
+        self.runner: WindowRunner | None = None
         self.publisher: Publisher | None = None
         self.latest: dict[str, GenreMessage] = {}
         self._sequence = Sequencer()
@@ -223,16 +222,17 @@ class Pipeline:
         """Load the engine, bind the feed, open the sources, then start the threads."""
         cfg = self.config
         self.card = load_model_card(cfg.engine.model)
+        hop_frames = frames_for_seconds(cfg.framing.hop_s)
         on_progress("loading engine")
-        self.engine = load_engine(self.card, kind=cfg.engine.kind, max_batch=cfg.engine.max_batch,
+        self.runner = load_runner(self.card, cfg.engine.kind, incremental=cfg.engine.incremental,
+                                  hop_frames=hop_frames, max_batch=cfg.engine.max_batch,
                                   precision=cfg.engine.precision, threads=cfg.engine.threads,
                                   plan_dir=cfg.engine.plan_cache_dir or None)
-        if self._engine_wrapper is not None:
-            self.engine = self._engine_wrapper(self.engine)
-        self.engine.warmup()
+        if self._runner_wrapper is not None:
+            self.runner = self._runner_wrapper(self.runner)
+        self.runner.warmup()
         if self.publish:
             self.publisher = Publisher(cfg.feed)
-        hop_frames = frames_for_seconds(cfg.framing.hop_s)
         for spec in cfg.streams:
             on_progress(f"opening {spec.id}")
             source = open_source(spec)
@@ -256,7 +256,7 @@ class Pipeline:
         for stream in self.streams:
             stream.source.start(stream.ring)
         log.info("pipeline_started", streams=[s.stream_id for s in self.streams],
-                 engine=self.engine.name, device=self.engine.device, model=self.card.name,
+                 engine=self.runner.info.name, device=self.runner.info.device, model=self.card.name,
                  endpoint=cfg.feed.endpoint if self.publish else None)
 
     def stop(self, timeout_s: float = 1.5) -> None:
@@ -271,8 +271,8 @@ class Pipeline:
             worker.join(max(0.0, deadline - time.monotonic()))
         if self.publisher is not None:
             self.publisher.close()
-        if self.engine is not None:
-            self.engine.close()
+        if self.runner is not None:
+            self.runner.close()
         log.info("pipeline_stopped")
 
     def reload(self, config: Config) -> None:
@@ -320,7 +320,7 @@ class Pipeline:
             level_dbfs=window.level_dbfs,
             silence=state.silence,
             model=self.card.name,
-            engine=self.engine.name,
+            engine=self.runner.info.name,
             probs=[float(x) for x in probs] if feed.publish_probs else None,
             candidates=state.candidates,
         )
@@ -346,7 +346,7 @@ class Pipeline:
             labels=list(self.card.labels),
             genres=list(self.card.genres),
             model=self.card.name,
-            engine=self.engine.name,
+            engine=self.runner.info.name,
             final=final,
         )
 

@@ -332,18 +332,18 @@ def free_tcp_port() -> int:
 
 
 class FaultyEngine:
-    """The real engine with faults switched by the test: while ``failing``, every ``infer`` call
-    raises; ``delay_s`` of sleep per call makes it slower than real time. Everything else passes
-    through, so batching, outputs and latencies are the real engine's."""
+    """The real engine (the pipeline's window runner) with faults switched by the test: while
+    ``failing``, every ``run`` call raises; ``delay_s`` of sleep per call makes it slower than
+    real time. Everything else passes through, so batching, outputs and latencies are real."""
 
-    def __init__(self, engine, *, delay_s: float = 0.0) -> None:
-        self._engine = engine
+    def __init__(self, runner, *, delay_s: float = 0.0) -> None:
+        self._runner = runner
         self.delay_s = delay_s
         self.failing = False
         self.calls = 0
         self.failed_calls = 0
 
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, items) -> dict[str, np.ndarray]:
         self.calls += 1
         if self.delay_s:
             time.sleep(self.delay_s)
@@ -351,7 +351,7 @@ class FaultyEngine:
             self.failed_calls += 1
             msg = f"injected fault on call {self.calls}"
             raise RuntimeError(msg)
-        return self._engine.infer(batch)
+        return self._runner.run(items)
 
     def __getattr__(self, name: str):
-        return getattr(self._engine, name)
+        return getattr(self._runner, name)

@@ -140,7 +140,7 @@ class TestServe:
         logs = [json.loads(line) for line in proc.stderr.read().decode().splitlines()
                 if line.startswith("{")]
         events = [r["event"] for r in logs]
-        assert "engine_selected" in events and "config_reloaded" in events
+        assert "runner_selected" in events and "config_reloaded" in events
         assert "pipeline_stopped" in events
 
 

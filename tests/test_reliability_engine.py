@@ -1,7 +1,7 @@
 """Engine faults: a batch that raises, an engine slower than real time, a broken model file.
 
 The first two wrap the real ONNX Runtime engine in-process (tests/reliability_helpers.py
-FaultyEngine, passed to Pipeline as its engine_wrapper); the broken model runs the real
+FaultyEngine, passed to Pipeline as its runner_wrapper); the broken model runs the real
 ``streamclf serve`` and checks its exit code (docs/reliability.md, docs/cli.md).
 """
 
@@ -52,7 +52,7 @@ def faulty_pipeline(tmp_path, *, hop_s: float, delay_s: float = 0.0, **config):
         wrapped.append(FaultyEngine(engine, delay_s=delay_s))
         return wrapped[0]
 
-    pipeline = Pipeline(load_config(cfg.path), engine_wrapper=wrap)
+    pipeline = Pipeline(load_config(cfg.path), runner_wrapper=wrap)
     with FeedRecorder(cfg.endpoint) as feed:
         pipeline.start()
         try:
@@ -97,7 +97,8 @@ class TestOverload:
 
     def test_slow_engine(self, tmp_path):
         hop_s = 0.1
-        with faulty_pipeline(tmp_path, hop_s=hop_s, delay_s=0.5,
+        # 1 s per engine call for at most QUEUE_WINDOWS windows: 4 windows/s against 10 made
+        with faulty_pipeline(tmp_path, hop_s=hop_s, delay_s=1.0,
                              engine={"max_batch": 2},
                              framing={"queue_windows": self.QUEUE_WINDOWS}) as (pipeline, _, feed):  # fmt: skip
             queue = pipeline.streams[0].windows

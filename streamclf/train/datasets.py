@@ -116,9 +116,17 @@ def _read_folder(root: Path) -> list[Item]:
     ]
 
 
+MANIFEST_NAME = "manifest.csv"
+
+
 def load_dataset(source: str | Path) -> Dataset:
-    """Read a class-folder tree or a CSV; ConfigError if it is empty, missing or inconsistent."""
+    """Read a class-folder tree or a CSV; ConfigError if it is empty, missing or inconsistent.
+
+    A folder holding a `manifest.csv` (as datasets/genres does) is read through its manifest.
+    """
     source = Path(source)
+    if source.is_dir() and (source / MANIFEST_NAME).is_file():
+        source = source / MANIFEST_NAME
     if source.is_dir():
         items = _read_folder(source)
     elif source.is_file():
