@@ -137,12 +137,6 @@ def test_exported_onnx_equals_the_torch_model_on_real_windows(trained) -> None:
     np.testing.assert_allclose(got["embedding"][:4], stock["embedding"], atol=1e-4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Exception,
-    reason="backends/torch.py must rebuild custom heads with "
-    "streamclf.train.export.load_torch_custom (requested from its owner)",
-)
 def test_torch_engine_runs_the_custom_model(trained) -> None:
     card, _ = trained
     engine = load_engine(card, kind="torch")

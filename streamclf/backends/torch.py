@@ -9,6 +9,8 @@ is checked, and any mismatch is a ModelError, never a silent partial load.
 
 from __future__ import annotations
 
+import json
+
 import os
 from pathlib import Path
 
@@ -97,9 +99,15 @@ def state_from_onnx(model, path: Path) -> dict[str, object]:
 
 
 def load_torch_from_onnx(path: Path):
-    """The streamclf.models.musicnn port of the model `path` names, with the file's weights."""
+    """The streamclf.models.musicnn port of the model `path` names, with the file's weights
+    (or, for a head trained by `streamclf train`, musicnn and that head rebuilt)."""
     from streamclf.models.musicnn import ARCHITECTURES, build_model
 
+    card_path = path.with_suffix(".json")
+    if card_path.is_file() and "head" in json.loads(card_path.read_text()):
+        from streamclf.train.export import load_torch_custom  # a head trained by `streamclf train`
+
+        return load_torch_custom(path).eval()
     if path.stem not in ARCHITECTURES:
         msg = f"{path}: torch engine knows {', '.join(ARCHITECTURES)}, not '{path.stem}'"
         raise ModelError(msg)
