@@ -2,7 +2,7 @@
 
 Every reliability test runs the real thing: ``streamclf serve`` in its own process on a config
 written for the test, a real ZeroMQ subscriber on an ipc:// endpoint, real ONNX Runtime. Only the
-two engine faults (a raising batch, an engine slower than real time) wrap the real engine
+two engine faults (a raising batch, an engine slower than real time) wrap the real window runner
 in-process, because no honest way exists to make the real engine fail from outside.
 
 Usage:
@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -133,7 +134,7 @@ class Daemon:
             self.proc.wait(10)
         self._log.close()
 
-    def __enter__(self) -> Daemon:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -217,7 +218,7 @@ class FeedRecorder:
     def wait(self, predicate: Callable[[], bool], *, timeout_s: float) -> bool:
         return wait_for(predicate, timeout_s=timeout_s)
 
-    def __enter__(self) -> FeedRecorder:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -287,7 +288,7 @@ class PacedWavServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 owner.connections += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "audio/wav")
@@ -331,22 +332,23 @@ def free_tcp_port() -> int:
 # -- engine faults (in-process only) ------------------------------------------------------------
 
 
-class FaultyEngine:
-    """The real engine (the pipeline's window runner) with faults switched by the test: while
-    ``failing``, every ``run`` call raises; ``delay_s`` of sleep per call makes it slower than
-    real time. Everything else passes through, so batching, outputs and latencies are real."""
+class FaultyRunner:
+    """The real window runner (engine plus incremental features) with faults switched by the
+    test: while ``failing``, every ``run`` call (one batch) raises; ``delay_per_window_s`` of
+    sleep per window makes it slower than real time. Everything else passes through, so
+    batching, outputs and latencies are the real engine's."""
 
-    def __init__(self, runner, *, delay_s: float = 0.0) -> None:
+    def __init__(self, runner, *, delay_per_window_s: float = 0.0) -> None:
         self._runner = runner
-        self.delay_s = delay_s
+        self.delay_per_window_s = delay_per_window_s
         self.failing = False
         self.calls = 0
         self.failed_calls = 0
 
-    def run(self, items) -> dict[str, np.ndarray]:
+    def run(self, items):
         self.calls += 1
-        if self.delay_s:
-            time.sleep(self.delay_s)
+        if self.delay_per_window_s:
+            time.sleep(self.delay_per_window_s * len(items))
         if self.failing:
             self.failed_calls += 1
             msg = f"injected fault on call {self.calls}"

@@ -3,6 +3,7 @@ that ends (clean stop, or loop). Each runs ``streamclf serve`` as a child proces
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 
@@ -41,8 +42,8 @@ class TestFfmpegDies:
                     readers = children_named(daemon.pid, "ffmpeg")
                     assert len(readers) == 1
                     os.kill(readers[0], signal.SIGKILL)
-                    assert wait_for(lambda: children_named(daemon.pid, "ffmpeg")  # noqa: B023
-                                    not in ([], readers), timeout_s=30)  # fmt: skip
+                    assert wait_for(lambda old=readers: children_named(daemon.pid, "ffmpeg")
+                                    not in ([], old), timeout_s=30)  # fmt: skip
                     published = feed.genre_count("net")
                     assert feed.wait(lambda: feed.genre_count("net") >= published + 2,  # noqa: B023
                                      timeout_s=30)  # fmt: skip
@@ -126,6 +127,6 @@ class TestFileEnds:
             rc, _ = daemon.terminate()
         genre = feed.of(GenreMessage, "f")
         assert rc == 0 and genre[-1].t1 > 8.0
-        assert all(0.4 < b.t1 - a.t1 < 0.6 for a, b in zip(genre, genre[1:], strict=False))
+        assert all(0.4 < b.t1 - a.t1 < 0.6 for a, b in itertools.pairwise(genre))
         assert feed.last_status("f").device_state == "running"
         assert feed.seq_gaps() == {}

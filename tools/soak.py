@@ -23,14 +23,15 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from audio_helpers import CLIP_PATH, PulseServer, require_pulseaudio  # noqa: E402
-from reliability_helpers import (  # noqa: E402
+from audio_helpers import CLIP_PATH, PulseServer, require_pulseaudio
+from reliability_helpers import (
     START_TIMEOUT_S,
     Daemon,
     FeedRecorder,
@@ -38,7 +39,7 @@ from reliability_helpers import (  # noqa: E402
     write_config,
 )
 
-from streamclf.feed.schema import GenreMessage  # noqa: E402
+from streamclf.feed.schema import GenreMessage
 
 STREAMS = ("file", "device")
 HOP_S = 0.992  # 62 STFT frames: the default 1 s hop as the framer realises it
@@ -95,7 +96,7 @@ class _LoopPlayer:
             while player.poll() is None and not self._stopping.wait(0.2):
                 pass
 
-    def __enter__(self) -> _LoopPlayer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
