@@ -31,14 +31,16 @@ from typing import Self
 import numpy as np
 import structlog
 
+from streamclf.config import EngineConfig
 from streamclf.errors import StreamclfError
 from streamclf.features.mel import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE_HZ, frames_for_seconds
 
 log = structlog.get_logger(__name__)
 
 CLIP = Path(__file__).parent / "data" / "clip.ogg"
-MODEL = "MSD_musicnn"  # the default config's model
-MAX_BATCH = 32  # the default config's engine.max_batch, which the daemon's warm-up runs once
+DEFAULTS = EngineConfig()  # the daemon under test runs the default model and options
+MODEL = DEFAULTS.model
+MAX_BATCH = DEFAULTS.max_batch  # the daemon's warm-up runs one batch of this size
 MIB = 1024 * 1024
 
 BLOCK_S = 0.05  # the pipeline's stream workers read about 50 ms per ring read
@@ -289,7 +291,7 @@ def free_tcp_port() -> int:
 def daemon_config(*, streams: int, hop_s: float, audio: Path, endpoint: str) -> str:
     """A serve config: the CPU engine, `streams` looping real-time file streams of `audio`."""
     lines = [
-        "[engine]", 'kind = "onnxruntime"', f'model = "{MODEL}"', f"max_batch = {MAX_BATCH}",
+        "[engine]", 'kind = "onnxruntime"',  # the CPU engine; model and options: the defaults
         "[framing]", f"hop_s = {hop_s}",
         "[feed]", f"endpoint = {json.dumps(endpoint)}", "send_hwm = 10000", "status_interval_s = 1.0",
         "[service]", 'log_level = "warning"', 'log_format = "json"', "watchdog = false",
@@ -511,27 +513,28 @@ def capacity_trial(ctx: Context, streams: int, *, measure_s: float) -> dict:
 def bench_capacity(ctx: Context) -> dict:
     engine_wps = max(ort_row(ctx.results)["windows_per_s"].values())
     engine_streams = engine_wps * CAPACITY_HOP_S
+    incremental = {r["hop_s"]: r for r in ctx.results.get("incremental", {}).get("hops", [])}
+    incremental_streams = incremental.get(CAPACITY_HOP_S, {}).get("incremental_capacity_streams")
     measure_s, max_trials = (5.0, 1) if ctx.quick else (15.0, 6)
-    lo, hi = 0, max(3, math.ceil(1.2 * engine_streams) + 1)  # lo sustained, hi assumed not
-    if ctx.quick:
-        hi, n = 4, 2  # one small trial: the shape of the search, not the machine's capacity
-    else:
-        n = min(hi - 1, max(1, int(TARGET_CAPACITY_SHARE * engine_streams)))
+    # First at the target, then up by a quarter until a count fails, then bisect.
+    n = 2 if ctx.quick else max(1, int(TARGET_CAPACITY_SHARE * engine_streams))
+    lo, hi = 0, None  # the most streams sustained, the fewest that were not
     trials = []
-    while len(trials) < max_trials and hi - lo > 1:
+    while len(trials) < max_trials and (hi is None or hi - lo > 1):
         trial = capacity_trial(ctx, n, measure_s=measure_s)
         log.info("capacity_trial", **trial)
         trials.append(trial)
         lo, hi = (n, hi) if trial["sustained"] else (lo, n)
-        n = (lo + hi) // 2
+        n = max(lo + 1, math.ceil(1.25 * lo)) if hi is None else (lo + hi) // 2
     best = next((t for t in trials if t["streams"] == lo), None)
     return {
         "hop_s": CAPACITY_HOP_S,
         "measure_s": measure_s,
         "streams": lo,
-        "exact": hi - lo == 1,
+        "exact": hi is not None and hi - lo == 1,
         "engine_windows_per_s": engine_wps,
         "engine_bound_streams": engine_streams,
+        "incremental_bound_streams": incremental_streams,
         "cpu_percent_per_stream": best["cpu_percent_per_stream"] if best else None,
         "trials": trials,
         "checks": {"capacity_vs_engine_bound": _check(lo / engine_streams, TARGET_CAPACITY_SHARE)},
@@ -563,6 +566,9 @@ def render_capacity(r: dict) -> str:
         (f"- floor: the engine's best batched throughput, {r['engine_windows_per_s']:.0f} "
          f"windows/s = {r['engine_bound_streams']:.0f} streams at hop {r['hop_s']:g} s."),
     ]
+    if r["incremental_bound_streams"]:
+        lines.append(f"- the daemon runs incremental inference (the default), whose own bound at this "
+                     f"hop is {r['incremental_bound_streams']:.0f} streams (section 3).")
     return "\n".join(lines) + "\n"
 
 
@@ -687,7 +693,8 @@ def machine() -> dict:
 
     return {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
             "python": platform.python_version(), "numpy": np.__version__,
-            "onnxruntime": onnxruntime.__version__, "load_at_start": os.getloadavg()}
+            "onnxruntime": onnxruntime.__version__, "load_at_start": os.getloadavg(),
+            "model": MODEL, "incremental": DEFAULTS.incremental}
 
 
 def measure(*, quick: bool) -> dict:
@@ -717,7 +724,9 @@ def render(report: dict) -> str:
     lines = [
         (f"Measured with `{report['command']}` (`--json` for machines, `--write docs/benchmarks.md` "
          f"writes this page) in {report['seconds']:.0f} s on {m['cpu']}, {m['cores']} cores, "
-         f"Python {m['python']}, numpy {m['numpy']}, onnxruntime {m['onnxruntime']}. Load average "
+         f"Python {m['python']}, numpy {m['numpy']}, onnxruntime {m['onnxruntime']}; model "
+         f"`{m['model']}`, the daemon with the default config (incremental inference "
+         f"{'on' if m['incremental'] else 'off'}) on the CPU engine. Load average "
          f"(1/5/15 min) {start[0]:.1f}/{start[1]:.1f}/{start[2]:.1f} at the start and "
          f"{end[0]:.1f}/{end[1]:.1f}/{end[2]:.1f} at the end: other work on the machine slows "
          "every figure."),
