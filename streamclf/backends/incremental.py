@@ -383,7 +383,7 @@ def load_runner(
     reason = ""
     if not incremental:
         reason = "incremental inference disabled"
-    elif architecture_of(card.name) != "musicnn":
+    elif architecture_of(card.name) == "vgg":
         reason = f"{card.name}: every VGG layer pads and pools by 2, no per-frame part to reuse"
     elif hop_frames is not None and hop_frames >= card.window_frames - 2 * CONTEXT_FRAMES:
         reason = f"hop of {hop_frames} frames: consecutive windows share no reusable frame"

@@ -85,8 +85,8 @@ def dataset_of(name: str) -> str:
 
 
 def architecture_of(name: str) -> str:
-    """'musicnn' or 'vgg', from a musicnn model name."""
-    return name.split("_", 1)[1]
+    """'musicnn' or 'vgg' from a stock model name ('MSD_vgg'); '' for any other model."""
+    return name.partition("_")[2]
 
 
 def sha256_file(path: Path) -> str:
