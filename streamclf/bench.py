@@ -41,6 +41,7 @@ CLIP = Path(__file__).parent / "data" / "clip.ogg"
 DEFAULTS = EngineConfig()  # the daemon under test runs the default model and options
 MODEL = DEFAULTS.model
 MAX_BATCH = DEFAULTS.max_batch  # the daemon's warm-up runs one batch of this size
+TORCH_MODEL = "MSD_musicnn"  # the torch engine rebuilds only the original models
 MIB = 1024 * 1024
 
 BLOCK_S = 0.05  # the pipeline's stream workers read about 50 ms per ring read
@@ -237,6 +238,10 @@ def bench_engines(ctx: Context) -> dict:
     results["floor_ms_per_window"] = (
         1e3 * flops / (results["machine"]["sgemm_gflops"] * 1e9) if flops else None
     )
+    if not ctx.quick and MODEL != TORCH_MODEL:  # torch side by side needs a model it can build
+        single = run_engine_bench(load_model_card(TORCH_MODEL), quick=False)
+        results["torch_model"] = single
+        results["checks"] |= {f"{name} ({TORCH_MODEL})": c for name, c in single["checks"].items()}
     results["reference"] = {"engine": "musicnn 0.1.0 (TensorFlow)",
                             "ms_per_patch": REFERENCE_MS_PER_PATCH,
                             "peak_rss_mib": REFERENCE_PEAK_RSS_MIB}
@@ -247,6 +252,10 @@ def render_engines(r: dict) -> str:
     from streamclf.bench_engines import render_markdown
 
     text = render_markdown(r)
+    if "torch_model" in r:
+        text += ("\nThe torch engine builds only the four original models, so onnxruntime and torch "
+                 "side by side on one of them (the reference's own model size):\n\n"
+                 + render_markdown(r["torch_model"]))
     floor = r["floor_ms_per_window"]
     if floor:
         text += (f"- floor: {r['flops_per_window'] / 1e9:.2f} GFLOP per window over the measured "
