@@ -42,6 +42,9 @@ def session_options(*, threads: int, spin: bool = False, arena: bool = True):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.enable_cpu_mem_arena = arena
+    # Memory patterns are planned per input shape: the incremental runner's frame batches vary
+    # with every hop, and each new shape grew the daemon's memory (docs/engines.md).
+    options.enable_mem_pattern = False
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.log_severity_level = 3
     return options
