@@ -97,6 +97,7 @@ class Runner:
             self.pipeline.start(on_progress=lambda text: self.notifier.status(text))
             self._starting = False
         except BaseException:
+            self.notifier.stopping()
             self.pipeline.stop(STOP_TIMEOUT_S)
             # the handler's ShutdownRequested may surface as whatever the interrupted code made
             # of it (an ImportError inside an import, a ModelError from the model loader)
