@@ -249,8 +249,10 @@ class IncrementalRunner:
         card = model if isinstance(model, ModelCard) else load_model_card(model)
         self.split = load_split_card(card, split_dir=split_dir)
         threads = threads or default_threads()
-        self._frame = open_session(self.split.frame_path, threads=threads)
-        self._window = open_session(self.split.window_path, threads=threads)
+        # No memory arena here: it kept the largest batch's peak (daemon RSS 259 MB, and growing
+        # with new batch shapes) for about 15 % speed on these two small graphs (docs/engines.md).
+        self._frame = open_session(self.split.frame_path, threads=threads, arena=False)
+        self._window = open_session(self.split.window_path, threads=threads, arena=False)
         self.info = EngineInfo(
             name="onnxruntime", device=f"cpu ({threads} threads)", precision="fp32",
             max_batch=max_batch, model=card.name, embedding_dim=card.embedding_dim,
