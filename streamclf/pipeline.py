@@ -33,7 +33,7 @@ from streamclf.smoothing import Smoother
 
 log = structlog.get_logger(__name__)
 
-POLL_S = 0.02  # a stream worker with an empty ring looks again after this (latency vs wake-ups per stream)
+POLL_S = 0.02  # an empty ring is looked at again after this: latency against wake-ups per stream
 LATENCY_HISTORY = 512  # windows kept for the p50/p99 engine latency in status messages
 VIEW_QUEUE_MESSAGES = 256  # messages buffered for the live view before the oldest are dropped
 
