@@ -25,7 +25,7 @@ from streamclf.audio.sources import open_source
 from streamclf.backends.incremental import WindowRunner, load_runner
 from streamclf.config import Config
 from streamclf.features.framer import LogMelFramer, Window
-from streamclf.features.mel import WINDOW_FRAMES, frames_for_seconds
+from streamclf.features.mel import SAMPLE_RATE_HZ, WINDOW_FRAMES, frames_for_seconds
 from streamclf.feed.publisher import Publisher
 from streamclf.feed.schema import ChangeMessage, GenreMessage, Sequencer, StatusMessage
 from streamclf.models.card import ModelCard, load_model_card
@@ -33,7 +33,8 @@ from streamclf.smoothing import Smoother
 
 log = structlog.get_logger(__name__)
 
-POLL_S = 0.02  # an empty ring is looked at again after this: latency against wake-ups per stream
+POLL_S = 0.01  # how often an empty ring is looked at once the next window's audio is due
+MAX_IDLE_S = 0.25  # the longest a stream worker sleeps before looking at its ring again
 LATENCY_HISTORY = 512  # windows kept for the p50/p99 engine latency in status messages
 VIEW_QUEUE_MESSAGES = 256  # messages buffered for the live view before the oldest are dropped
 
@@ -93,6 +94,11 @@ class StreamWorker(threading.Thread):
         self._stopping = stop
         self._block = np.zeros((block_frames, stream.ring.channels), dtype=np.float32)
 
+    def _idle_s(self) -> float:
+        """Sleep until the next window's audio is due, then poll: few wake-ups, no added latency."""
+        due_s = self._stream.framer.samples_to_next_window() / SAMPLE_RATE_HZ
+        return min(MAX_IDLE_S, max(POLL_S, due_s - POLL_S))
+
     def run(self) -> None:
         stream = self._stream
         while not self._stopping.is_set():
@@ -100,7 +106,7 @@ class StreamWorker(threading.Thread):
             if n == 0:
                 if stream.source.state in ("ended", "failed"):
                     break
-                self._stopping.wait(POLL_S)
+                self._stopping.wait(self._idle_s())
                 continue
             for window in stream.framer.push(stream.resampler.push(self._block[:n]), arrival):
                 stream.windows.put(window)

@@ -9,9 +9,11 @@ import librosa
 import numpy as np
 import pytest
 from audio_helpers import CLIP_PATH
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamclf.features.framer import LogMelFramer, load_mono_16k, logmel_windows_for_file
-from streamclf.features.mel import HOP_LENGTH, logmel
+from streamclf.features.mel import HOP_LENGTH, WINDOW_FRAMES, logmel
 
 WINDOW, HOP = 187, 62
 
@@ -142,3 +144,20 @@ class TestFileHelper:
         for w in windows:
             assert np.array_equal(w.frames, full[w.start_frame : w.start_frame + 187])
             assert -40 < w.level_dbfs < 0
+
+
+class TestSamplesToNextWindow:
+    """`samples_to_next_window()` is exact: one sample fewer completes no window, that many do."""
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.sampled_from([1, 31, 62, 93, 187]), st.lists(st.integers(0, 3000), max_size=30))
+    def test_exact(self, hop_frames, pushes):
+        rng = np.random.default_rng(hop_frames)
+        framer = LogMelFramer(WINDOW_FRAMES, hop_frames)
+        for n in pushes:  # anywhere in a stream, not only at the start
+            list(framer.push(rng.standard_normal(n).astype(np.float32)))
+        for _ in range(3):
+            need = framer.samples_to_next_window()
+            assert need >= 1
+            assert list(framer.push(rng.standard_normal(need - 1).astype(np.float32))) == []
+            assert len(list(framer.push(rng.standard_normal(1).astype(np.float32)))) == 1

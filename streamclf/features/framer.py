@@ -119,6 +119,16 @@ class LogMelFramer:
         self.reset()
         return iter(windows)
 
+    def samples_to_next_window(self) -> int:
+        """16 kHz samples still to push before the next window is complete.
+
+        Lets a stream worker sleep until then instead of framing every small block as it comes.
+        """
+        frames_needed = self._n_windows * self.hop_frames + self.window_frames
+        padded_needed = (frames_needed - 1) * HOP_LENGTH + N_FFT
+        padded_seen = self._n_frames * HOP_LENGTH + self._n_pending
+        return max(0, padded_needed - padded_seen)
+
     @property
     def frames_done(self) -> int:
         """STFT frames computed so far in this stream."""
