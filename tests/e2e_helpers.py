@@ -22,14 +22,18 @@ def streamclf_cmd(*args: str) -> list[str]:
 
 def run_cli(*args: str, timeout: float = 120, env: dict | None = None,
             input_bytes: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(streamclf_cmd(*args), capture_output=True, timeout=timeout,
+    return subprocess.run(streamclf_cmd(*args), capture_output=True, timeout=timeout, check=False,
                           env={**os.environ, **(env or {})}, input=input_bytes, cwd=REPO)
 
 
-def free_tcp_endpoint() -> str:
+def free_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+        return s.getsockname()[1]
+
+
+def free_tcp_endpoint() -> str:
+    return f"tcp://127.0.0.1:{free_tcp_port()}"
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, code: int) -> str:

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Self
 
 import numpy as np
+from audio_helpers import wait_for
+from e2e_helpers import free_tcp_port
 
 from streamclf.feed.schema import GenreMessage, Message, StatusMessage
 from streamclf.feed.subscriber import Subscriber
@@ -233,16 +235,6 @@ class FeedRecorder:
             self._thread.join(5)
 
 
-def wait_for(predicate: Callable[[], bool], *, timeout_s: float, interval_s: float = 0.05) -> bool:
-    """Poll until true or ``timeout_s``; timeouts are generous, never a speed assertion."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return bool(predicate())
-
-
 def t1_steps_missing(messages: list[GenreMessage], hop_s: float) -> int:
     """Windows missing between consecutive genre messages of one stream, from their stream times
     (a drop shows as a t1 step of k hops: k - 1 windows are missing)."""
@@ -319,14 +311,6 @@ class PacedWavServer:
         if server is not None:
             server.shutdown()
             server.server_close()
-
-
-def free_tcp_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- engine faults (in-process only) ------------------------------------------------------------

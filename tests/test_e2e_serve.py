@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import pytest
+from audio_helpers import wait_for
 from e2e_helpers import (
     CLIP,
     NotifySocket,
@@ -45,15 +46,6 @@ realtime = true
 
 def _write_config(path, endpoint, tau=5.0):
     path.write_text(CONFIG.format(endpoint=endpoint, clip=CLIP, tau=tau))
-
-
-def _wait_for(predicate, timeout_s):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _collect(sub, messages, seconds, *, genres=None):
@@ -96,7 +88,7 @@ class TestServe:
 
     def test_lifecycle(self, daemon):
         proc, notify, sub, config, endpoint = daemon
-        assert _wait_for(lambda: "READY=1" in notify.lines(), 30), proc.stderr.read1().decode()
+        assert wait_for(lambda: "READY=1" in notify.lines(), timeout_s=30), proc.stderr.read1().decode()
         messages: list = []
         _collect(sub, messages, 40.0, genres=4)
         genres = [m for m in messages if isinstance(m, GenreMessage)]
@@ -124,7 +116,7 @@ class TestServe:
         # SIGHUP: new smoothing applied, the feed keeps going without a gap.
         _write_config(config, endpoint, tau=1.0)
         proc.send_signal(signal.SIGHUP)
-        assert _wait_for(lambda: "RELOADING=1" in notify.lines(), 5)
+        assert wait_for(lambda: "RELOADING=1" in notify.lines(), timeout_s=5)
         _collect(sub, messages, 3.0)
         assert _gap_free(messages, GenreMessage)
         assert notify.lines().count("READY=1") == 2
