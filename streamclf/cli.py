@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
-    except Exception as exc:  # a bug: one line for the user, the traceback with -v
+    except Exception as exc:  # noqa: BLE001 — a bug: one line for the user, the traceback with -v
         if args.verbose:
             traceback.print_exc()
         print(f"streamclf: internal error: {type(exc).__name__}: {exc} "

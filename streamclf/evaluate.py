@@ -255,7 +255,7 @@ def evaluate(model: str | Path, clips: Sequence[Clip], *, threshold: float | Non
     return score_outputs(card, run_outputs(card.onnx_path, frames), truth, threshold=threshold)
 
 
-def score_outputs(card, out: dict[str, np.ndarray], truth: np.ndarray, *,  # noqa: ANN001
+def score_outputs(card, out: dict[str, np.ndarray], truth: np.ndarray, *,
                   threshold: float | None = None) -> list[Score]:
     """Scores from a model's outputs (`run_outputs`) on windows whose true families are `truth`."""
     if "mtt_tags" not in out:
@@ -276,7 +276,7 @@ def score_outputs(card, out: dict[str, np.ndarray], truth: np.ndarray, *,  # noq
     return scores
 
 
-def run_evaluate(args) -> int:  # noqa: ANN001
+def run_evaluate(args) -> int:
     """CLI: args.model (None → fused default), args.dataset, args.split ("test"),
     args.threshold (None → the card's), args.max_windows (None → all), args.json, args.plot."""
     clips = [c for c in load_manifest(args.dataset) if c.split == args.split]

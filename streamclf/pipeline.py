@@ -174,7 +174,7 @@ class EngineWorker(threading.Thread):
         started = time.monotonic()
         try:
             outputs = p.runner.run([(stream.stream_id, window) for stream, window in batch])
-        except Exception as exc:  # an engine fault must not stop the daemon: count and carry on
+        except Exception as exc:  # noqa: BLE001 — an engine fault must not stop the daemon: count, carry on
             for stream, _ in batch:
                 stream.engine_failures += 1
             if not self._failure_burst:

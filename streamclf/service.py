@@ -8,6 +8,7 @@ the engine worker keeps making progress, so systemd restarts a stalled pipeline.
 
 from __future__ import annotations
 
+import queue
 import signal
 import sys
 import time
@@ -151,7 +152,7 @@ class Runner:
         while True:
             try:
                 msg = messages.get(timeout=max(0.0, deadline - time.monotonic()))
-            except Exception:  # queue.Empty: nothing more for now
+            except queue.Empty:
                 return
             self.view.handle(msg)
 

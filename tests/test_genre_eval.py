@@ -17,12 +17,12 @@ from streamclf.evaluate import (
     clip_windows,
     confusion_matrix,
     decide,
-    score_outputs,
     load_manifest,
     macro_f1,
     per_class_prf,
     render_confusion,
     run_outputs,
+    score_outputs,
     unknown_share,
 )
 from streamclf.models.card import ENGINES_DIR, MSD_LABELS, MTT_LABELS, load_model_card

@@ -23,7 +23,7 @@ from streamclf.models.card import load_model_card
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
-from streamclf.models.importer import (  # noqa: E402
+from streamclf.models.importer import (
     import_models,
     is_optimizer_variable,
     load_state,
@@ -31,8 +31,8 @@ from streamclf.models.importer import (  # noqa: E402
     musicnn_package,
     variable_map,
 )
-from streamclf.models.musicnn import build_model, tf_same_padding  # noqa: E402
-from streamclf.models.tfcheckpoint import CheckpointReader  # noqa: E402
+from streamclf.models.musicnn import build_model, tf_same_padding
+from streamclf.models.tfcheckpoint import CheckpointReader
 
 
 def tf_layout_shape(value_shape: tuple[int, ...], key: str) -> tuple[int, ...]:

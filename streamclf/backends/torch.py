@@ -10,7 +10,6 @@ is checked, and any mismatch is a ModelError, never a silent partial load.
 from __future__ import annotations
 
 import json
-
 import os
 from pathlib import Path
 
