@@ -56,9 +56,15 @@ class FusedMusicnn(nn.Module):
     def forward(self, logmel: torch.Tensor) -> tuple[torch.Tensor, ...]:
         mtt_tags, mtt_emb = self.mtt(logmel)
         msd_tags, msd_emb = self.msd(logmel)
+        return (*self.combine(mtt_tags, mtt_emb, msd_tags, msd_emb), mtt_tags, msd_tags)
+
+    def combine(self, mtt_tags: torch.Tensor, mtt_emb: torch.Tensor, msd_tags: torch.Tensor,
+                msd_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(family distribution, joint embedding) from the two taggers' outputs (the split
+        graphs' per-window part reuses it)."""
         z = (self.weight_mtt * self._logit_scores(mtt_tags, self.map_mtt)
              + self.weight_msd * self._logit_scores(msd_tags, self.map_msd) + self.bias)
-        return torch.softmax(z, dim=1), torch.cat([mtt_emb, msd_emb], dim=1), mtt_tags, msd_tags
+        return torch.softmax(z, dim=1), torch.cat([mtt_emb, msd_emb], dim=1)
 
     @staticmethod
     def _logit_scores(tags: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:

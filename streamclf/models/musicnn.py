@@ -120,6 +120,11 @@ class Musicnn(nn.Module):
             [block(padded) for block in self.timbral] + [block(x) for block in self.temporal],
             dim=1,
         )  # [B, 561, T]
+        return self.head(frontend)
+
+    def head(self, frontend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mid-end and back-end from the front-end features [B, 561, T] (the split graphs'
+        per-window part reuses it)."""
         conv1 = self.midend[0](frontend)
         res2 = self.midend[1](conv1) + conv1
         res3 = self.midend[2](res2) + res2

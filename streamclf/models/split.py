@@ -124,7 +124,7 @@ class WindowNet(nn.Module):
         head, tail = edge_features.chunk(2, dim=0)
         timbral = torch.cat([head, core.transpose(1, 2), tail], dim=2)  # [B, 408, 187]
         frontend = torch.cat([timbral] + [block(x) for block in self.temporal], dim=1)
-        return musicnn_head(self.model, frontend)
+        return self.model.head(frontend)
 
 
 class FusedWindowNet(nn.Module):
@@ -144,24 +144,7 @@ class FusedWindowNet(nn.Module):
         dim = core.shape[2] // 2
         (mtt_tags, mtt_emb), (msd_tags, msd_emb) = (
             part(logmel, c) for part, c in zip(self.parts, core.split(dim, dim=2), strict=True))
-        # FusedMusicnn.forward after its two taggers (streamclf.models.fused)
-        z = (f.weight_mtt * f._logit_scores(mtt_tags, f.map_mtt)
-             + f.weight_msd * f._logit_scores(msd_tags, f.map_msd) + f.bias)
-        return torch.softmax(z, dim=1), torch.cat([mtt_emb, msd_emb], dim=1)
-
-
-def musicnn_head(m: Musicnn, frontend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mid-end and back-end of `Musicnn.forward` from the front-end features [B, 561, T].
-
-    The same operations as `Musicnn.forward` after its front-end (checked by `check_split`).
-    """
-    conv1 = m.midend[0](frontend)
-    res2 = m.midend[1](conv1) + conv1
-    res3 = m.midend[2](res2) + res2
-    features = torch.cat([frontend, conv1, res2, res3], dim=1)
-    pooled = torch.stack([features.amax(dim=2), features.mean(dim=2)], dim=2).flatten(1)
-    embedding = m.dense_bn(F.relu(m.dense(m.pool_bn(pooled))))
-    return torch.sigmoid(m.classifier(embedding)), embedding
+        return f.combine(mtt_tags, mtt_emb, msd_tags, msd_emb)
 
 
 def load_source(name: str, engines_dir: Path) -> tuple[nn.Module, list[Musicnn]]:
