@@ -28,7 +28,7 @@ PY
 import json
 import sys
 
-from streamclf.bench_engines import render_markdown, run_engine_bench
+from streamclf.bench.engines import render_markdown, run_engine_bench
 
 results = run_engine_bench(f"engines/{sys.argv[1]}.onnx")
 with open("gpu-bench.json", "w") as f:

@@ -201,9 +201,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_train(args)
     if args.command == "bench":
-        from streamclf import bench
+        from streamclf.bench.report import run
 
-        return bench.run(args)
+        return run(args)
     msg = f"unknown command {args.command!r}"
     raise ConfigError(msg)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-import streamclf
+from streamclf.audio.sources import BUNDLED_CLIP
 from streamclf.config import (
     Config,
     config_with_overrides,
@@ -31,7 +31,6 @@ from streamclf.sdnotify import Notifier
 
 log = structlog.get_logger(__name__)
 
-DEMO_CLIP = Path(streamclf.__file__).parent / "data" / "clip.ogg"
 MAIN_LOOP_S = 0.05  # how often the main thread looks at signals, the view and the watchdog
 STALL_S = 5.0  # an engine worker silent for this long counts as stalled (no watchdog ping)
 STOP_TIMEOUT_S = 1.5  # leaves room for the final status inside the promised 2 s
@@ -52,7 +51,7 @@ def config_for_listen(args) -> Config:
     if args.device is not None:
         stream = parse_stream_spec("device", args.device, **common)
     elif args.file is not None or args.demo:
-        path = DEMO_CLIP if args.demo else args.file
+        path = BUNDLED_CLIP if args.demo else args.file
         stream = parse_stream_spec("file", path, loop=args.loop or args.demo,
                                    realtime=not args.fast, **common)
     elif args.url is not None:

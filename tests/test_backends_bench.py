@@ -10,8 +10,8 @@ import pytest
 from backends_helpers import card
 from onnx import TensorProto, helper
 
-from streamclf.bench_engines import render_markdown, run_engine_bench, sgemm_gflops
-from streamclf.flops import count_flops, node_flops
+from streamclf.bench.engines import render_markdown, run_engine_bench, sgemm_gflops
+from streamclf.bench.flops import count_flops, node_flops
 
 
 def _conv_gemm_model(path: Path) -> Path:

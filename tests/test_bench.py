@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from streamclf.bench import BEGIN_MARK, END_MARK, SECTIONS, framer_flops_per_audio_s, write_report
+from streamclf.bench.report import (
+    BEGIN_MARK,
+    END_MARK,
+    SECTIONS,
+    framer_flops_per_audio_s,
+    write_report,
+)
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -124,7 +130,7 @@ class TestDaemon:
 
 def test_missing_daemon_fails_with_one_line(tmp_path: Path) -> None:
     """A daemon that cannot start is a StreamclfError naming the reason, not a hang."""
-    from streamclf.bench import Daemon
+    from streamclf.bench.report import Daemon
     from streamclf.errors import StreamclfError
 
     with (pytest.raises(StreamclfError, match="did not become ready"),

@@ -134,7 +134,7 @@ def test_split_export_reproduces_the_model(tmp_path):
 
 def test_bench_reports_both_runners_on_the_same_ticks():
     """The bench's bookkeeping (timing is for `streamclf bench`, not asserted here)."""
-    from streamclf.bench_incremental import bench_incremental, format_incremental
+    from streamclf.bench.incremental import bench_incremental, format_incremental
 
     result = bench_incremental(hops_s=(0.5, 1.0), streams=1, quick=True, threads=1)
     assert [r["hop_frames"] for r in result["hops"]] == [31, 62]

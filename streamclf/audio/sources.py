@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+BUNDLED_CLIP = Path(__file__).resolve().parent.parent / "data" / "clip.ogg"  # 30 s of real music
 STATES = ("starting", "running", "lost", "ended", "failed")
 BLOCK_FRAMES = 1024
 RETRY_FIRST_S = 0.25

@@ -120,7 +120,7 @@ def run_engine_bench(
         np.float32
     )
     try:
-        from streamclf.flops import count_flops
+        from streamclf.bench.flops import count_flops
 
         flops = count_flops(path).total
     except ImportError:

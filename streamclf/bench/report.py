@@ -31,13 +31,13 @@ from typing import Self
 import numpy as np
 import structlog
 
+from streamclf.audio.sources import BUNDLED_CLIP as CLIP
 from streamclf.config import EngineConfig
 from streamclf.errors import StreamclfError
 from streamclf.features.mel import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE_HZ, frames_for_seconds
 
 log = structlog.get_logger(__name__)
 
-CLIP = Path(__file__).parent / "data" / "clip.ogg"
 DEFAULTS = EngineConfig()  # the daemon under test runs the default model and options
 MODEL = DEFAULTS.model
 MAX_BATCH = DEFAULTS.max_batch  # the daemon's warm-up runs one batch of this size
@@ -140,7 +140,7 @@ def framer_flops_per_audio_s() -> float:
 
 
 def bench_framer(ctx: Context) -> dict:
-    from streamclf.bench_engines import sgemm_gflops
+    from streamclf.bench.engines import sgemm_gflops
     from streamclf.features.framer import load_mono_16k
     from streamclf.features.mel import logmel
 
@@ -229,7 +229,7 @@ def render_framer(r: dict) -> str:
 
 
 def bench_engines(ctx: Context) -> dict:
-    from streamclf.bench_engines import run_engine_bench
+    from streamclf.bench.engines import run_engine_bench
     from streamclf.models.card import load_model_card
 
     kinds = ["onnxruntime"] if ctx.quick else None  # --quick leaves out the slow torch engine
@@ -249,7 +249,7 @@ def bench_engines(ctx: Context) -> dict:
 
 
 def render_engines(r: dict) -> str:
-    from streamclf.bench_engines import render_markdown
+    from streamclf.bench.engines import render_markdown
 
     text = render_markdown(r)
     if "torch_model" in r:
@@ -277,13 +277,13 @@ def ort_row(results: dict) -> dict:
 
 
 def bench_incremental(ctx: Context) -> dict:
-    from streamclf.bench_incremental import bench_incremental
+    from streamclf.bench.incremental import bench_incremental
 
     return bench_incremental(MODEL, quick=ctx.quick)
 
 
 def render_incremental(r: dict) -> str:
-    from streamclf.bench_incremental import format_incremental
+    from streamclf.bench.incremental import format_incremental
 
     return format_incremental(r) + "\n"
 

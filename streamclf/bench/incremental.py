@@ -4,7 +4,7 @@ Both runners get the same ticks in the same run, alternating tick by tick so tha
 same load: each tick hands the engine one new window per stream (S streams at hop H, the
 bundled clip at different offsets), as the daemon's engine worker does. Cost per window is the
 median tick time / S; capacity is how many such streams one engine keeps up with in real time
-(H / cost per window). The ideal speed-up comes from the graphs' FLOPs (`streamclf.flops`).
+(H / cost per window). The ideal speed-up comes from the graphs' FLOPs (`streamclf.bench.flops`).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import structlog
 
+from streamclf.audio.sources import BUNDLED_CLIP as CLIP
 from streamclf.backends.base import load_engine
 from streamclf.backends.incremental import FullWindowRunner, IncrementalRunner, WindowRunner
 from streamclf.features.framer import Window, load_mono_16k
@@ -34,7 +34,6 @@ log = structlog.get_logger(__name__)
 HOPS_S = (0.5, 1.0, 1.5)
 BENCH_STREAMS = 4
 STREAM_OFFSET_FRAMES = 37  # streams start this far apart in the clip, so no two windows are equal
-CLIP = Path(__file__).resolve().parent / "data" / "clip.ogg"
 
 
 def stream_id(k: int) -> str:
@@ -78,7 +77,7 @@ def time_alternating(runners: dict[str, WindowRunner], ticks: list) -> dict[str,
 
 def ideal_speedups(card, split, hops_frames: list[int]) -> dict[int, float]:
     """Full-window FLOPs / (window-graph FLOPs + hop × per-frame FLOPs), per hop (needs onnx)."""
-    from streamclf.flops import count_flops
+    from streamclf.bench.flops import count_flops
 
     full = count_flops(card.onnx_path).total
     window = count_flops(split.window_path).total
