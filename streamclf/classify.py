@@ -20,7 +20,7 @@ from streamclf.backends.incremental import WindowRunner, load_runner
 from streamclf.errors import AudioInputError, ConfigError
 from streamclf.features.framer import logmel_windows_for_file
 from streamclf.features.mel import WINDOW_FRAMES, frames_for_seconds
-from streamclf.models.card import DEFAULT_MODEL, ModelCard, load_model_card
+from streamclf.models.card import DEFAULT_MODEL, ModelCard, genre_vocabulary, load_model_card
 
 log = structlog.get_logger(__name__)
 
@@ -47,9 +47,9 @@ def _top(probs: np.ndarray, labels: list[str], k: int) -> list[list]:
     return [[labels[i], round(float(probs[i]), 6)] for i in order]
 
 
-def top_genre(probs: np.ndarray, card: ModelCard) -> tuple[str, float]:
-    """The genre of a probability vector: the highest-scoring tag of the model's genre vocabulary."""
-    index = card.genre_indices()
+def top_genre(probs: np.ndarray, card: ModelCard, genres: tuple[str, ...]) -> tuple[str, float]:
+    """The genre of a probability vector: the highest-scoring tag of the genre vocabulary."""
+    index = card.genre_indices(genres)
     best = index[int(np.argmax(probs[index]))]
     return card.labels[best], float(probs[best])
 
@@ -77,16 +77,16 @@ def tag_file(path: Path, runner: WindowRunner, *, window_frames: int, hop_frames
     )
 
 
-def to_json(result: FileTags, card: ModelCard, *, top_k: int) -> dict:
+def to_json(result: FileTags, card: ModelCard, genres: tuple[str, ...], *, top_k: int) -> dict:
     summary = result.summary()
-    genre, confidence = top_genre(summary, card)
+    genre, confidence = top_genre(summary, card, genres)
     return {
         "file": str(result.path),
         "windows": [
             {
                 "start": round(float(start), 3),
                 "end": round(float(end), 3),
-                "genre": top_genre(probs, card)[0],
+                "genre": top_genre(probs, card, genres)[0],
                 "top": _top(probs, card.labels, top_k),
             }
             for start, end, probs in zip(result.starts_s, result.ends_s, result.tags)
@@ -150,6 +150,8 @@ def run(args) -> int:
         msg = f"--top-k: must be at least 1, got {args.top_k}"
         raise ConfigError(msg)
     card = load_model_card(args.model or DEFAULT_MODEL)
+    genres = genre_vocabulary(card, tuple(g.strip() for g in args.genres.split(",") if g.strip())
+                              if args.genres else (), key="--genres")
     runner = load_runner(card, args.engine or "auto", hop_frames=hop_frames,
                          max_batch=BATCH_WINDOWS)
     docs = []
@@ -161,7 +163,7 @@ def run(args) -> int:
         for path in args.files:
             result = tag_file(path, runner, window_frames=window_frames, hop_frames=hop_frames,
                               progress=progress)
-            docs.append(to_json(result, card, top_k=args.top_k))
+            docs.append(to_json(result, card, genres, top_k=args.top_k))
             if args.plot:
                 plot_taggram(result, card, _plot_path(args.plot, path, len(args.files) > 1))
     runner.close()

@@ -83,6 +83,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hop", type=float, default=3.0,
                    help="hop in seconds (default 3: musicnn's own non-overlapping patches)")
     p.add_argument("--top-k", type=int, default=5, help="tags per window (default 5)")
+    p.add_argument("--genres", help="comma-separated tags to pick the genre from "
+                                    "(default: the model card's genre vocabulary)")
     p.add_argument("--json", action="store_true", help="JSON output (schema in docs/classify.md)")
     p.add_argument("--plot", type=Path, metavar="PNG", help="draw the taggram into this PNG")
 

@@ -46,6 +46,7 @@ class EngineConfig:
     threads: int = 0
     plan_cache_dir: str = ""
     incremental: bool = True  # per-frame front-end computed once per frame: docs/incremental.md
+    genres: tuple[str, ...] = ()  # the model's tags a genre is chosen from; () = its card's
 
 
 @dataclass(frozen=True)
@@ -301,6 +302,9 @@ def _match(value: Any, option: Any) -> tuple[bool, Any]:
         return (ok and math.isfinite(value), float(value) if ok else value)
     if option is str:
         return (isinstance(value, str), value)
+    if typing.get_origin(option) is tuple:  # tuple[str, ...]: a TOML array of strings
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+        return (ok, tuple(value) if ok else value)
     return (False, value)
 
 
@@ -311,6 +315,8 @@ def _describe(hint: Any) -> str:
     for option in _options(hint):
         if typing.get_origin(option) is Literal:
             parts.append(" | ".join(f'"{v}"' for v in typing.get_args(option)))
+        elif typing.get_origin(option) is tuple:
+            parts.append("an array of strings")
         else:
             parts.append({bool: "true or false", int: "an integer", float: "a finite number",
                           str: "a string"}[option])

@@ -28,7 +28,7 @@ from streamclf.features.framer import LogMelFramer, Window
 from streamclf.features.mel import SAMPLE_RATE_HZ, WINDOW_FRAMES, frames_for_seconds
 from streamclf.feed.publisher import Publisher
 from streamclf.feed.schema import ChangeMessage, GenreMessage, Sequencer, StatusMessage
-from streamclf.models.card import ModelCard, load_model_card
+from streamclf.models.card import ModelCard, genre_vocabulary, load_model_card
 from streamclf.smoothing import Smoother
 
 log = structlog.get_logger(__name__)
@@ -215,6 +215,7 @@ class Pipeline:
         self.view_drops = 0
         self.streams: list[Stream] = []
         self.card: ModelCard | None = None
+        self.genres: tuple[str, ...] = ()
         self.runner: WindowRunner | None = None
         self.publisher: Publisher | None = None
         self.latest: dict[str, GenreMessage] = {}
@@ -228,6 +229,7 @@ class Pipeline:
         """Load the engine, bind the feed, open the sources, then start the threads."""
         cfg = self.config
         self.card = load_model_card(cfg.engine.model)
+        self.genres = genre_vocabulary(self.card, cfg.engine.genres)
         hop_frames = frames_for_seconds(cfg.framing.hop_s)
         on_progress("loading engine")
         self.runner = load_runner(self.card, cfg.engine.kind, incremental=cfg.engine.incremental,
@@ -250,7 +252,7 @@ class Pipeline:
                 resampler=Resampler(source.sample_rate, source.channels, spec.channel),
                 framer=LogMelFramer(window_frames=WINDOW_FRAMES, hop_frames=hop_frames),
                 windows=WindowQueue(cfg.framing.queue_windows, self.ready),
-                smoother=Smoother(cfg.smoothing, labels=self.card.labels, genres=self.card.genres),
+                smoother=Smoother(cfg.smoothing, labels=self.card.labels, genres=self.genres),
             ))
         self._engine_worker = EngineWorker(self)
         self._workers = [self._engine_worker]
@@ -350,7 +352,7 @@ class Pipeline:
             engine_p99_ms=p99,
             windows=stream.smoother.windows,
             labels=list(self.card.labels),
-            genres=list(self.card.genres),
+            genres=list(self.genres),
             model=self.card.name,
             engine=self.runner.info.name,
             final=final,

@@ -95,3 +95,18 @@ class TestClassifyBadInput:
     def test_bad_window(self):
         line = assert_one_line_error(run_cli("classify", str(CLIP), "--window", "5"), 2)
         assert "--window" in line
+
+
+class TestGenreVocabulary:
+    """The genre is picked from a chosen subset of the model's tags; a tag it lacks is refused."""
+
+    def test_chosen_genres(self):
+        doc = _classify_json(str(CLIP), "--model", "MSD_musicnn", "--genres", "jazz,metal,pop")
+        entry = doc["files"][0]
+        assert {w["genre"] for w in entry["windows"]} <= {"jazz", "metal", "pop"}
+        assert entry["summary"]["genre"] in {"jazz", "metal", "pop"}
+        assert entry["summary"]["top"][0][0] == "rock"  # every tag stays available
+
+    def test_unknown_genre(self):
+        proc = run_cli("classify", str(CLIP), "--model", "MSD_musicnn", "--genres", "classical")
+        assert "--genres: MSD_musicnn has no tag 'classical'" in assert_one_line_error(proc, 2)

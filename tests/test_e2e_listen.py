@@ -86,3 +86,18 @@ class TestListenTerminal:
         assert "\x1b[" in text  # drawn with terminal control sequences, not plain lines
         assert "rock" in text and "main" in text and "dBFS" in text
         assert "Traceback" not in text
+
+
+def test_config_genre_vocabulary(tmp_path):
+    """`[engine] genres` in the config narrows what the daemon publishes as the genre."""
+    config = tmp_path / "g.toml"
+    config.write_text('[engine]\nmodel = "MSD_musicnn"\ngenres = ["jazz", "metal", "pop"]\n'
+                      '[smoothing]\nunknown_threshold = 0.0\n')
+    proc = run_cli("listen", "--config", str(config), "--demo", "--no-publish", "--json",
+                   "--duration", "5", timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    records = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    genres = {r["genre"] for r in records if r["topic"] == "genre.main"}
+    assert genres and genres <= {"jazz", "metal", "pop"}
+    statuses = [r for r in records if r["topic"] == "status.main"]
+    assert statuses[-1]["genres"] == ["jazz", "metal", "pop"]

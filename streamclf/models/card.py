@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamclf.errors import ModelError
+from streamclf.errors import ConfigError, ModelError
 from streamclf.features.mel import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE_HZ, WINDOW_FRAMES
 
 CARD_SCHEMA = 1
@@ -117,6 +117,17 @@ class ModelCard:
             msg = f"{self.name} has no tag {unknown[0]!r}"
             raise ModelError(msg)
         return [self.labels.index(g) for g in chosen]
+
+
+def genre_vocabulary(card: ModelCard, chosen: tuple[str, ...], *,
+                     key: str = "engine.genres") -> tuple[str, ...]:
+    """The tags a genre is picked from: the chosen ones (each must be a tag of the model), or
+    the card's genre vocabulary when none are chosen; `key` names the setting in the error."""
+    unknown = [g for g in chosen if g not in card.labels]
+    if unknown:
+        msg = f"{key}: {card.name} has no tag {unknown[0]!r} (its tags are in its card)"
+        raise ConfigError(msg)
+    return chosen or card.genres
 
 
 def card_document(
