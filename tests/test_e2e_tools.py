@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from audio_helpers import pulse_server_fixture
@@ -82,3 +84,18 @@ def test_model_import_bad_source(tmp_path):
     bad = tmp_path / "musicnn-0.1.0-py3-none-any.whl"
     bad.write_bytes(b"not a zip")
     assert_one_line_error(run_cli("model", "import", str(bad), "--out", str(tmp_path / "o")), 4)
+
+
+def test_daemon_side_modules_never_import_torch():
+    """Only the model port, export, split/fused builders, training and the torch engine use
+    torch; everything `serve`, `listen`, `classify`, `evaluate` and `bench` load must not."""
+    modules = ["streamclf.cli", "streamclf.service", "streamclf.pipeline", "streamclf.classify",
+               "streamclf.evaluate", "streamclf.monitor", "streamclf.bench.report",
+               "streamclf.backends.incremental", "streamclf.models.card",
+               "streamclf.models.taxonomy"]
+    code = ("import importlib, sys\n"
+            f"for name in {modules!r}: importlib.import_module(name)\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
