@@ -141,6 +141,9 @@ def parse_config(text: str, *, origin: str = "<config>") -> Config:
     except tomllib.TOMLDecodeError as exc:
         msg = f"{origin}: invalid TOML: {exc}"
         raise ConfigError(msg) from None
+    except ValueError:  # tomllib lets int() refuse a decimal integer of over 4300 digits
+        msg = f"{origin}: invalid TOML: an integer of more than 4300 digits"
+        raise ConfigError(msg) from None
     except RecursionError:
         msg = f"{origin}: invalid TOML: nested too deeply"
         raise ConfigError(msg) from None
@@ -241,7 +244,10 @@ def parse_stream_spec(source: str, value: Any = "", *, stream_id: str = "main",
 
 def _show(value: Any) -> str:
     """A short rendering of a bad value for an error message."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer of over 4300 digits (TOML's hex, octal and binary have no cap)
+        return f"<{type(value).__name__} too long to show>"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -254,7 +260,8 @@ def _check_keys(raw: Any, cls: type, where: str) -> None:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            msg = f"{_join(where, str(key))}: unknown key{hint}"
+            name = str(key) if str(key).isprintable() else repr(str(key))  # one line, always
+            msg = f"{_join(where, name)}: unknown key{hint}"
             raise ConfigError(msg)
 
 
@@ -296,16 +303,21 @@ def _match(value: Any, option: Any) -> tuple[bool, Any]:
     if option is bool:
         return (isinstance(value, bool), value)
     if option is int:
-        return (isinstance(value, int) and not isinstance(value, bool), value)
+        return (_is_int64(value), value)
     if option is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        return (ok and math.isfinite(value), float(value) if ok else value)
+        ok = _is_int64(value) or isinstance(value, float) and math.isfinite(value)
+        return (ok, float(value) if ok else value)
     if option is str:
         return (isinstance(value, str), value)
     if typing.get_origin(option) is tuple:  # tuple[str, ...]: a TOML array of strings
         ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
         return (ok, tuple(value) if ok else value)
     return (False, value)
+
+
+def _is_int64(value: Any) -> bool:
+    """An integer TOML can hold (64-bit signed; tomllib reads any size); bool is not one."""
+    return isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63
 
 
 def _describe(hint: Any) -> str:

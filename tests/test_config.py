@@ -76,6 +76,13 @@ class TestErrors:
         ("streams = 'x'\n", "streams: expected an array of tables"),
         ("[service]\nlog_level = 'loud'\n", "service.log_level: expected"),
         ("[engine\n", "invalid TOML"),
+        # integers beyond TOML's 64 bits (tomllib reads any size), a key holding a newline
+        ("[framing]\nhop_s = 1" + "0" * 400, "framing.hop_s: expected a finite number, got 1000"),
+        ("x = 1" + "0" * 5000, "invalid TOML: an integer of more than 4300 digits"),
+        ("[engine]\nmax_batch = 0x" + "f" * 4000, "max_batch: expected an integer, got <int too"),
+        ("[engine]\ngenres = [0x" + "f" * 4000 + "]", "genres: expected an array of strings, got"),
+        ("[[streams]]\ndevice = 9223372036854775808", "streams[0].device: expected an integer"),
+        ('[engine]\n"a\\nb" = 1', "engine.'a\\nb': unknown key"),
     ])
     def test_message_names_key(self, text, expected):
         with pytest.raises(ConfigError) as info:
