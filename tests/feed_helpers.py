@@ -1,11 +1,12 @@
-"""Sample feed messages and a way to wait out ZeroMQ's slow-joiner window, for the feed tests."""
+"""Sample feed messages, the decoder's round-trip oracle (shared with tools/fuzz.py), and a way
+to wait out ZeroMQ's slow-joiner window, for the feed tests."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 
-from streamclf.feed.schema import ChangeMessage, GenreMessage, StatusMessage
+from streamclf.feed.schema import ChangeMessage, GenreMessage, Message, StatusMessage, decode_frames
 from streamclf.feed.subscriber import Subscriber
 
 LABELS = ["rock", "pop", "jazz", "guitar"]
@@ -32,6 +33,14 @@ def status_message(stream: str = "main", **overrides) -> StatusMessage:
               "labels": LABELS, "genres": ["rock", "pop", "jazz"], "model": "MSD_musicnn",
               "engine": "onnxruntime", "final": False}
     return StatusMessage(**(fields | overrides))
+
+
+def assert_round_trips(message: Message) -> None:
+    """A decoded message re-encodes and decodes to the same message: compared as frames, so that
+    a NaN anywhere in it (never equal to itself) counts as the same too."""
+    frames = message.to_frames()
+    again = decode_frames(frames)
+    assert type(again) is type(message) and again.to_frames() == frames, (message, again)
 
 
 def wait_joined(send_probe: Callable[[], None], sub: Subscriber, timeout_s: float = 10.0) -> None:

@@ -1,4 +1,5 @@
-"""The daemon as a child process, a feed recorder, and fault-injecting engine wrappers.
+"""The daemon as a child process, a feed recorder, fault-injecting engine wrappers, and the
+stdin PCM reader's oracle (shared by the hypothesis test and tools/fuzz.py).
 
 Every reliability test runs the real thing: ``streamclf serve`` in its own process on a config
 written for the test, a real ZeroMQ subscriber on an ipc:// endpoint, real ONNX Runtime. Only the
@@ -16,6 +17,7 @@ Usage:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -33,6 +35,8 @@ import numpy as np
 from audio_helpers import wait_for
 from e2e_helpers import free_tcp_port
 
+from streamclf.audio.ring import RingBuffer
+from streamclf.audio.sources import PCM_FORMATS, StdinSource
 from streamclf.feed.schema import GenreMessage, Message, StatusMessage
 from streamclf.feed.subscriber import Subscriber
 
@@ -311,6 +315,54 @@ class PacedWavServer:
         if server is not None:
             server.shutdown()
             server.server_close()
+
+
+# -- the stdin PCM reader -----------------------------------------------------------------------
+
+
+class ShortReads(io.RawIOBase):
+    """A pipe that hands out its bytes in the given read sizes (cycled), as pipes do."""
+
+    def __init__(self, data: bytes, sizes: list[int]) -> None:
+        self._data = memoryview(data)
+        self._sizes = sizes
+        self._at = 0
+        self._reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        size = min(len(buffer), self._sizes[self._reads % len(self._sizes)])
+        self._reads += 1
+        chunk = self._data[self._at : self._at + size]
+        buffer[: len(chunk)] = chunk
+        self._at += len(chunk)
+        return len(chunk)
+
+
+def check_stdin_reader(data: bytes, *, fmt: str, channels: int, blocksize: int,
+                       sizes: list[int]) -> None:
+    """Raw PCM through ``StdinSource`` from a pipe that hands it out in ``sizes`` pieces: the
+    whole frames come out exactly (non-finite floats as 0, counted), a trailing partial frame is
+    dropped, and the source ends by itself (within 10 s: a hang fails too)."""
+    dtype = PCM_FORMATS[fmt]
+    frames = len(data) // (dtype.itemsize * channels)
+    source = StdinSource(sample_rate=16000, channels=channels, fmt=fmt,
+                         stream=ShortReads(data, sizes), blocksize=blocksize)  # fmt: skip
+    source.open()
+    ring = RingBuffer(max(frames, 1), channels)
+    source.start(ring)
+    assert wait_for(lambda: source.state == "ended", timeout_s=10, interval_s=0.001), source.state
+    source.stop()
+    out = np.zeros((max(frames, 1), channels), np.float32)
+    n, _ = ring.read(out)
+    expected = np.frombuffer(data, dtype, count=frames * channels).reshape(frames, channels)
+    expected = expected.astype(np.float32) * (np.float32(1 / 32768) if fmt == "s16le" else 1)
+    finite = np.isfinite(expected)
+    assert n == frames
+    np.testing.assert_array_equal(out[:n], np.where(finite, expected, 0))
+    assert source.nonfinite_samples == np.count_nonzero(~finite)
 
 
 # -- engine faults (in-process only) ------------------------------------------------------------

@@ -1,41 +1,19 @@
 """Bad input, fuzzed: the stdin PCM reader (any bytes, any read sizes) and the daemon fed random
 bytes on stdin. The config loader and the feed decoder are fuzzed in test_config.py and
-test_feed_schema.py (not repeated here)."""
+test_feed_schema.py (not repeated here); all three, coverage-guided, in
+test_reliability_atheris.py."""
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_helpers import REPO, START_TIMEOUT_S, wait_for, write_config
+from reliability_helpers import REPO, START_TIMEOUT_S, check_stdin_reader, write_config
 
-from streamclf.audio.ring import RingBuffer
-from streamclf.audio.sources import PCM_FORMATS, StdinSource
-
-
-class ShortReads(io.RawIOBase):
-    """A pipe that hands out its bytes in the given read sizes (cycled), as pipes do."""
-
-    def __init__(self, data: bytes, sizes: list[int]) -> None:
-        self._data = memoryview(data)
-        self._sizes = sizes
-        self._at = 0
-        self._reads = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        size = min(len(buffer), self._sizes[self._reads % len(self._sizes)])
-        self._reads += 1
-        chunk = self._data[self._at : self._at + size]
-        buffer[: len(chunk)] = chunk
-        self._at += len(chunk)
-        return len(chunk)
+from streamclf.audio.sources import PCM_FORMATS
 
 
 class TestStdinReader:
@@ -47,23 +25,7 @@ class TestStdinReader:
            channels=st.integers(1, 6), blocksize=st.integers(1, 300),
            sizes=st.lists(st.integers(1, 500), min_size=1, max_size=8))  # fmt: skip
     def test_any_bytes_any_reads(self, data, fmt, channels, blocksize, sizes):
-        dtype = PCM_FORMATS[fmt]
-        frames = len(data) // (dtype.itemsize * channels)
-        source = StdinSource(sample_rate=16000, channels=channels, fmt=fmt,
-                             stream=ShortReads(data, sizes), blocksize=blocksize)  # fmt: skip
-        source.open()
-        ring = RingBuffer(max(frames, 1), channels)
-        source.start(ring)
-        assert wait_for(lambda: source.state == "ended", timeout_s=10), source.state
-        source.stop()
-        out = np.zeros((max(frames, 1), channels), np.float32)
-        n, _ = ring.read(out)
-        expected = np.frombuffer(data, dtype, count=frames * channels).reshape(frames, channels)
-        expected = expected.astype(np.float32) * (np.float32(1 / 32768) if fmt == "s16le" else 1)
-        finite = np.isfinite(expected)
-        assert n == frames
-        np.testing.assert_array_equal(out[:n], np.where(finite, expected, 0))
-        assert source.nonfinite_samples == np.count_nonzero(~finite)
+        check_stdin_reader(data, fmt=fmt, channels=channels, blocksize=blocksize, sizes=sizes)
 
 
 def test_daemon_survives_random_bytes_on_stdin(tmp_path):
