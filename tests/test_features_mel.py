@@ -6,6 +6,8 @@ import librosa
 import numpy as np
 import pytest
 from audio_helpers import CLIP_PATH
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streamclf.features import mel
 
@@ -25,6 +27,22 @@ class TestContract:
 
     def test_frame_count_of_30_s(self):
         assert mel.n_frames_centered(30 * mel.SAMPLE_RATE_HZ) == 1876
+
+
+class TestSlidingRows:
+    """The strided view the framer and the incremental runner use is numpy's sliding window."""
+
+    @given(rows=st.integers(0, 40), width=st.integers(1, 12), step=st.integers(1, 5),
+           tail=st.sampled_from([(), (3,), (2, 4)]))  # fmt: skip
+    def test_equals_sliding_window_view(self, rows, width, step, tail):
+        x = np.arange(rows * int(np.prod(tail)), dtype=np.float32).reshape(rows, *tail)
+        got = mel.sliding_rows(x, width, step)
+        if rows < width:
+            assert got.shape == (0, width, *tail)
+            return
+        want = np.lib.stride_tricks.sliding_window_view(x, width, axis=0)[::step]
+        np.testing.assert_array_equal(got, np.moveaxis(want, -1, 1))
+        assert not got.flags.writeable and np.shares_memory(got, x)
 
 
 class TestMelFilterbank:

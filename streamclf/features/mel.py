@@ -98,14 +98,29 @@ def hann_periodic(n_fft: int = N_FFT) -> np.ndarray:
     return window
 
 
+def sliding_rows(x: np.ndarray, width: int, step: int = 1) -> np.ndarray:
+    """Runs of ``width`` consecutive rows of ``x``, ``step`` rows apart, as a read-only view:
+    ``x[n, ...]`` → ``[(n - width) // step + 1, width, ...]``, no copy.
+
+    Built on ``x``'s own buffer rather than with numpy's ``stride_tricks``: those read
+    ``__array_interface__``, whose dict CPython fills with freshly interned keys, and on the hot
+    path (every block, every window) the churn of the interned-string table grew the daemon's
+    memory in steps of ~2 MiB (docs/reliability.md).
+    """
+    x = np.ascontiguousarray(x)
+    n = max(0, (x.shape[0] - width) // step + 1)
+    view = np.ndarray((n, width, *x.shape[1:]), x.dtype, buffer=x,
+                      strides=(step * x.strides[0], *x.strides))
+    view.flags.writeable = False
+    return view
+
+
 def frame_signal(x: np.ndarray, *, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH) -> np.ndarray:
     """Every full frame of ``x`` as a strided view: ``x[n]`` → ``[n_frames, n_fft]``, no copy.
 
     Frame ``i`` is ``x[i*hop : i*hop + n_fft]``; a tail shorter than a frame is left out.
     """
-    if x.shape[0] < n_fft:
-        return np.empty((0, n_fft), dtype=x.dtype)
-    return np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop_length]
+    return sliding_rows(x, n_fft, hop_length)
 
 
 def power_spectrum(frames: np.ndarray, *, n_fft: int = N_FFT) -> np.ndarray:
