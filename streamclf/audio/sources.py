@@ -221,19 +221,22 @@ class FileSource(_SourceBase):
         pacer = _Pacer(self.sample_rate, self._stopping)
         try:
             with sf.SoundFile(self.path) as f:
+                # One buffer for every block: `read()` would allocate a new array per block and
+                # read `__array_interface__` (which churns CPython's interned strings).
+                block = np.empty((self.blocksize, f.channels), np.float32)
                 self._set_state("running")
                 while not self._stopping.is_set():
-                    block = f.read(self.blocksize, dtype="float32", always_2d=True)
-                    if block.shape[0] == 0:
+                    frames = f.buffer_read_into(block, dtype="float32")
+                    if frames == 0:
                         if not self.loop:
                             break
                         f.seek(0)
                         continue
                     if not self.realtime:
-                        _wait_for_room(ring, block.shape[0], self._stopping)
-                    ring.write(block)
+                        _wait_for_room(ring, frames, self._stopping)
+                    ring.write(block[:frames])
                     if self.realtime:
-                        pacer.advance(block.shape[0])
+                        pacer.advance(frames)
         except (RuntimeError, sf.SoundFileError) as exc:
             msg = f"cannot read audio file {self.path}: {_one_line(exc)}"
             raise AudioInputError(msg) from exc
