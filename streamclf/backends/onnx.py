@@ -32,8 +32,10 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def session_options(*, threads: int, spin: bool = False, arena: bool = True):
-    """The tuned `onnxruntime.SessionOptions`; `spin` and `arena` exist for the measurements."""
+def session_options(*, threads: int, spin: bool = False, arena: bool = True,
+                    mem_pattern: bool = False):
+    """The tuned `onnxruntime.SessionOptions`; `spin` and `arena` exist for the measurements,
+    `mem_pattern` for graphs that only ever see one input shape."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -42,22 +44,24 @@ def session_options(*, threads: int, spin: bool = False, arena: bool = True):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.enable_cpu_mem_arena = arena
-    # Memory patterns are planned per input shape: the incremental runner's frame batches vary
-    # with every hop, and each new shape grew the daemon's memory (docs/engines.md).
-    options.enable_mem_pattern = False
+    # Memory patterns are planned and kept per input shape: with batches of any size each new
+    # shape grew the daemon's memory (docs/engines.md).
+    options.enable_mem_pattern = mem_pattern
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.log_severity_level = 3
     return options
 
 
-def open_session(path: Path, *, threads: int, spin: bool = False, arena: bool = True):
+def open_session(path: Path, *, threads: int, spin: bool = False, arena: bool = True,
+                 mem_pattern: bool = False):
     """An InferenceSession on the CPU; an unreadable model raises ModelError with one line."""
     import onnxruntime as ort
 
     try:
         return ort.InferenceSession(
             str(path),
-            sess_options=session_options(threads=threads, spin=spin, arena=arena),
+            sess_options=session_options(threads=threads, spin=spin, arena=arena,
+                                         mem_pattern=mem_pattern),
             providers=["CPUExecutionProvider"],
         )
     except Exception as exc:  # ORT raises its own pybind types (InvalidProtobuf, Fail, …)
