@@ -42,7 +42,7 @@ class EngineConfig:
     kind: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "auto"
     model: str = "fused_musicnn"
     precision: Literal["fp16", "fp32"] = "fp16"
-    max_batch: int = 8  # memory: the fused model at 32 holds ~590 MB after warm-up, at 8 ~240 MB
+    max_batch: int = 8  # memory: batch buffers, and a full-window engine's arena (docs/config.md)
     threads: int = 0
     plan_cache_dir: str = ""
     incremental: bool = True  # per-frame front-end computed once per frame: docs/incremental.md

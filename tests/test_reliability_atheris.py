@@ -25,7 +25,8 @@ RUN_S = 6  # libFuzzer's -max_total_time per target; start-up adds ~2 s
 def fuzz(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """tools/fuzz.py in ``tmp_path`` (crash files land there, the default corpus under it);
     ``stdout`` holds both streams (libFuzzer writes to stderr, atheris the traceback to stdout)."""
-    return subprocess.run([sys.executable, str(FUZZ), *args, "-timeout=10"], cwd=tmp_path,
+    return subprocess.run([sys.executable, str(FUZZ), *args, "-timeout=10"], check=False,
+                          cwd=tmp_path,
                           env={**os.environ, "TMPDIR": str(tmp_path)}, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=RUN_S + 60)  # fmt: skip
 
