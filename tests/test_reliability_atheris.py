@@ -9,6 +9,7 @@ extra installs it there); elsewhere these tests skip.
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +26,12 @@ RUN_S = 6  # libFuzzer's -max_total_time per target; start-up adds ~2 s
 def fuzz(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """tools/fuzz.py in ``tmp_path`` (crash files land there, the default corpus under it);
     ``stdout`` holds both streams (libFuzzer writes to stderr, atheris the traceback to stdout)."""
-    return subprocess.run([sys.executable, str(FUZZ), *args, "-timeout=10"], check=False,
-                          cwd=tmp_path,
+    # Linux carries a process's peak RSS over fork and exec, and libFuzzer checks that peak:
+    # under a pytest that has grown to GBs (the training tests) its default 2 GB limit fired on
+    # the first input. So the limit is 2 GB above what this process has already reached.
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    limits = ["-timeout=10", f"-rss_limit_mb={peak_mb + 2048}"]
+    return subprocess.run([sys.executable, str(FUZZ), *args, *limits], check=False, cwd=tmp_path,
                           env={**os.environ, "TMPDIR": str(tmp_path)}, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=RUN_S + 60)  # fmt: skip
 
