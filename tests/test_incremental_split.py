@@ -124,7 +124,7 @@ class TestLoadRunner:
 def test_split_export_reproduces_the_model(tmp_path):
     """Cutting a shipped model again gives graphs that compose to it (checked inside split_models)."""
     pytest.importorskip("torch")
-    from streamclf.models.split import split_models
+    from streamclf.train.split import split_models
 
     (card_path,) = split_models(["MTT_musicnn"], out_dir=tmp_path)
     doc = json.loads(card_path.read_text())

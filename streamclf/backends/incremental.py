@@ -1,7 +1,7 @@
 """Incremental inference: musicnn's per-frame work done once per frame, not once per window.
 
 With a 3 s window and a 1 s hop every frame would pass through the network three times. The
-split graphs (`streamclf.models.split`) separate the timbral blocks, whose features for a frame
+split graphs (`streamclf.train.split`) separate the timbral blocks, whose features for a frame
 need only the 7 frames around it, from the per-window rest. `IncrementalRunner` keeps, per
 stream, a ring of those features keyed by absolute frame index (`Window.start_frame`), computes
 only the frames it has not seen (batched over windows and streams, as 7-frame patches), and
@@ -60,7 +60,7 @@ RING_FRAMES = 256  # >= the core frames of one window; a stream's ring is RING_F
 # of a batch padded), the window graph one window a call. ONNX Runtime then plans their memory
 # once, in warm-up, and reuses it, whatever mix of streams and backlog later batches bring.
 FRAME_CALL = 32
-CONTEXT_FRAMES = 3  # the timbral blocks see 3 frames either side (streamclf.models.split)
+CONTEXT_FRAMES = 3  # the timbral blocks see 3 frames either side (streamclf.train.split)
 MAX_STREAMS = 256  # rings kept; the least recently used stream beyond this is forgotten
 
 

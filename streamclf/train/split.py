@@ -11,7 +11,7 @@ window, the mid-end convolves the temporal features, the back-end pools the whol
 - window graph: `logmel` [B, 187, 96] and `core` [B, 181, 408] (the frame graph's features of
   window frames 3 … 183) → `tags` [B, 50], `embedding` [B, 200]. It recomputes the 3 + 3 edge
   frames with the zero padding, then runs temporal blocks, mid-end and back-end.
-- the fused default model (MTT + MSD musicnn and a calibrated head, `streamclf.models.fused`)
+- the fused default model (MTT + MSD musicnn and a calibrated head, `streamclf.train.fused`)
   splits the same way, with both taggers' features side by side: 816 per frame, outputs
   `tags` [B, 14] and `embedding` [B, 400].
 
@@ -23,6 +23,7 @@ to the window start, so they run full windows (docs/incremental.md).
 
 from __future__ import annotations
 
+import argparse
 import json
 import warnings
 from pathlib import Path
@@ -156,7 +157,7 @@ def load_source(name: str, engines_dir: Path) -> tuple[nn.Module, list[Musicnn]]
     if name != FUSED:
         model = load_torch_from_onnx(engines_dir / f"{name}.onnx")
         return model, [model]
-    from streamclf.models.fused import FusedMusicnn
+    from streamclf.train.fused import FusedMusicnn
 
     document = json.loads((engines_dir / f"{name}.json").read_text())
     parts = []
@@ -259,5 +260,20 @@ def split_models(names: list[str] | None = None, *, out_dir: Path = SPLIT_DIR,
     return cards
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m streamclf.train.split",
+        description="Cut the shipped musicnn models into the frame and window graphs of "
+                    "incremental inference (docs/incremental.md).")
+    parser.add_argument("models", nargs="*", metavar="MODEL",
+                        help=f"models to split (default: all of {', '.join(SPLITTABLE)})")
+    parser.add_argument("--out", type=Path, default=SPLIT_DIR, help=f"default: {SPLIT_DIR}")
+    args = parser.parse_args(argv)
+    try:
+        split_models(args.models or None, out_dir=args.out)
+    except ModelError as exc:
+        parser.exit(exc.exit_code, f"streamclf: {exc}\n")
+
+
 if __name__ == "__main__":
-    split_models()
+    main()

@@ -10,7 +10,7 @@ over the zero-shot family scores, softmax over the families; a, b, c are fitted 
 log-loss, light L2) on the `calib` split of the genre set only. A family with no calib clips
 keeps the mean fitted a, b, c; a family a tagger has no tag for gets weight 0 from it.
 
-    python -m streamclf.models.fused --dataset datasets/genres --out engines
+    python -m streamclf.train.fused --dataset datasets/genres --out engines
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def fused_card(*, onnx_path: Path, calibration: dict, engines: Path) -> dict:
                                      "calibration on datasets/genres (calib split)", "tags": len(FAMILIES)},
         "source": {"parts": {n: {"onnx_sha256": d["onnx"]["sha256"]} for n, d in parts.items()},
                    "package": "musicnn", "version": card.MUSICNN_VERSION,
-                   "builder": "python -m streamclf.models.fused"},
+                   "builder": "python -m streamclf.train.fused"},
         "license": base["license"], "input": base["input"],
         "outputs": {
             "tags": {"dtype": "float32", "shape": ["batch", len(FAMILIES)], "activation": "softmax",
