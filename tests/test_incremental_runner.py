@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from incremental_helpers import assert_same_outputs, reference, window_at, windows_at
+from reliability_helpers import rss_mb
 
 from streamclf.backends.base import load_engine
 from streamclf.backends.incremental import FullWindowRunner, IncrementalCounters, IncrementalRunner
@@ -173,10 +175,6 @@ def test_memory_stays_where_warmup_left_it(card, logmel, rng):
     """After warm-up, batches of any size from several streams, with restarts, neither grow nor
     shrink the process: each graph only ever sees one input shape, so ONNX Runtime's memory is
     planned once (before, each new batch shape moved RSS by tens of MiB; docs/engines.md)."""
-    import os
-
-    from reliability_helpers import rss_mb
-
     runner = IncrementalRunner(card, max_batch=MAX_BATCH)
     runner.warmup()
     windows = windows_at(logmel, hop=62)

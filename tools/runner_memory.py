@@ -13,11 +13,16 @@ The process RSS includes the harness's own input (two random log-mel streams, ~1
 from __future__ import annotations
 
 import argparse
-import math
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from incremental_helpers import window_at
 
 from streamclf.backends.incremental import load_runner
 from streamclf.config import EngineConfig
@@ -52,10 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     def window(stream: str) -> tuple[str, Window]:
         k = position[stream] % STREAM_WINDOWS
         position[stream] += 1
-        start = k * HOP
-        frames = audio[stream][start : start + WINDOW_FRAMES].copy()
-        return stream, Window(k, start, frames, start * 0.016, (start + WINDOW_FRAMES) * 0.016,
-                              -20.0, math.nan)
+        return stream, window_at(audio[stream], k * HOP, k)
 
     done, busy_s, next_report = 0, 0.0, 300
     while done < args.windows:

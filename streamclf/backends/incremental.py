@@ -360,9 +360,10 @@ class IncrementalRunner:
         n = len(items)
         tags = np.empty((n, self.info.n_tags), np.float32)
         embedding = np.empty((n, self.info.embedding_dim), np.float32)
+        names = list(OUTPUT_NAMES)
         for i in range(n):
             tags[i : i + 1], embedding[i : i + 1] = self._window.run(
-                list(OUTPUT_NAMES), {"logmel": self._logmel[i : i + 1], "core": self._core[i : i + 1]})
+                names, {"logmel": self._logmel[i : i + 1], "core": self._core[i : i + 1]})
         self.counters.windows += n
         self.counters.frames_computed += n_patches
         self.counters.frames_reused += n * core - n_patches

@@ -105,7 +105,7 @@ def sliding_rows(x: np.ndarray, width: int, step: int = 1) -> np.ndarray:
     Built on ``x``'s own buffer rather than with numpy's ``stride_tricks``: those read
     ``__array_interface__``, whose dict CPython fills with freshly interned keys, and on the hot
     path (every block, every window) the churn of the interned-string table grew the daemon's
-    memory in steps of ~2 MiB (docs/reliability.md).
+    memory in steps of ~1.6 MiB (docs/reliability.md).
     """
     x = np.ascontiguousarray(x)
     n = max(0, (x.shape[0] - width) // step + 1)
