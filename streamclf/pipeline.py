@@ -37,6 +37,7 @@ POLL_S = 0.01  # how often an empty ring is looked at once the next window's aud
 MAX_IDLE_S = 0.25  # the longest a stream worker sleeps before looking at its ring again
 LATENCY_HISTORY = 512  # windows kept for the p50/p99 engine latency in status messages
 VIEW_QUEUE_MESSAGES = 256  # messages buffered for the live view before the oldest are dropped
+STALL_S = 5.0  # a thread (engine, stream worker, source reader) silent this long counts as stuck
 
 
 class WindowQueue:
@@ -83,6 +84,21 @@ class Stream:
     smoother: Smoother
     finished: threading.Event = field(default_factory=threading.Event)
     engine_failures: int = 0
+    # Liveness, written by the stream worker: each turn of its loop, and each read that got audio.
+    worker_beat: float = field(default_factory=time.monotonic)
+    audio_at: float = field(default_factory=time.monotonic)
+
+    def stalled(self, now: float) -> str | None:
+        """Which part of this stream is stuck: "worker", "source" (a running source that
+        delivers nothing, e.g. a blocked reader) or None. A lost or ended source is no stall:
+        it reconnects or ends by itself."""
+        if self.finished.is_set():
+            return None
+        if now - self.worker_beat > STALL_S:
+            return "worker"
+        if self.source.state == "running" and now - self.audio_at > STALL_S:
+            return "source"
+        return None
 
 
 class StreamWorker(threading.Thread):
@@ -103,11 +119,13 @@ class StreamWorker(threading.Thread):
         stream = self._stream
         while not self._stopping.is_set():
             n, arrival = stream.ring.read(self._block)
+            stream.worker_beat = time.monotonic()
             if n == 0:
                 if stream.source.state in ("ended", "failed"):
                     break
                 self._stopping.wait(self._idle_s())
                 continue
+            stream.audio_at = stream.worker_beat
             for window in stream.framer.push(stream.resampler.push(self._block[:n]), arrival):
                 stream.windows.put(window)
         if not self._stopping.is_set():
@@ -291,12 +309,24 @@ class Pipeline:
         log.info("config_reloaded")
 
     def status_line(self) -> str:
-        """The current genre of each stream, for systemd's STATUS= line."""
-        return "; ".join(f"{m.stream}: {m.genre} {m.confidence:.2f}" for m in self.latest.values()) \
-            or "waiting for the first window"
+        """The current genre of each stream (or what is stuck), for systemd's STATUS= line."""
+        now = time.monotonic()
+        stuck = {s.stream_id: part for s in self.streams if (part := s.stalled(now))}
+        parts = [f"{sid}: stalled ({part})" for sid, part in stuck.items()]
+        parts += [f"{m.stream}: {m.genre} {m.confidence:.2f}"
+                  for m in self.latest.values() if m.stream not in stuck]
+        return "; ".join(parts) or "waiting for the first window"
 
-    def last_heartbeat(self) -> float:
-        return self._engine_worker.heartbeat if self._engine_worker else time.monotonic()
+    def stalled_part(self, now: float) -> str | None:
+        """What keeps the daemon as a whole from working: a stuck engine worker, or every stream
+        that has not ended stuck. None while it works; the watchdog is fed only then."""
+        if self._engine_worker is not None and now - self._engine_worker.heartbeat > STALL_S:
+            return "engine"
+        live = [s for s in self.streams if not s.finished.is_set()]
+        stuck = [s.stalled(now) for s in live]
+        if live and all(stuck):
+            return ", ".join(f"{s.stream_id}: {part}" for s, part in zip(live, stuck, strict=True))
+        return None
 
     # -- messages ---------------------------------------------------------------------------
     def emit(self, message) -> None:
@@ -356,5 +386,6 @@ class Pipeline:
             model=self.card.name,
             engine=self.runner.info.name,
             final=final,
+            stalled=stream.stalled(time.monotonic()),
         )
 

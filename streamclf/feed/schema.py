@@ -120,6 +120,7 @@ class StatusMessage(_Message):
     model: str
     engine: str
     final: bool
+    stalled: str | None = None  # "worker" or "source" while that part of the stream is stuck
 
 
 Message = GenreMessage | ChangeMessage | StatusMessage
