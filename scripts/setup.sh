@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
-APT_PACKAGES=(libportaudio2 libsndfile1 ffmpeg pulseaudio pulseaudio-utils)
+# python3-venv: Debian's python3 has no ensurepip without it, so `python3 -m venv` would fail.
+APT_PACKAGES=(python3 python3-venv libportaudio2 libsndfile1 ffmpeg pulseaudio pulseaudio-utils)
+# The booted-container test (tests/test_systemd_container.py) builds a Debian root and boots it.
+[[ ",$extras," == *",dev,"* ]] && APT_PACKAGES+=(systemd-container debootstrap)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
