@@ -120,6 +120,7 @@ class Runner:
         ping_period = self.notifier.watchdog_ping_period_s if self.config.service.watchdog else None
         deadline = None if self.duration_s is None else time.monotonic() + self.duration_s
         next_ping = time.monotonic()
+        was_stalled: str | None = None
         while self._stop_signal is None:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -135,8 +136,12 @@ class Runner:
                 stalled = self.pipeline.stalled_part(now)
                 if stalled is None:
                     self.notifier.watchdog()
-                else:
-                    log.error("pipeline_stalled", stalled=stalled)
+                if stalled != was_stalled:  # log the transitions, not every ping period
+                    if stalled is None:
+                        log.info("pipeline_recovered", was=was_stalled)
+                    else:
+                        log.error("pipeline_stalled", stalled=stalled)
+                    was_stalled = stalled
                 self.notifier.status(self.pipeline.status_line())
                 next_ping = now + ping_period
             self._drain_view(wait_s=MAIN_LOOP_S)
