@@ -30,8 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 ROOTS = Path(os.environ.get("STREAMCLF_TEST_ROOTS", "/var/cache/streamclf-test"))
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-# systemd as PID 1 and D-Bus for systemctl; ca-certificates and procps as on any Debian install.
-BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "procps", "ca-certificates")
+# systemd as PID 1 and D-Bus for systemctl; ca-certificates and procps as on any Debian install;
+# libpam-systemd as on any desktop (without it a user manager cannot start).
+BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "libpam-systemd", "procps", "ca-certificates")
 # A change to these repeats the fresh-machine run. pyproject.toml is left out on purpose: each
 # session's install-service.sh run installs the checkout's dependencies anyway.
 SETUP_FILES = ("scripts/setup.sh", "scripts/run.sh", "scripts/install-service.sh")
@@ -157,8 +158,11 @@ class Container:
         cmd = ["systemd-nspawn", "-D", str(root), "--volatile=overlay", "--register=no",
                "--keep-unit", "-b", "--console=pipe", "--resolv-conf=replace-host",
                f"--machine=streamclf-test-{os.getpid()}", *_ca_binds(), *binds]  # fmt: skip
+        # cgroup v2 inside even on a host with the hybrid layout: systemd's BPF-based sandbox
+        # lines (IPAddressDeny=, DevicePolicy=) need it, and without it systemd is "tainted".
+        env = {**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, env=env)
         self.leader = self._find_leader()
 
     def _find_leader(self, timeout_s: float = 30.0) -> int:

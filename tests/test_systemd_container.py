@@ -163,7 +163,7 @@ class TestFreshMachine:
         log = (box.root / RUN_SH_LOG).read_text()
         assert "no input device on this machine; listening to the bundled clip" in log, log
         messages = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
-        assert any(m["topic"].startswith("genre.") and m["genre"] for m in messages), log
+        assert any(m.get("topic", "").startswith("genre.") and m["genre"] for m in messages), log
 
     def test_the_unit_is_the_shipped_one_and_torch_is_absent(self, box):
         box.sh(f"cmp /etc/systemd/system/{UNIT} {CHECKOUT_IN_CONTAINER}/systemd/{UNIT}")
@@ -190,7 +190,12 @@ class TestSystemUnit:
         main_pid = show(box)["MainPID"]
         entries = journal(box, f"_PID={main_pid}")
         assert entries and all(e["_SYSTEMD_UNIT"] == UNIT for e in entries)
-        events = [json.loads(e["MESSAGE"]) for e in entries]  # every line is one JSON object
+        # journald keeps a line with control characters as a list of bytes
+        lines = [m if isinstance(m, str) else bytes(m).decode(errors="replace")
+                 for m in (e["MESSAGE"] for e in entries)]  # fmt: skip
+        # Every line is one JSON object but ONNX Runtime's own warnings (plain, coloured text).
+        assert all(line.startswith("{") or ":onnxruntime:" in line for line in lines), lines
+        events = [json.loads(line) for line in lines if line.startswith("{")]
         started = [e for e in events if e["event"] == "pipeline_started"]
         assert started and started[0]["streams"] == ["main"] and started[0]["level"] == "info"
         assert all({"event", "level", "timestamp"} <= e.keys() for e in events)
@@ -205,10 +210,31 @@ class TestSystemUnit:
                     if re.search(r"not supported|proceeding without|Failed to",
                                  str(e.get("MESSAGE")))]  # fmt: skip
         assert problems == [], problems
+        assert "cgroupsv1" not in box.sh("journalctl -b _PID=1 --no-pager | grep -i tainted",
+                                         check=False).stdout  # fmt: skip
         report = box.sh(f"systemd-analyze security {UNIT} --no-pager").stdout
         exposure = float(re.search(r"Overall exposure level for \S+: (\d+\.\d)", report).group(1))
         print(f"systemd-analyze security {UNIT}: {exposure}")
         assert exposure <= 2.0, report
+
+    def test_the_bpf_sandbox_lines_are_enforced(self, box):
+        """IPAddressDeny=/IPAddressAllow= and DevicePolicy= are cgroup BPF programs: probed with
+        transient units under the same settings (loopback only; /dev/urandom is no ALSA device)."""
+        feed = "import socket; socket.create_connection(('127.0.0.1', 5556), timeout=2)"
+        probes = {
+            "IPAddressDeny=any": f'-p IPAddressDeny=any {VENV}/bin/python -c "{feed}"',
+            "DevicePolicy=closed": "-p DevicePolicy=closed -p DeviceAllow='char-alsa rw' "
+                                   "head -c 1 /dev/urandom",
+        }
+        unenforced = [line for line, probe in probes.items()
+                      if box.sh(f"systemd-run -q --wait --pipe {probe}", check=False).returncode == 0]
+        allowed = box.sh(f"systemd-run -q --wait --pipe -p IPAddressDeny=any "
+                         f'-p IPAddressAllow=localhost {VENV}/bin/python -c "{feed}"')  # fmt: skip
+        assert allowed.returncode == 0
+        if unenforced:
+            pytest.skip(f"not enforced in this container (a probe under {', '.join(unenforced)} "
+                        "went through): systemd-nspawn on this host gives systemd no working "
+                        "cgroup BPF; docs/deploy.md section 10")  # fmt: skip
 
     def test_reload_applies_smoothing_without_a_seq_gap(self, box):
         pid = show(box)["MainPID"]
