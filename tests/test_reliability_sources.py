@@ -106,6 +106,46 @@ class TestStuckReader:
         assert transitions == [("pipeline_stalled", "net: source"),
                                ("pipeline_recovered", "net: source")]
 
+    def test_one_stuck_stream_of_two_keeps_the_watchdog(self, tmp_path):
+        """The daemon still works for the other stream: the stuck one shows in its status and
+        in STATUS=, but the watchdog goes on (a restart would interrupt the working stream)."""
+        server = PacedWavServer()
+        server.start()
+        cfg = write_config(tmp_path, streams=[
+            {"id": "net", "source": "url", "url": server.url},
+            {"id": "clip", "source": "file", "path": CLIP, "loop": True, "realtime": True},
+        ], service={"watchdog": True})  # fmt: skip
+        notify = NotifySocket(tmp_path / "notify.sock")
+        env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"}
+        try:
+            with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg.path, env=env) as daemon:
+                assert feed.wait(lambda: min(feed.genre_count("net"), feed.genre_count("clip"))
+                                 >= 2, timeout_s=START_TIMEOUT_S)  # fmt: skip
+                (reader,) = children_named(daemon.pid, "ffmpeg")
+                os.kill(reader, signal.SIGSTOP)
+                assert feed.wait(lambda: feed.last_status("net").stalled == "source",
+                                 timeout_s=STALL_S + 10)  # fmt: skip
+                pings = notify.lines().count("WATCHDOG=1")
+                clip_windows = feed.genre_count("clip")
+                time.sleep(2.0)  # four ping periods
+                assert notify.lines().count("WATCHDOG=1") >= pings + 2
+                assert feed.genre_count("clip") > clip_windows
+                assert feed.last_status("clip").stalled is None
+                assert any("net: stalled (source)" in line for line in notify.lines())
+                os.kill(reader, signal.SIGCONT)
+                assert feed.wait(lambda: feed.last_status("net").stalled is None, timeout_s=10)
+                resumed = feed.genre_count("net")
+                assert feed.wait(lambda: feed.genre_count("net") >= resumed + 3 and all(
+                    m.latency_ms < 1000 for m in feed.of(GenreMessage, "net")[-2:]),
+                    timeout_s=60)  # fmt: skip
+                rc, _ = daemon.terminate()
+                events = daemon.event_names()
+        finally:
+            server.stop()
+            notify.close()
+        assert rc == 0
+        assert "pipeline_stalled" not in events
+
 
 class TestUnreachableStream:
     """A network stream that is down at start is retried with back-off until it comes up."""
