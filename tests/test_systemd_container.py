@@ -28,6 +28,7 @@ from container_helpers import (
     missing_tools,
     ready_root,
 )
+from e2e_helpers import free_tcp_port
 
 from streamclf.pipeline import STALL_S
 
@@ -38,7 +39,10 @@ UNIT = "streamclf.service"
 WATCHDOG_S = 10  # the unit's WatchdogSec=
 RESTART_S = 5  # the unit's RestartSec=
 SPAWN_SLACK_S = 2.0  # systemd's own scheduling and the 0.2 s polling, on a loaded 2-core machine
-STREAM_PORT = 8765
+# The container shares the host's network: free host ports, so that a daemon or `listen` on the
+# host (default tcp://127.0.0.1:5556) cannot collide with the one inside.
+FEED_PORT = free_tcp_port()
+STREAM_PORT = free_tcp_port()
 USER = "listener"
 
 CONFIG = """
@@ -46,6 +50,7 @@ CONFIG = """
 threads = 1
 {engine}
 [feed]
+endpoint = "tcp://127.0.0.1:{port}"
 status_interval_s = 1.0
 [smoothing]
 unknown_threshold = {unknown_threshold}
@@ -109,7 +114,8 @@ def write_config(box: Container, *, path: str = "/etc/streamclf/streamclf.toml",
     clip = box.sh(f"{VENV}/bin/python -c 'from streamclf.audio.sources import BUNDLED_CLIP; "
                   "print(BUNDLED_CLIP)'").stdout.strip()  # fmt: skip
     source = source or f'source = "file"\npath = "{clip}"\nloop = true\nrealtime = true'
-    text = CONFIG.format(source=source, unknown_threshold=unknown_threshold, engine=engine)
+    text = CONFIG.format(source=source, unknown_threshold=unknown_threshold, engine=engine,
+                         port=FEED_PORT)
     box.sh(f"install -d -m 0755 $(dirname {path}) && cat > {path} <<'EOF'\n{text}\nEOF\n"
            f"chmod 0644 {path}", user=user)  # fmt: skip
 
@@ -132,7 +138,8 @@ def daemon_events(box: Container, main_pid: str | None = None) -> list[dict]:
 
 def subscribe(box: Container, *args: str) -> subprocess.Popen:
     """`streamclf subscribe --json` inside the container, in the background."""
-    cmd = box.command(f"{VENV}/bin/streamclf subscribe --json {' '.join(args)}")
+    cmd = box.command(f"{VENV}/bin/streamclf subscribe --json "
+                      f"--endpoint tcp://127.0.0.1:{FEED_PORT} {' '.join(args)}")
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -221,7 +228,7 @@ class TestSystemUnit:
         """IPAddressDeny=/IPAddressAllow= and DevicePolicy= are cgroup BPF programs: probed with
         transient units under the same settings (loopback only; the TUN device is neither ALSA nor
         one of the pseudo devices that `closed` lets through)."""
-        feed = "import socket; socket.create_connection(('127.0.0.1', 5556), timeout=2)"
+        feed = f"import socket; socket.create_connection(('127.0.0.1', {FEED_PORT}), timeout=2)"
         probes = {
             "IPAddressDeny=any": f'-p IPAddressDeny=any {VENV}/bin/python -c "{feed}"',
             "DevicePolicy=closed": "-p DevicePolicy=closed -p DeviceAllow='char-alsa rw' "
