@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import tarfile
 import time
@@ -85,10 +86,10 @@ def copy_checkout(dest: Path) -> None:
     archive.unlink()
 
 
-def _nspawn_run(root: Path, script: str, log: Path, *, binds: tuple[str, ...] = ()) -> None:
+def _nspawn_run(root: Path, script: str, log: Path) -> None:
     """Run a shell script in the root without booting it (set-up steps)."""
     cmd = ["systemd-nspawn", "-D", str(root), "--register=no", "--keep-unit", "--pipe",
-           "--resolv-conf=replace-host", *_ca_binds(), *binds,
+           "--resolv-conf=replace-host", *_ca_binds(),
            "--setenv=PIP_CERT=/etc/ssl/certs/ca-certificates.crt",
            "--setenv=PIP_DISABLE_PIP_VERSION_CHECK=1",
            "/bin/bash", "-euxc", script]  # fmt: skip
@@ -158,12 +159,18 @@ class Container:
         cmd = ["systemd-nspawn", "-D", str(root), "--volatile=overlay", "--register=no",
                "--keep-unit", "-b", "--console=pipe", "--resolv-conf=replace-host",
                f"--machine=streamclf-test-{os.getpid()}", *_ca_binds(), *binds]  # fmt: skip
-        # cgroup v2 inside even on a host with the hybrid layout: systemd's BPF-based sandbox
-        # lines (IPAddressDeny=, DevicePolicy=) need it, and without it systemd is "tainted".
+        # cgroup v2 inside, as on a booted Debian 12, although this host has the hybrid layout
+        # (with which systemd in the container calls itself "tainted: cgroupsv1").
         env = {**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, env=env)
-        self.leader = self._find_leader()
+        try:
+            self.leader = self._find_leader()
+        except RuntimeError:
+            self.proc.kill()  # nspawn's own pid: its container goes with it
+            self.proc.wait(30)
+            self._log.close()
+            raise
 
     def _find_leader(self, timeout_s: float = 30.0) -> int:
         """The container's PID 1: the process in a new PID namespace under systemd-nspawn."""
@@ -216,7 +223,7 @@ class Container:
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                os.kill(self.leader, 9)
+                os.kill(self.leader, signal.SIGKILL)
                 self.proc.wait(30)
         self._log.close()
 
