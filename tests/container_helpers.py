@@ -167,7 +167,7 @@ class Container:
         try:
             self.leader = self._find_leader()
         except RuntimeError:
-            self.proc.kill()  # nspawn's own pid: its container goes with it
+            self.proc.kill()  # by its own pid
             self.proc.wait(30)
             self._log.close()
             raise
