@@ -7,7 +7,7 @@ the container's loopback) as the input. tests/container_helpers.py builds and ca
 
 Needs root (systemd-nspawn) and the packages systemd-container and debootstrap, which
 `scripts/setup.sh dev` installs as root. Elsewhere it skips; as root with a tool missing it fails.
-A cold run (no cached root) takes several minutes, a warm one about two.
+Measured here (docs/deploy.md section 10): a cold run (no cached root) 14.5 min, a warm one 4.
 """
 
 from __future__ import annotations
