@@ -172,8 +172,11 @@ class TestFreshMachine:
         messages = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
         assert any(m.get("topic", "").startswith("genre.") and m["genre"] for m in messages), log
 
-    def test_the_unit_is_the_shipped_one_and_torch_is_absent(self, box):
+    def test_the_unit_and_the_code_are_the_checkouts_and_torch_is_absent(self, box):
         box.sh(f"cmp /etc/systemd/system/{UNIT} {CHECKOUT_IN_CONTAINER}/systemd/{UNIT}")
+        for module in ("pipeline.py", "service.py"):
+            box.sh(f"cmp {VENV}/lib/python3.*/site-packages/streamclf/{module} "
+                   f"{CHECKOUT_IN_CONTAINER}/streamclf/{module}")  # fmt: skip
         check = "import importlib.util as u; print(u.find_spec('torch'))"
         for python in (f"{VENV}/bin/python", "/root/streamclf/.venv/bin/python"):
             assert box.sh(f'{python} -c "{check}"').stdout.strip() == "None"
