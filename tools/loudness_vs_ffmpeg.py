@@ -1,6 +1,7 @@
 """streamclf's loudness meter against ffmpeg's `ebur128` filter, on the same float WAV files.
 
 Usage: .venv/bin/python tools/loudness_vs_ffmpeg.py [CLIP ...]   (default: all of datasets/genres)
+       .venv/bin/python tools/loudness_vs_ffmpeg.py --tones         (EBU Tech 3341/3342-style tones)
 
 Prints a markdown table: integrated loudness, loudness range and true peak from both, and the
 largest difference of momentary and short-term loudness over the 100 ms steps from 3 s on
@@ -15,11 +16,43 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 from streamclf.loudness import LoudnessMeter
 
 REPO = Path(__file__).resolve().parents[1]
+TONE_RATE_HZ = 48000
+
+
+def sine(*, dbfs: float, seconds: float, freq_hz: float = 1000.0, rate_hz: int = TONE_RATE_HZ,
+         channels: int = 2, phase: float = 0.0) -> np.ndarray:
+    """A (frames, channels) float32 sine whose peak is `dbfs` (EBU test tones are given so)."""
+    t = np.arange(round(seconds * rate_hz)) / rate_hz
+    x = 10 ** (dbfs / 20) * np.sin(2 * np.pi * freq_hz * t + phase)
+    return np.repeat(x[:, None], channels, axis=1).astype(np.float32)
+
+
+def fade_in(frames: int, fade_frames: int) -> np.ndarray:
+    """A (frames, 1) raised-cosine ramp over the first `fade_frames`, then 1."""
+    ramp = np.minimum(1.0, np.arange(frames) / fade_frames)
+    return (0.5 - 0.5 * np.cos(np.pi * ramp))[:, None].astype(np.float32)
+
+
+def tones() -> dict[str, np.ndarray]:
+    """EBU Tech 3341 (loudness) and 3342 (loudness range) style signals, and a true-peak tone."""
+    quarter = {"freq_hz": TONE_RATE_HZ / 4, "phase": np.pi / 4}  # samples 3 dB under the peak
+    return {
+        "1 kHz -23 dBFS stereo, 20 s (3341 case 1)": sine(dbfs=-23, seconds=20),
+        "1 kHz -33 dBFS stereo, 20 s (3341 case 2)": sine(dbfs=-33, seconds=20),
+        "-20 then -30 dBFS, 20 s each (3342 case 1)": np.concatenate(
+            [sine(dbfs=-20, seconds=20), sine(dbfs=-30, seconds=20)]),
+        "-20 then -15 dBFS, 20 s each (3342 case 2)": np.concatenate(
+            [sine(dbfs=-20, seconds=20), sine(dbfs=-15, seconds=20)]),
+        "fs/4 at 45°, 0 dBTP, 50 ms fade-in, 20 s": sine(dbfs=0, seconds=20, **quarter)
+        * fade_in(20 * TONE_RATE_HZ, TONE_RATE_HZ // 20),
+        "fs/4 at 45°, 0 dBTP, abrupt start, 5 s": sine(dbfs=0, seconds=5, **quarter),
+    }
 
 
 def ffmpeg_ebur128(path: Path) -> dict:
@@ -60,17 +93,23 @@ def compare(audio, rate_hz: int, workdir: Path) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    clips = [Path(a) for a in argv] or sorted((REPO / "datasets" / "genres" / "clips").glob("*/*"))
-    print("| clip | rate, ch | I ours / ffmpeg | LRA ours / ffmpeg | TP ours / ffmpeg | max ΔM | max ΔS |")
+    if argv == ["--tones"]:
+        signals = [(name, audio, TONE_RATE_HZ) for name, audio in tones().items()]
+    else:
+        clips = [Path(a) for a in argv] or sorted(
+            (REPO / "datasets" / "genres" / "clips").glob("*/*"))
+        signals = [(f"{c.parent.name}/{c.stem}", *sf.read(c, dtype="float32", always_2d=True))
+                   for c in clips]
+    print("| signal | rate, ch | I ours / ffmpeg | LRA ours / ffmpeg | TP ours / ffmpeg | max ΔM "
+          "| max ΔS |")
     print("| --- | --- | --- | --- | --- | ---: | ---: |")
     with tempfile.TemporaryDirectory() as tmp:
-        for clip in clips:
-            audio, rate_hz = sf.read(clip, dtype="float32", always_2d=True)
+        for name, audio, rate_hz in signals:
             c = compare(audio, rate_hz, Path(tmp))
             o, f = c["ours"], c["ffmpeg"]
-            print(f"| {clip.parent.name}/{clip.stem} | {rate_hz}, {audio.shape[1]} | "
-                  f"{o['I']:.2f} / {f['I']:.1f} | {o['LRA']:.2f} / {f['LRA']:.1f} | "
-                  f"{o['TP']:.2f} / {f['TP']:.1f} | {c['max_dM']:.2f} | {c['max_dS']:.2f} |")
+            print(f"| {name} | {rate_hz}, {audio.shape[1]} | {o['I']:.2f} / {f['I']:.1f} | "
+                  f"{o['LRA']:.2f} / {f['LRA']:.1f} | {o['TP']:.2f} / {f['TP']:.1f} | "
+                  f"{c['max_dM']:.2f} | {c['max_dS']:.2f} |")
     return 0
 
 
