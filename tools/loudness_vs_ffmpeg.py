@@ -4,8 +4,9 @@ Usage: .venv/bin/python tools/loudness_vs_ffmpeg.py [CLIP ...]   (default: all o
        .venv/bin/python tools/loudness_vs_ffmpeg.py --tones         (EBU Tech 3341/3342-style tones)
 
 Prints a markdown table: integrated loudness, loudness range and true peak from both, and the
-largest difference of momentary and short-term loudness over the 100 ms steps from 3 s on
-(ffmpeg logs one decimal, so 0.05 is agreement). tests/test_loudness.py uses `ffmpeg_ebur128`.
+largest difference of momentary loudness over the 100 ms steps from 3 s on and of short-term
+loudness over the whole seconds from 3 s on (the meter reads it once a second; ffmpeg logs one
+decimal, so 0.05 is agreement). tests/test_loudness.py uses `ffmpeg_ebur128`.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def compare(audio, rate_hz: int, workdir: Path) -> dict:
     readings = [r for start in range(0, len(audio), 4096) for r in meter.push(audio[start:start + 4096])]
     by_t = {round(r.t_s, 1): r for r in readings}
     common = [t for t in ref["steps"] if t in by_t and t >= 3.0]  # S needs 3 s
+    seconds = [t for t in common if t == int(t)]
     last = readings[-1]
     return {
         "ours": {"I": last.integrated_lufs, "LRA": last.range_lu, "TP": last.true_peak_dbtp},
@@ -88,7 +90,8 @@ def compare(audio, rate_hz: int, workdir: Path) -> dict:
         "steps_compared": len(common),
         "steps": len(readings),
         "max_dM": max((abs(by_t[t].momentary_lufs - ref["steps"][t][0]) for t in common), default=0),
-        "max_dS": max((abs(by_t[t].short_term_lufs - ref["steps"][t][1]) for t in common), default=0),
+        "max_dS": max((abs(by_t[t].short_term_lufs - ref["steps"][t][1]) for t in seconds),
+                      default=0),
     }
 
 
