@@ -172,7 +172,7 @@ class LevelStage:
         self.latest: LoudnessReading | None = None
 
     def push(self, block: np.ndarray) -> Iterator[AlarmEvent]:
-        """Measure a (frames, channels) block of source audio; yield the alarms it starts or ends."""
+        """Measure a (frames, channels) block of source audio; yield the alarms it starts/ends."""
         for reading in self.meter.push(block):
             self.latest = reading
             yield from self.alarms.push(reading)

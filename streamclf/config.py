@@ -2,10 +2,11 @@
 
 Every stage gets only its own section (`cfg.engine`, `cfg.framing`, `cfg.smoothing`, `cfg.feed`,
 `cfg.streams`, `cfg.service`, `cfg.loudness`, `cfg.alarms`, `cfg.metrics`). Any problem is a
-`ConfigError` whose one-line message names the key (`streams[1].device: expected an integer index or a name, got
-3.5`); unknown keys are errors too, with a did-you-mean. The same validation runs for the file, for `default_config()` and for the
-command-line overrides, so a value that passes one passes all. Options are documented in
-docs/config.md and, with their defaults, in configs/default.toml.
+`ConfigError` whose one-line message names the key (`streams[1].device: expected an integer
+index or a name, got 3.5`); unknown keys are errors too, with a did-you-mean. The same
+validation runs for the file, for `default_config()` and for the command-line overrides, so a
+value that passes one passes all. Options are documented in docs/config.md and, with their
+defaults, in configs/default.toml.
 """
 
 from __future__ import annotations
@@ -423,7 +424,8 @@ def _check_alarms(a: AlarmsConfig, where: str) -> None:
                                  ("engine_latency_ms", 0, 3_600_000, "ms"),
                                  ("clear_s", 0, 3600, "s")):
         value = getattr(a, key)
-        _require(low <= value <= high, f"{where}.{key}", f"must be {low}..{high} {unit}, got {value}")
+        _require(low <= value <= high, f"{where}.{key}",
+                 f"must be {low}..{high} {unit}, got {value}")
 
 
 def split_host_port(listen: str) -> tuple[str, int]:

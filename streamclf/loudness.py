@@ -42,12 +42,12 @@ class LoudnessReading:
     """The loudness of a stream at stream time `t_s` (seconds since the meter's last reset).
 
     `short_term_lufs` is refreshed every whole second of stream time (`SHORT_TERM_EVERY_STEPS`)
-    and held in between. Until 400 ms (momentary) or 3 s (short-term) of audio were seen, the rest of the window
-    counts as silence, so those read low at first (ffmpeg's too); digital silence is -inf, and
-    integrated loudness is -inf until a 400 ms block passes its gates. `step_true_peak_dbtp` is
-    the true peak of the audio that left the oversampler during the last step (soxr holds back
-    about 14 ms at 44.1/48 kHz, 41 ms at 16 kHz), for clipping alarms; `true_peak_dbtp` the
-    maximum since the reset.
+    and held in between. Until 400 ms (momentary) or 3 s (short-term) of audio were seen, the
+    rest of the window counts as silence, so those read low at first (ffmpeg's too); digital
+    silence is -inf, and integrated loudness is -inf until a 400 ms block passes its gates.
+    `step_true_peak_dbtp` is the true peak of the audio that left the oversampler during the
+    last step (soxr holds back about 14 ms at 44.1/48 kHz, 41 ms at 16 kHz), for clipping
+    alarms; `true_peak_dbtp` the maximum since the reset.
     """
 
     t_s: float

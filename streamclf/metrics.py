@@ -42,7 +42,8 @@ class PipelineCollector(Collector):
         p = self._p
         up = GaugeMetricFamily("streamclf_input_up", "1 while the stream's source runs and "
                                "delivers audio", labels=["stream"])
-        level = GaugeMetricFamily("streamclf_level_dbfs", "RMS level of the last window", labels=["stream"])
+        level = GaugeMetricFamily("streamclf_level_dbfs", "RMS level of the last window",
+                                  labels=["stream"])
         peak = GaugeMetricFamily("streamclf_true_peak_dbtp", "True peak of the last 100 ms",
                                  labels=["stream"])
         loudness = GaugeMetricFamily("streamclf_loudness_lufs", "EBU R128 loudness",

@@ -378,7 +378,8 @@ class Pipeline:
         """Publish and log the alarms of a stream that started or ended since the last call."""
         latest = self.latest.get(stream.stream_id)
         health = stream.health.update(
-            now_s=time.monotonic(), source_state=stream.source.state, last_audio_s=stream.last_audio,
+            now_s=time.monotonic(), source_state=stream.source.state,
+            last_audio_s=stream.last_audio,
             latency_ms=latest.latency_ms if latest else 0.0,
             dropped_windows=stream.windows.dropped + stream.engine_failures)
         for event in [*health, *_drain(stream.alarm_events)]:

@@ -31,7 +31,8 @@ CONFIG = AlarmsConfig(silence_s=5.0, loudness_s=10.0, clear_s=1.0)
 
 def run_levels(audio: np.ndarray, config: AlarmsConfig = CONFIG, chunk: int = 2400):
     stage = LevelStage(LoudnessMeter(RATE_HZ, audio.shape[1]), config)
-    events = [e for start in range(0, len(audio), chunk) for e in stage.push(audio[start:start + chunk])]
+    events = [e for start in range(0, len(audio), chunk)
+              for e in stage.push(audio[start:start + chunk])]
     return events, stage
 
 

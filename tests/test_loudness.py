@@ -28,7 +28,8 @@ ROUNDING = 0.05  # ffmpeg logs one decimal
 def measure(audio: np.ndarray, rate_hz: int, chunk: int | None = None) -> list:
     meter = LoudnessMeter(rate_hz, audio.shape[1])
     chunk = chunk or len(audio) or 1
-    return [r for start in range(0, len(audio), chunk) for r in meter.push(audio[start:start + chunk])]
+    return [r for start in range(0, len(audio), chunk)
+            for r in meter.push(audio[start:start + chunk])]
 
 
 def _load_tool():

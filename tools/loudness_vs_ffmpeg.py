@@ -79,7 +79,8 @@ def compare(audio, rate_hz: int, workdir: Path) -> dict:
     sf.write(path, audio, rate_hz, subtype="FLOAT")
     ref = ffmpeg_ebur128(path)
     meter = LoudnessMeter(rate_hz, audio.shape[1])
-    readings = [r for start in range(0, len(audio), 4096) for r in meter.push(audio[start:start + 4096])]
+    readings = [r for start in range(0, len(audio), 4096)
+                for r in meter.push(audio[start:start + 4096])]
     by_t = {round(r.t_s, 1): r for r in readings}
     common = [t for t in ref["steps"] if t in by_t and t >= 3.0]  # S needs 3 s
     seconds = [t for t in common if t == int(t)]
@@ -89,7 +90,8 @@ def compare(audio, rate_hz: int, workdir: Path) -> dict:
         "ffmpeg": {k: ref[k] for k in ("I", "LRA", "TP")},
         "steps_compared": len(common),
         "steps": len(readings),
-        "max_dM": max((abs(by_t[t].momentary_lufs - ref["steps"][t][0]) for t in common), default=0),
+        "max_dM": max((abs(by_t[t].momentary_lufs - ref["steps"][t][0]) for t in common),
+                      default=0),
         "max_dS": max((abs(by_t[t].short_term_lufs - ref["steps"][t][1]) for t in seconds),
                       default=0),
     }
