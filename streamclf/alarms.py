@@ -26,6 +26,7 @@ TRUE_PEAK = "true_peak"
 LOUDNESS = "loudness"
 INPUT = "input"
 ENGINE = "engine"
+KINDS = (SILENCE, TRUE_PEAK, LOUDNESS, INPUT, ENGINE)
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,14 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from streamclf.alarms import INPUT, KINDS
 from streamclf.config import MetricsConfig, split_host_port
 from streamclf.errors import FeedError
 
 if TYPE_CHECKING:
     from streamclf.pipeline import Pipeline
 
-ALARM_KINDS = ("silence", "true_peak", "loudness", "input", "engine")
-# Per-window inference time: 1 ms .. 10 s (CPU windows take ~10-60 ms, a stalled engine seconds).
+# Per-window inference time, 1 ms .. 10 s: from a fast batched window to a stalled engine.
 INFERENCE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
@@ -64,7 +64,7 @@ class PipelineCollector(Collector):
         for stream in p.streams:
             sid = stream.stream_id
             active = stream.health.active
-            up.add_metric([sid], float(stream.source.state == "running" and "input" not in active))
+            up.add_metric([sid], float(stream.source.state == "running" and INPUT not in active))
             latest = p.latest.get(sid)
             level.add_metric([sid], _finite(latest.level_dbfs if latest else None))
             reading = stream.levels.latest if stream.levels is not None else None
@@ -83,7 +83,7 @@ class PipelineCollector(Collector):
             windows.add_metric([sid], stream.smoother.windows)
             dropped.add_metric([sid], stream.windows.dropped + stream.engine_failures)
             overruns.add_metric([sid], stream.ring.overrun_samples)
-            for kind in ALARM_KINDS:
+            for kind in KINDS:
                 alarms.add_metric([sid, kind], float(kind in active))
         yield from (up, level, peak, loudness, lra, genre, windows, dropped, overruns, alarms,
                     feed_drops)
