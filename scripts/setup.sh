@@ -16,6 +16,8 @@ for pkg in "${APT_PACKAGES[@]}"; do
 done
 # systemd-analyze (used by the unit-file tests) comes with the systemd package.
 if [[ ",$extras," == *",dev,"* ]] && ! command -v systemd-analyze >/dev/null; then missing+=(systemd); fi
+# A real Prometheus server and promtool for the /metrics tests (tests/test_metrics.py).
+if [[ ",$extras," == *",dev,"* ]] && ! command -v promtool >/dev/null; then missing+=(prometheus); fi
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     echo "setup: installing apt packages: ${missing[*]}"

@@ -1,17 +1,19 @@
 """One config tree: TOML read once into frozen dataclasses, validated on load.
 
 Every stage gets only its own section (`cfg.engine`, `cfg.framing`, `cfg.smoothing`, `cfg.feed`,
-`cfg.streams`, `cfg.service`). Any problem is a `ConfigError` whose one-line message names the key
-(`streams[1].device: expected an integer index or a name, got 3.5`); unknown keys are errors too,
-with a did-you-mean. The same validation runs for the file, for `default_config()` and for the
-command-line overrides, so a value that passes one passes all. Options are documented in
-docs/config.md and, with their defaults, in configs/default.toml.
+`cfg.streams`, `cfg.service`, `cfg.loudness`, `cfg.alarms`, `cfg.metrics`). Any problem is a
+`ConfigError` whose one-line message names the key (`streams[1].device: expected an integer
+index or a name, got 3.5`); unknown keys are errors too, with a did-you-mean. The same
+validation runs for the file, for `default_config()` and for the command-line overrides, so a
+value that passes one passes all. Options are documented in docs/config.md and, with their
+defaults, in configs/default.toml.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import re
 import tomllib
@@ -84,6 +86,32 @@ class FeedConfig:
 
 
 @dataclass(frozen=True)
+class LoudnessConfig:
+    enabled: bool = True  # EBU R128 per stream on the source's audio (streamclf/loudness.py)
+
+
+@dataclass(frozen=True)
+class AlarmsConfig:
+    silence_lufs: float = -60.0  # momentary loudness under this is silence ...
+    silence_s: float = 10.0  # ... for this long starts the alarm; 0 = off
+    true_peak_enabled: bool = True
+    true_peak_ceiling_dbtp: float = -1.0  # EBU R128's maximum permitted true peak
+    loudness_target_lufs: float = -23.0  # EBU R128 programme target
+    loudness_tolerance_lu: float = 2.0
+    loudness_s: float = 30.0  # short-term loudness off target this long; 0 = off
+    input_stalled_s: float = 2.0  # no audio from a running source this long; 0 = off
+    engine_latency_ms: float = 5000.0  # sound-to-publish latency over this; 0 = off
+    clear_s: float = 2.0  # a condition gone this long ends its alarm
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = False  # a Prometheus /metrics endpoint (streamclf/metrics.py)
+    listen: str = "127.0.0.1:9108"  # HOST:PORT ([::1]:PORT for IPv6)
+    allow_remote: bool = False  # a non-loopback HOST must be allowed explicitly
+
+
+@dataclass(frozen=True)
 class StreamConfig:
     id: str = "main"
     source: Literal["device", "file", "url", "stdin"] = "device"
@@ -115,6 +143,9 @@ class Config:
     feed: FeedConfig = field(default_factory=FeedConfig)
     streams: tuple[StreamConfig, ...] = (StreamConfig(),)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    loudness: LoudnessConfig = field(default_factory=LoudnessConfig)
+    alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 # -- public entry points ----------------------------------------------------------------------
@@ -384,6 +415,50 @@ def _check_feed(f: FeedConfig, where: str) -> None:
              f"must be 0.1..3600 s, got {f.status_interval_s}")
 
 
+def _check_alarms(a: AlarmsConfig, where: str) -> None:
+    for key, low, high, unit in (("silence_lufs", -120, 0, "LUFS"), ("silence_s", 0, 86400, "s"),
+                                 ("true_peak_ceiling_dbtp", -60, 6, "dBTP"),
+                                 ("loudness_target_lufs", -60, 0, "LUFS"),
+                                 ("loudness_tolerance_lu", 0.1, 40, "LU"),
+                                 ("loudness_s", 0, 86400, "s"), ("input_stalled_s", 0, 3600, "s"),
+                                 ("engine_latency_ms", 0, 3_600_000, "ms"),
+                                 ("clear_s", 0, 3600, "s")):
+        value = getattr(a, key)
+        _require(low <= value <= high, f"{where}.{key}",
+                 f"must be {low}..{high} {unit}, got {value}")
+
+
+def split_host_port(listen: str) -> tuple[str, int]:
+    """"127.0.0.1:9108" → ("127.0.0.1", 9108); "[::1]:9108" → ("::1", 9108); ValueError if not."""
+    host, sep, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        msg = f"expected HOST:PORT, got {listen!r}"
+        raise ValueError(msg)
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1; a name other than localhost is not trusted to be one."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_metrics(m: MetricsConfig, where: str) -> None:
+    try:
+        host, _ = split_host_port(m.listen)
+    except ValueError:
+        msg = f"{where}.listen: expected HOST:PORT (port 0..65535), got {_show(m.listen)}"
+        raise ConfigError(msg) from None
+    _require(m.allow_remote or is_loopback(host), f"{where}.listen",
+             f"{host} is not loopback: anyone who can reach it reads the metrics; set "
+             f"{where}.allow_remote = true to allow it")
+
+
 def _check_stream(s: StreamConfig, where: str) -> None:
     _require(bool(STREAM_ID_PATTERN.fullmatch(s.id)), f"{where}.id",
              f"must be 1-64 characters of A-Z a-z 0-9 _ -, got {_show(s.id)}")
@@ -423,6 +498,8 @@ _SECTION_CHECKS: dict[type, Callable[[Any, str], None]] = {
     CurveConfig: _check_curve,
     FeedConfig: _check_feed,
     StreamConfig: _check_stream,
+    AlarmsConfig: _check_alarms,
+    MetricsConfig: _check_metrics,
 }
 
 

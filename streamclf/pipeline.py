@@ -13,12 +13,13 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import structlog
 
+from streamclf.alarms import AlarmEvent, HealthAlarms, LevelStage
 from streamclf.audio.resample import Resampler
 from streamclf.audio.ring import RingBuffer
 from streamclf.audio.sources import open_source
@@ -27,7 +28,15 @@ from streamclf.config import Config
 from streamclf.features.framer import LogMelFramer, Window
 from streamclf.features.mel import SAMPLE_RATE_HZ, WINDOW_FRAMES, frames_for_seconds
 from streamclf.feed.publisher import Publisher
-from streamclf.feed.schema import ChangeMessage, GenreMessage, Sequencer, StatusMessage
+from streamclf.feed.schema import (
+    AlarmMessage,
+    ChangeMessage,
+    GenreMessage,
+    Sequencer,
+    StatusMessage,
+)
+from streamclf.loudness import LoudnessMeter
+from streamclf.metrics import MetricsServer
 from streamclf.models.card import ModelCard, genre_vocabulary, load_model_card
 from streamclf.smoothing import Smoother
 
@@ -82,6 +91,9 @@ class Stream:
     framer: LogMelFramer
     windows: WindowQueue
     smoother: Smoother
+    health: HealthAlarms
+    levels: LevelStage | None = None  # None when [loudness] is off
+    smoothed: np.ndarray | None = None  # the last window's smoothed tag probabilities
     finished: threading.Event = field(default_factory=threading.Event)
     engine_failures: int = 0
     # Liveness, written by the stream worker: each turn of its loop, and each read that got audio.
@@ -99,6 +111,10 @@ class Stream:
         if self.source.state == "running" and now - self.audio_at > STALL_S:
             return "source"
         return None
+
+    # Level alarms from the stream worker, waiting for the engine worker to publish them (a
+    # deque: append and popleft are thread-safe).
+    alarm_events: collections.deque[AlarmEvent] = field(default_factory=collections.deque)
 
 
 class StreamWorker(threading.Thread):
@@ -126,6 +142,8 @@ class StreamWorker(threading.Thread):
                 self._stopping.wait(self._idle_s())
                 continue
             stream.audio_at = stream.worker_beat
+            if stream.levels is not None:
+                stream.alarm_events.extend(stream.levels.push(self._block[:n]))
             for window in stream.framer.push(stream.resampler.push(self._block[:n]), arrival):
                 stream.windows.put(window)
         if not self._stopping.is_set():
@@ -180,6 +198,8 @@ class EngineWorker(threading.Thread):
             self.heartbeat = time.monotonic()
             if batch:
                 self._infer_and_publish(batch)
+            for stream in p.streams:
+                p.publish_alarms(stream)
             if time.monotonic() >= next_status:
                 self._publish_status(final=False)
                 next_status = time.monotonic() + p.config.feed.status_interval_s
@@ -205,6 +225,9 @@ class EngineWorker(threading.Thread):
             self.engine_latency.add(per_window_ms)
             probs = outputs["tags"][row]
             state = stream.smoother.update(probs, window.t_end_s, window.level_dbfs)
+            stream.smoothed = state.smoothed
+            if p.metrics is not None:
+                p.metrics.observe_inference(stream.stream_id, per_window_ms / 1000.0)
             message = p.genre_message(stream, window, probs, state)
             p.emit(message)
             if state.changed:
@@ -236,6 +259,7 @@ class Pipeline:
         self.genres: tuple[str, ...] = ()
         self.runner: WindowRunner | None = None
         self.publisher: Publisher | None = None
+        self.metrics: MetricsServer | None = None
         self.latest: dict[str, GenreMessage] = {}
         self._sequence = Sequencer()
         self._workers: list[threading.Thread] = []
@@ -259,6 +283,8 @@ class Pipeline:
         self.runner.warmup()
         if self.publish:
             self.publisher = Publisher(cfg.feed)
+        if cfg.metrics.enabled:
+            self.metrics = MetricsServer(self, cfg.metrics)
         for spec in cfg.streams:
             on_progress(f"opening {spec.id}")
             source = open_source(spec)
@@ -271,6 +297,9 @@ class Pipeline:
                 framer=LogMelFramer(window_frames=WINDOW_FRAMES, hop_frames=hop_frames),
                 windows=WindowQueue(cfg.framing.queue_windows, self.ready),
                 smoother=Smoother(cfg.smoothing, labels=self.card.labels, genres=self.genres),
+                health=HealthAlarms(cfg.alarms),
+                levels=LevelStage(LoudnessMeter(source.sample_rate, source.channels), cfg.alarms)
+                if cfg.loudness.enabled else None,
             ))
         self._engine_worker = EngineWorker(self)
         self._workers = [self._engine_worker]
@@ -283,7 +312,8 @@ class Pipeline:
             stream.source.start(stream.ring)
         log.info("pipeline_started", streams=[s.stream_id for s in self.streams],
                  engine=self.runner.info.name, device=self.runner.info.device, model=self.card.name,
-                 endpoint=cfg.feed.endpoint if self.publish else None)
+                 endpoint=cfg.feed.endpoint if self.publish else None,
+                 metrics_port=self.metrics.port if self.metrics else None)
 
     def stop(self, timeout_s: float = 1.5) -> None:
         """Stop sources first (no new audio), then the workers; the engine worker sends a final status."""
@@ -297,6 +327,8 @@ class Pipeline:
             worker.join(max(0.0, deadline - time.monotonic()))
         if self.publisher is not None:
             self.publisher.close()
+        if self.metrics is not None:
+            self.metrics.close()
         if self.runner is not None:
             self.runner.close()
         log.info("pipeline_stopped")
@@ -305,6 +337,9 @@ class Pipeline:
         """Apply a new config's smoothing and feed options; sources and engine stay as they are."""
         for stream in self.streams:
             stream.smoother.reconfigure(config.smoothing)
+            stream.health.reconfigure(config.alarms)
+            if stream.levels is not None:
+                stream.levels.alarms.reconfigure(config.alarms)
         self.config = config
         log.info("config_reloaded")
 
@@ -368,7 +403,25 @@ class Pipeline:
                              genre=state.genre, previous=state.previous,
                              confidence=state.confidence)
 
+    def publish_alarms(self, stream: Stream) -> None:
+        """Publish and log the alarms of a stream that started or ended since the last call."""
+        latest = self.latest.get(stream.stream_id)
+        health = stream.health.update(
+            now_s=time.monotonic(), source_state=stream.source.state,
+            last_audio_s=stream.audio_at,
+            latency_ms=latest.latency_ms if latest else 0.0,
+            dropped_windows=stream.windows.dropped + stream.engine_failures)
+        for event in [*health, *_drain(stream.alarm_events)]:
+            log.warning("alarm_started" if event.active else "alarm_ended", stream=stream.stream_id,
+                        alarm=event.kind, value=round(event.value, 2), threshold=event.threshold,
+                        detail=event.detail)
+            self.emit(AlarmMessage(stream=stream.stream_id, wall=time.time(), alarm=event.kind,
+                                   active=event.active, value=event.value,
+                                   threshold=event.threshold, detail=event.detail))
+
     def status_message(self, stream: Stream, p50: float, p99: float, *, final: bool) -> StatusMessage:
+        levels = stream.levels
+        loudness = levels.latest if levels is not None else None
         return StatusMessage(
             stream=stream.stream_id,
             wall=time.time(),
@@ -387,5 +440,17 @@ class Pipeline:
             engine=self.runner.info.name,
             final=final,
             stalled=stream.stalled(time.monotonic()),
+            alarms=stream.health.active + (levels.alarms.active if levels is not None else []),
+            momentary_lufs=loudness.momentary_lufs if loudness else None,
+            short_term_lufs=loudness.short_term_lufs if loudness else None,
+            integrated_lufs=loudness.integrated_lufs if loudness else None,
+            loudness_range_lu=loudness.range_lu if loudness else None,
+            true_peak_dbtp=loudness.true_peak_dbtp if loudness else None,
         )
+
+
+def _drain(events: collections.deque[AlarmEvent]) -> Iterator[AlarmEvent]:
+    """Take events off a deque that another thread appends to, oldest first."""
+    while events:
+        yield events.popleft()
 

@@ -23,6 +23,7 @@ import zmq.auth
 from streamclf.errors import FeedError
 from streamclf.feed.schema import (
     MAX_PAYLOAD_BYTES,
+    AlarmMessage,
     ChangeMessage,
     GenreMessage,
     Message,
@@ -166,6 +167,11 @@ def format_message(message: Message) -> str:
     if isinstance(message, ChangeMessage):
         return (f"{head} change {message.previous or '-'} -> {message.genre} "
                 f"({message.confidence:.2f}) at {message.t1:.1f} s")
+    if isinstance(message, AlarmMessage):
+        state = "START" if message.active else "end"
+        detail = f" ({message.detail})" if message.detail else ""
+        return (f"{head} alarm {message.alarm} {state}{detail}: {message.value:.1f} "
+                f"(limit {message.threshold:.1f})")
     assert isinstance(message, StatusMessage)
     final = " final" if message.final else ""
     return (f"{head} status {message.device_state}{final} up {message.uptime_s:.0f} s, "
