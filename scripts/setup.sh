@@ -13,6 +13,12 @@ for pkg in "${APT_PACKAGES[@]}"; do
 done
 # systemd-analyze (used by the unit-file tests) comes with the systemd package.
 if [[ ",$extras," == *",dev,"* ]] && ! command -v systemd-analyze >/dev/null; then missing+=(systemd); fi
+# The outputs' tests run the real receiving programs: an MQTT broker and Liquidsoap.
+if [[ ",$extras," == *",dev,"* ]]; then
+  for pkg in mosquitto liquidsoap; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+fi
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     echo "setup: installing apt packages: ${missing[*]}"

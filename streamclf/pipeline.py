@@ -29,6 +29,7 @@ from streamclf.features.mel import SAMPLE_RATE_HZ, WINDOW_FRAMES, frames_for_sec
 from streamclf.feed.publisher import Publisher
 from streamclf.feed.schema import ChangeMessage, GenreMessage, Sequencer, StatusMessage
 from streamclf.models.card import ModelCard, genre_vocabulary, load_model_card
+from streamclf.outputs import Outputs
 from streamclf.smoothing import Smoother
 
 log = structlog.get_logger(__name__)
@@ -218,6 +219,7 @@ class Pipeline:
         self.genres: tuple[str, ...] = ()
         self.runner: WindowRunner | None = None
         self.publisher: Publisher | None = None
+        self.outputs: Outputs | None = None
         self.latest: dict[str, GenreMessage] = {}
         self._sequence = Sequencer()
         self._workers: list[threading.Thread] = []
@@ -241,6 +243,9 @@ class Pipeline:
         self.runner.warmup()
         if self.publish:
             self.publisher = Publisher(cfg.feed)
+        if cfg.outputs:
+            self.outputs = Outputs(cfg.outputs)
+            self.outputs.start()
         for spec in cfg.streams:
             on_progress(f"opening {spec.id}")
             source = open_source(spec)
@@ -279,6 +284,8 @@ class Pipeline:
             worker.join(max(0.0, deadline - time.monotonic()))
         if self.publisher is not None:
             self.publisher.close()
+        if self.outputs is not None:
+            self.outputs.close(max(0.0, deadline - time.monotonic()))
         if self.runner is not None:
             self.runner.close()
         log.info("pipeline_stopped")
@@ -306,6 +313,8 @@ class Pipeline:
             self.latest[message.stream] = message
         if self.publisher is not None:
             self.publisher.publish(message)
+        if self.outputs is not None:
+            self.outputs.offer(message)
         if self.view_messages is not None:
             try:
                 self.view_messages.put_nowait(message)
@@ -356,5 +365,6 @@ class Pipeline:
             model=self.card.name,
             engine=self.runner.info.name,
             final=final,
+            outputs=self.outputs.health() if self.outputs else None,
         )
 

@@ -120,6 +120,7 @@ class StatusMessage(_Message):
     model: str
     engine: str
     final: bool
+    outputs: list[tuple[str, str, int, int, int]] | None = None  # docs/feed.md: status
 
 
 Message = GenreMessage | ChangeMessage | StatusMessage
