@@ -10,7 +10,7 @@ import time
 
 import pytest
 from e2e_helpers import assert_one_line_error, free_tcp_port, run_cli
-from feed_helpers import change_message, genre_message
+from feed_helpers import assert_round_trips, change_message, genre_message, status_message
 from outputs_helpers import Mosquitto, MqttListener
 
 from streamclf.config import OutputConfig, config_with_overrides, default_config, parse_config
@@ -79,6 +79,11 @@ class TestOutputsConfig:
         with pytest.raises(ConfigError, match=r"output 'mqtt' \(kind = \"mqtt\"\) needs the Python "
                                               r"package paho-mqtt: pip install 'streamclf\[outputs\]'"):
             make_sink(OutputConfig(kind="mqtt"))
+
+
+def test_status_with_outputs_health_round_trips():
+    """The status field that reports the outputs decodes like every other field."""
+    assert_round_trips(status_message(outputs=[["mqtt", "retrying", 3, 2, 0]]))
 
 
 class TestSinkHelpers:
