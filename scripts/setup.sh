@@ -13,9 +13,9 @@ for pkg in "${APT_PACKAGES[@]}"; do
 done
 # systemd-analyze (used by the unit-file tests) comes with the systemd package.
 if [[ ",$extras," == *",dev,"* ]] && ! command -v systemd-analyze >/dev/null; then missing+=(systemd); fi
-# The outputs' tests run the real receiving programs: an MQTT broker and Liquidsoap.
+# The chain tests run the real programs: an MQTT broker, Liquidsoap, an Icecast server.
 if [[ ",$extras," == *",dev,"* ]]; then
-  for pkg in mosquitto liquidsoap; do
+  for pkg in mosquitto liquidsoap icecast2; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
   done
 fi

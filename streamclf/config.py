@@ -39,7 +39,7 @@ OUTPUT_DEFAULT_PORTS = {"mqtt": 1883, "osc": 9000, "liquidsoap": 1234, "rds": 0}
 SOURCE_KEYS = {  # the keys that only mean something for one kind of source
     "device": ("device",),
     "file": ("path", "loop", "realtime"),
-    "url": ("url",),
+    "url": ("url", "track_titles"),
     "stdin": ("stdin_format", "stdin_rate", "stdin_channels"),
 }
 
@@ -101,6 +101,7 @@ class StreamConfig:
     loop: bool = False
     realtime: bool = True
     url: str = ""
+    track_titles: bool = True  # url over http(s): tracks from the stream's ICY titles
     stdin_format: Literal["s16le", "f32le"] = "s16le"
     stdin_rate: int = 44100
     stdin_channels: int = 2

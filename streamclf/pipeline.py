@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
+from streamclf.audio.icy import IcyTitleWatcher, is_http_url
 from streamclf.audio.resample import Resampler
 from streamclf.audio.ring import RingBuffer
 from streamclf.audio.sources import open_source
@@ -27,10 +28,17 @@ from streamclf.config import Config
 from streamclf.features.framer import LogMelFramer, Window
 from streamclf.features.mel import SAMPLE_RATE_HZ, WINDOW_FRAMES, frames_for_seconds
 from streamclf.feed.publisher import Publisher
-from streamclf.feed.schema import ChangeMessage, GenreMessage, Sequencer, StatusMessage
+from streamclf.feed.schema import (
+    ChangeMessage,
+    GenreMessage,
+    Sequencer,
+    StatusMessage,
+    TrackMessage,
+)
 from streamclf.models.card import ModelCard, genre_vocabulary, load_model_card
 from streamclf.outputs import Outputs
 from streamclf.smoothing import Smoother
+from streamclf.tracks import TrackSegmenter, TrackSummary
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +92,8 @@ class Stream:
     smoother: Smoother
     finished: threading.Event = field(default_factory=threading.Event)
     engine_failures: int = 0
+    titles: IcyTitleWatcher | None = None  # http(s) url streams: the ICY title of the track
+    tracks: TrackSegmenter | None = None
 
 
 class StreamWorker(threading.Thread):
@@ -187,7 +197,11 @@ class EngineWorker(threading.Thread):
         for row, (stream, window) in enumerate(batch):
             self.engine_latency.add(per_window_ms)
             probs = outputs["tags"][row]
+            if stream.titles is not None:
+                p.follow_titles(stream, window)
             state = stream.smoother.update(probs, window.t_end_s, window.level_dbfs)
+            if stream.tracks is not None:
+                stream.tracks.push(probs[p.genre_index], silence=state.silence)
             message = p.genre_message(stream, window, probs, state)
             p.emit(message)
             if state.changed:
@@ -217,6 +231,7 @@ class Pipeline:
         self.streams: list[Stream] = []
         self.card: ModelCard | None = None
         self.genres: tuple[str, ...] = ()
+        self.genre_index: np.ndarray = np.zeros(0, dtype=np.intp)  # labels index of each genre
         self.runner: WindowRunner | None = None
         self.publisher: Publisher | None = None
         self.outputs: Outputs | None = None
@@ -232,6 +247,7 @@ class Pipeline:
         cfg = self.config
         self.card = load_model_card(cfg.engine.model)
         self.genres = genre_vocabulary(self.card, cfg.engine.genres)
+        self.genre_index = np.array([self.card.labels.index(g) for g in self.genres], dtype=np.intp)
         hop_frames = frames_for_seconds(cfg.framing.hop_s)
         on_progress("loading engine")
         self.runner = load_runner(self.card, cfg.engine.kind, incremental=cfg.engine.incremental,
@@ -259,6 +275,9 @@ class Pipeline:
                 windows=WindowQueue(cfg.framing.queue_windows, self.ready),
                 smoother=Smoother(cfg.smoothing, labels=self.card.labels, genres=self.genres),
             ))
+            if spec.source == "url" and spec.track_titles and is_http_url(spec.url):
+                self.streams[-1].titles = IcyTitleWatcher(spec.url)
+                self.streams[-1].tracks = TrackSegmenter(self.genres)
         self._engine_worker = EngineWorker(self)
         self._workers = [self._engine_worker]
         for stream in self.streams:
@@ -268,6 +287,8 @@ class Pipeline:
             worker.start()
         for stream in self.streams:
             stream.source.start(stream.ring)
+            if stream.titles is not None:
+                stream.titles.start()
         log.info("pipeline_started", streams=[s.stream_id for s in self.streams],
                  engine=self.runner.info.name, device=self.runner.info.device, model=self.card.name,
                  endpoint=cfg.feed.endpoint if self.publish else None)
@@ -276,6 +297,8 @@ class Pipeline:
         """Stop sources first (no new audio), then the workers; the engine worker sends a final status."""
         for stream in self.streams:
             stream.source.stop()
+            if stream.titles is not None:
+                stream.titles.stop()
         self.stop_event.set()
         with self.ready:
             self.ready.notify_all()
@@ -304,6 +327,28 @@ class Pipeline:
 
     def last_heartbeat(self) -> float:
         return self._engine_worker.heartbeat if self._engine_worker else time.monotonic()
+
+    # -- tracks -----------------------------------------------------------------------------
+    def follow_titles(self, stream: Stream, window: Window) -> None:
+        """Cut the stream's track at each title that arrived before this window's audio did.
+
+        The title's arrival (monotonic) becomes stream time through the window's own arrival, so
+        the boundary falls where the audio was when the title came; the smoother starts afresh.
+        """
+        for arrived, title in stream.titles.take_before(window.arrival):
+            t_s = max(window.t_start_s, window.t_end_s - (window.arrival - arrived))
+            closed = stream.tracks.boundary(t_s, title)
+            if closed is not None:
+                self.emit(self.track_end_message(stream, closed))
+            self.emit(TrackMessage(stream=stream.stream_id, event="start", wall=time.time(),
+                                   t=t_s, title=title, source="icy"))
+            stream.smoother.start_track()
+
+    def track_end_message(self, stream: Stream, track: TrackSummary) -> TrackMessage:
+        return TrackMessage(stream=stream.stream_id, event="end", wall=time.time(), t=track.end_s,
+                            title=track.title, source="icy", genre=track.genre,
+                            confidence=track.confidence, duration_s=track.duration_s,
+                            windows=track.windows)
 
     # -- messages ---------------------------------------------------------------------------
     def emit(self, message) -> None:

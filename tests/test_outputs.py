@@ -9,9 +9,9 @@ import sys
 import time
 
 import pytest
+from chain_helpers import Mosquitto, MqttListener
 from e2e_helpers import assert_one_line_error, free_tcp_port, run_cli
 from feed_helpers import assert_round_trips, change_message, genre_message, status_message
-from outputs_helpers import Mosquitto, MqttListener
 
 from streamclf.config import OutputConfig, config_with_overrides, default_config, parse_config
 from streamclf.errors import ConfigError

@@ -8,9 +8,9 @@ import queue
 import time
 
 import pytest
+from chain_helpers import Liquidsoap, Mosquitto, MqttListener, OscServer
 from e2e_helpers import CLIP, run_cli
 from feed_helpers import LABELS, change_message, genre_message, status_message
-from outputs_helpers import Liquidsoap, Mosquitto, MqttListener, OscServer
 
 from streamclf.config import OutputConfig
 from streamclf.outputs import Outputs

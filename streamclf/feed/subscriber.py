@@ -28,6 +28,7 @@ from streamclf.feed.schema import (
     Message,
     MessageError,
     StatusMessage,
+    TrackMessage,
     decode_frames,
 )
 
@@ -166,6 +167,11 @@ def format_message(message: Message) -> str:
     if isinstance(message, ChangeMessage):
         return (f"{head} change {message.previous or '-'} -> {message.genre} "
                 f"({message.confidence:.2f}) at {message.t1:.1f} s")
+    if isinstance(message, TrackMessage):
+        if message.event == "start":
+            return f"{head} track start at {message.t:.1f} s: {message.title or '(no title)'}"
+        return (f"{head} track end at {message.t:.1f} s: {message.title or '(no title)'}, "
+                f"{message.genre} ({message.confidence:.2f}), {message.duration_s:.0f} s")
     assert isinstance(message, StatusMessage)
     final = " final" if message.final else ""
     return (f"{head} status {message.device_state}{final} up {message.uptime_s:.0f} s, "

@@ -6,7 +6,8 @@ Topics under `topic_prefix` (default `streamclf`), payloads the JSON of the feed
 - `<prefix>/<stream>/state`, **retained**: the latest genre message, so a subscriber that comes
   late (a dashboard, Home Assistant) gets the current genre at once;
 - `<prefix>/<stream>/change`: a change of the published genre, not retained (an event);
-- `<prefix>/<stream>/status`: the periodic health message, not retained.
+- `<prefix>/<stream>/status`: the periodic health message, not retained;
+- `<prefix>/<stream>/track`: a track started or ended, not retained.
 """
 
 from __future__ import annotations
@@ -16,12 +17,19 @@ import os
 import threading
 
 from streamclf.config import OutputConfig
-from streamclf.feed.schema import ChangeMessage, GenreMessage, Message, StatusMessage
+from streamclf.feed.schema import (
+    ChangeMessage,
+    GenreMessage,
+    Message,
+    StatusMessage,
+    TrackMessage,
+)
 from streamclf.outputs.worker import CONNECT_TIMEOUT_S, import_library
 
 KEEPALIVE_S = 30
 SUBTOPICS = {GenreMessage: ("state", True), ChangeMessage: ("change", False),
-             StatusMessage: ("status", False)}  # kind → (subtopic, retained)
+             StatusMessage: ("status", False),
+             TrackMessage: ("track", False)}  # kind → (subtopic, retained)
 
 
 class MqttDeliveryError(ConnectionError):

@@ -1,17 +1,22 @@
-"""The real receiving programs of the outputs' tests: Mosquitto, Liquidsoap, an OSC server.
+"""The real programs of a station's chain for the tests: Mosquitto, Liquidsoap, an OSC
+server, Icecast with a real source client.
 
 Each is started on a free loopback port with a config written here, and stopped by its own pid.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import queue
 import shutil
 import socket
 import subprocess
 import threading
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -173,4 +178,77 @@ class Liquidsoap:
         pytest.fail(f"Liquidsoap recorded {lines} within {timeout_s} s, expected {count} lines")
 
     def stop(self) -> None:
+        stop(self.proc)
+
+
+ICECAST_XML = """\
+<icecast>
+  <limits><sources>2</sources><burst-size>0</burst-size></limits>
+  <authentication>
+    <source-password>{password}</source-password>
+    <admin-user>admin</admin-user>
+    <admin-password>{password}</admin-password>
+  </authentication>
+  <hostname>127.0.0.1</hostname>
+  <listen-socket><port>{port}</port><bind-address>127.0.0.1</bind-address></listen-socket>
+  <fileserve>0</fileserve>
+  <paths><logdir>{logdir}</logdir><webroot>/usr/share/icecast2/web</webroot>
+    <adminroot>/usr/share/icecast2/admin</adminroot></paths>
+  <logging><accesslog>-</accesslog><errorlog>-</errorlog><loglevel>3</loglevel></logging>
+  <security><chroot>0</chroot>{owner}</security>
+</icecast>
+"""
+
+
+class Icecast:
+    """Debian's icecast2 on loopback, fed `audio` in a loop by ffmpeg as a real MP3 source client
+    on mount /live; `set_title` changes the title the way source clients do for MP3 (the admin
+    metadata request)."""
+
+    PASSWORD = "streamclf-test"
+
+    def __init__(self, tmp: Path, audio: Path) -> None:
+        binary = shutil.which("icecast2")
+        if binary is None:
+            pytest.fail("icecast2 is not installed (scripts/setup.sh dev installs it)")
+        self.port = free_tcp_port()
+        tmp.chmod(0o777)  # icecast drops root for its own user and writes its logs here
+        owner = ("<changeowner><user>icecast2</user><group>icecast</group></changeowner>"
+                 if os.geteuid() == 0 else "")
+        conf = tmp / "icecast.xml"
+        conf.write_text(ICECAST_XML.format(password=self.PASSWORD, port=self.port, logdir=tmp,
+                                           owner=owner))
+        log = tmp / "icecast.log"
+        self.proc = start([binary, "-c", str(conf)], log)
+        wait_for_port(self.port, self.proc, log, 10)
+        self.url = f"http://127.0.0.1:{self.port}/live"
+        source = (f"icecast://source:{self.PASSWORD}@127.0.0.1:{self.port}/live")
+        self.source = start(["ffmpeg", "-hide_banner", "-loglevel", "error", "-re",
+                             "-stream_loop", "-1", "-i", str(audio), "-c:a", "libmp3lame",
+                             "-b:a", "128k", "-content_type", "audio/mpeg", "-f", "mp3", source],
+                            tmp / "source.log")
+        self._wait_for_mount(tmp / "source.log")
+
+    def _wait_for_mount(self, log: Path, timeout_s: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.source.poll() is not None:
+                pytest.fail(f"the ffmpeg source client exited: {log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        pytest.fail(f"no stream on {self.url} within {timeout_s} s")
+
+    def set_title(self, title: str) -> None:
+        query = urllib.parse.urlencode({"mount": "/live", "mode": "updinfo", "song": title})
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/admin/metadata?{query}")
+        token = base64.b64encode(f"admin:{self.PASSWORD}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert b"Metadata update successful" in response.read()
+
+    def stop(self) -> None:
+        stop(self.source)
         stop(self.proc)
