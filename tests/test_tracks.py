@@ -17,6 +17,7 @@ from e2e_helpers import CLIP, streamclf_cmd
 from feed_helpers import assert_round_trips
 
 from streamclf.audio.icy import IcyDemuxer, IcyTitleWatcher, is_http_url, stream_title
+from streamclf.boundaries import BoundaryDetector, novelty_curve, pick_peaks
 from streamclf.config import SmoothingConfig
 from streamclf.feed.schema import TrackMessage
 from streamclf.smoothing import SILENCE, Smoother
@@ -101,6 +102,47 @@ def test_a_new_track_is_not_dragged_by_the_old_ones_genre():
         state = smoother.update(jazz, 120.0, -20.0)
         results[new_track] = (state.genre, state.changed, state.previous, smoother.windows)
     assert results == {False: ("rock", False, "rock", 120), True: ("jazz", True, "rock", 120)}
+
+
+class TestBoundaryDetector:
+    """Novelty between the embeddings before and after a point; streaming equals offline."""
+
+    @staticmethod
+    def segments(rng, seconds: list[int], d: int = 16) -> np.ndarray:
+        """Embeddings of 3 s windows on a 1 s hop over tracks of the given lengths: each second a
+        noisy point around its track's random centre, each window the mean of its 3 seconds (so
+        the windows across a boundary are mixtures, as with real audio)."""
+        per_second = np.concatenate([rng.normal(size=d) + 0.3 * rng.normal(size=(n, d))
+                                     for n in seconds])
+        return (per_second[:-2] + per_second[1:-1] + per_second[2:]) / 3
+
+    def test_novelty_peaks_where_the_segments_change(self, rng):
+        features = self.segments(rng, [30, 25, 40])
+        novelty = novelty_curve(features, context=4)
+        # the tracks change at 30 s and 55 s: window 27 (27-30 s) is the last of the first track
+        # and window 30 the first of the second; window 52 ends the second
+        assert pick_peaks(novelty, threshold=0.3, radius=4).tolist() == [27, 52]
+        assert np.isnan(novelty[:3]).all() and np.isnan(novelty[-6:]).all()
+        assert not np.isnan(novelty[3:-6]).any()
+
+    @pytest.mark.parametrize(("context", "radius"), [(1, 1), (4, 4), (6, 2), (3, 8)])
+    def test_streaming_equals_offline(self, rng, context, radius):
+        features = self.segments(rng, [12, 30, 7, 25, 40])
+        ends = np.arange(len(features)) + 3.0
+        offline = pick_peaks(novelty_curve(features, context=context), threshold=0.2,
+                             radius=radius)
+        decidable = offline[offline < len(features) - 3 - context - radius + 1]
+        detector = BoundaryDetector(context=context, threshold=0.2, radius=radius)
+        streamed, delays = [], []
+        for k, (feature, end) in enumerate(zip(features, ends, strict=True)):
+            for t in detector.push(feature, end):
+                streamed.append(t)
+                delays.append(k - int(t - 3.0))
+        assert streamed == ends[decidable].tolist()
+        assert set(delays) <= {detector.delay_windows}
+        detector.reset()
+        assert [t for f, e in zip(features[:10], ends[:10], strict=True)
+                for t in detector.push(f, e)] == []
 
 
 @pytest.fixture(scope="module")
