@@ -465,7 +465,8 @@ def _check_output(o: OutputConfig, where: str) -> None:
     _require(o.qos in (0, 1, 2), f"{where}.qos", f"must be 0, 1 or 2, got {o.qos}")
     _require(bool(o.topic_prefix) and not o.topic_prefix.endswith("/")
              and not set("#+") & set(o.topic_prefix), f"{where}.topic_prefix",
-             f"a non-empty MQTT topic without a trailing / or wildcards, got {_show(o.topic_prefix)}")
+             f"a non-empty MQTT topic without a trailing / or wildcards, "
+             f"got {_show(o.topic_prefix)}")
     _require(o.address_prefix.startswith("/") and not o.address_prefix.endswith("/")
              and " " not in o.address_prefix, f"{where}.address_prefix",
              f"an OSC address like \"/streamclf\", got {_show(o.address_prefix)}")
@@ -490,7 +491,8 @@ def _check_config(cfg: Config) -> None:
     names: dict[str, int] = {}
     for i, o in enumerate(cfg.outputs):
         _require(o.name not in names, f"outputs[{i}].id",
-                 f"duplicate output {o.name!r} (also outputs[{names.get(o.name)}]): give each an id")
+                 f"duplicate output {o.name!r} (also outputs[{names.get(o.name)}]): "
+                 "give each an id")
         names[o.name] = i
         for stream_id in o.streams:
             _require(stream_id in seen, f"outputs[{i}].streams",

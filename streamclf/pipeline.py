@@ -352,7 +352,8 @@ class Pipeline:
 
     # -- messages ---------------------------------------------------------------------------
     def emit(self, message) -> None:
-        """Number it, publish it on the feed (never blocks), hand it to the live view."""
+        """Number it, publish it on the feed, offer it to the outputs and the live view; none
+        of them waits."""
         message = self._sequence.stamp(message)
         if isinstance(message, GenreMessage):
             self.latest[message.stream] = message

@@ -47,7 +47,8 @@ class TestOutputsConfig:
         assert config_with_overrides(cfg, hop_s=0.5).outputs == cfg.outputs
 
     @pytest.mark.parametrize(("toml", "error"), [
-        ('[[outputs]]\nkind = "fm"', 'outputs[0].kind: expected "mqtt" | "osc" | "liquidsoap" | "rds"'),
+        ('[[outputs]]\nkind = "fm"',
+         'outputs[0].kind: expected "mqtt" | "osc" | "liquidsoap" | "rds"'),
         ('[[outputs]]\nknd = "mqtt"', "outputs[0].knd: unknown key (did you mean 'kind'?)"),
         ('[outputs]\nkind = "mqtt"', "outputs: expected an array of tables ([[outputs]])"),
         ('[[outputs]]\nkind = "osc"\nqos = 1', 'outputs[0].qos: only applies to kind = "mqtt"'),
@@ -76,8 +77,9 @@ class TestOutputsConfig:
 
     def test_a_missing_client_library_is_a_config_error(self, monkeypatch):
         monkeypatch.setitem(sys.modules, "paho.mqtt.client", None)  # what an absent package does
-        with pytest.raises(ConfigError, match=r"output 'mqtt' \(kind = \"mqtt\"\) needs the Python "
-                                              r"package paho-mqtt: pip install 'streamclf\[outputs\]'"):
+        expected = (r"output 'mqtt' \(kind = \"mqtt\"\) needs the Python package paho-mqtt: "
+                    r"pip install 'streamclf\[outputs\]'")
+        with pytest.raises(ConfigError, match=expected):
             make_sink(OutputConfig(kind="mqtt"))
 
 

@@ -117,7 +117,8 @@ class IcyTitleWatcher(threading.Thread):
     def _follow(self) -> bool:
         """Read one connection until it ends; False when the server sends no ICY metadata."""
         parts = urllib.parse.urlsplit(self.url)
-        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        https = parts.scheme == "https"
+        kind = http.client.HTTPSConnection if https else http.client.HTTPConnection
         self._connection = kind(parts.netloc, timeout=CONNECT_TIMEOUT_S)
         try:
             path = parts.path or "/"

@@ -1,9 +1,9 @@
 """Outputs: feed consumers that speak the protocols of a station's chain (docs/outputs.md).
 
 Each configured `[[outputs]]` table becomes one `OutputWorker` (its own thread and bounded queue)
-around one sink module (`mqtt`, `osc`, `liquidsoap`, `rds`). The pipeline offers every feed message to
-`Outputs.offer`, which never waits; the client libraries are imported only for the kinds
-configured, so the daemon needs them only when it uses them.
+around one sink module (`mqtt`, `osc`, `liquidsoap`, `rds`). The pipeline offers every feed
+message to `Outputs.offer`, which never waits; the client libraries are imported only for the
+kinds configured, so the daemon needs them only when it uses them.
 """
 
 from __future__ import annotations
