@@ -3,6 +3,7 @@ titles from a real Icecast fed by a real source client, and `listen` cutting a l
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import queue
 import signal
@@ -13,7 +14,7 @@ import time
 import numpy as np
 import pytest
 from chain_helpers import Icecast
-from e2e_helpers import CLIP, streamclf_cmd
+from e2e_helpers import CLIP, REPO, streamclf_cmd
 from feed_helpers import assert_round_trips
 
 from streamclf.audio.icy import IcyDemuxer, IcyTitleWatcher, is_http_url, stream_title
@@ -213,3 +214,16 @@ def test_listen_cuts_a_live_stream_into_tracks(icecast):
     assert end["genre"] in genres and 0 < end["confidence"] <= 1
     assert end["duration_s"] == pytest.approx(end["t"] - start["t"])
     assert end["t"] > 8 and abs(end["windows"] - len(windows)) <= 1
+
+
+def test_boundary_scoring_matches_each_true_boundary_once():
+    """tools/track_boundaries.py's F-measure: ±3 s, one hit per true boundary, delay from it."""
+    spec = importlib.util.spec_from_file_location("track_boundaries",
+                                                  REPO / "tools" / "track_boundaries.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    truth = np.array([30.0, 60.0, 90.0])
+    found = np.array([28.0, 29.5, 64.0, 91.0])  # 28 and 29.5 both near 30: one hit; 64 misses
+    precision, recall, f, delays = tool.score(found, found + 10.0, truth)
+    assert (precision, recall) == (0.5, 2 / 3) and f == pytest.approx(4 / 7)
+    assert delays == [8.0, 11.0]
