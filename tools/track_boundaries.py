@@ -41,7 +41,7 @@ TOLERANCE_S = 3.0
 CROSSFADE_S = 3.0
 GAP_S = 2.0
 JOINS = ("cut", "crossfade", "gap")
-THRESHOLDS = np.round(np.arange(0.02, 0.40, 0.01), 3)
+THRESHOLDS = np.round(np.arange(0.05, 0.80, 0.01), 3)
 
 
 def clips(split: str, seed: int) -> list[Path]:
