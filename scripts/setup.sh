@@ -18,6 +18,12 @@ done
 if [[ ",$extras," == *",dev,"* ]] && ! command -v systemd-analyze >/dev/null; then missing+=(systemd); fi
 # A real Prometheus server and promtool for the /metrics tests (tests/test_metrics.py).
 if [[ ",$extras," == *",dev,"* ]] && ! command -v promtool >/dev/null; then missing+=(prometheus); fi
+# The chain tests run the real programs: an MQTT broker, Liquidsoap, an Icecast server.
+if [[ ",$extras," == *",dev,"* ]]; then
+  for pkg in mosquitto liquidsoap icecast2; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+fi
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     echo "setup: installing apt packages: ${missing[*]}"

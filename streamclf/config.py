@@ -1,12 +1,11 @@
 """One config tree: TOML read once into frozen dataclasses, validated on load.
 
 Every stage gets only its own section (`cfg.engine`, `cfg.framing`, `cfg.smoothing`, `cfg.feed`,
-`cfg.streams`, `cfg.service`, `cfg.loudness`, `cfg.alarms`, `cfg.metrics`). Any problem is a
-`ConfigError` whose one-line message names the key (`streams[1].device: expected an integer
-index or a name, got 3.5`); unknown keys are errors too, with a did-you-mean. The same
+`cfg.streams`, `cfg.service`, `cfg.loudness`, `cfg.alarms`, `cfg.metrics`, `cfg.outputs`). Any
+problem is a `ConfigError` whose one-line message names the key (`streams[1].device: expected an
+integer index or a name, got 3.5`); unknown keys are errors too, with a did-you-mean. The same
 validation runs for the file, for `default_config()` and for the command-line overrides, so a
-value that passes one passes all. Options are documented in docs/config.md and, with their
-defaults, in configs/default.toml.
+value that passes one passes all. Options are documented in docs/config.md and, with their defaults, in configs/default.toml.
 """
 
 from __future__ import annotations
@@ -31,10 +30,17 @@ WINDOW_TOLERANCE_S = 0.01
 MIN_HOP_S = 256 / 16000  # one STFT frame
 STREAM_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ENDPOINT_PATTERN = re.compile(r"(tcp://.+:[0-9*]+|ipc://.+)")
+OUTPUT_KEYS = {  # the keys that only mean something for one kind of output
+    "mqtt": ("topic_prefix", "qos"),
+    "osc": ("address_prefix",),
+    "liquidsoap": ("socket_path", "source_id"),
+    "rds": ("pipe_path", "pty_table"),
+}
+OUTPUT_DEFAULT_PORTS = {"mqtt": 1883, "osc": 9000, "liquidsoap": 1234, "rds": 0}
 SOURCE_KEYS = {  # the keys that only mean something for one kind of source
     "device": ("device",),
     "file": ("path", "loop", "realtime"),
-    "url": ("url",),
+    "url": ("url", "track_titles"),
     "stdin": ("stdin_format", "stdin_rate", "stdin_channels"),
 }
 
@@ -122,10 +128,40 @@ class StreamConfig:
     loop: bool = False
     realtime: bool = True
     url: str = ""
+    track_titles: bool = True  # url over http(s): tracks from the stream's ICY titles
     stdin_format: Literal["s16le", "f32le"] = "s16le"
     stdin_rate: int = 44100
     stdin_channels: int = 2
     ring_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """One feed consumer that speaks a station's protocol (docs/outputs.md)."""
+
+    kind: Literal["mqtt", "osc", "liquidsoap", "rds"] = "mqtt"
+    id: str = ""  # "" = the kind; names the output in logs and status messages
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 = the kind's usual port (OUTPUT_DEFAULT_PORTS)
+    streams: tuple[str, ...] = ()  # the stream ids it follows; () = all
+    queue_messages: int = 1000  # messages held while the target is slow or down; oldest dropped
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 30.0
+    topic_prefix: str = "streamclf"
+    qos: int = 0
+    address_prefix: str = "/streamclf"
+    socket_path: str = ""  # liquidsoap: its server.socket path; "" = telnet on host:port
+    source_id: str = "streamclf"  # liquidsoap: the id of its server.insert_metadata
+    pipe_path: str = ""  # rds: the encoder's control pipe (FIFO)
+    pty_table: Literal["rds", "rbds"] = "rds"  # rds: Europe's PTY codes or North America's
+
+    @property
+    def name(self) -> str:
+        return self.id or self.kind
+
+    @property
+    def target_port(self) -> int:
+        return self.port or OUTPUT_DEFAULT_PORTS[self.kind]
 
 
 @dataclass(frozen=True)
@@ -146,6 +182,7 @@ class Config:
     loudness: LoudnessConfig = field(default_factory=LoudnessConfig)
     alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    outputs: tuple[OutputConfig, ...] = ()
 
 
 # -- public entry points ----------------------------------------------------------------------
@@ -195,7 +232,7 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
     _check_keys(raw, Config, "")
     hints = typing.get_type_hints(Config)
     sections = {name: _section(raw.get(name, {}), hint, name)
-                for name, hint in hints.items() if name != "streams"}
+                for name, hint in hints.items() if name not in ("streams", "outputs")}
     streams_raw = raw.get("streams", [{}])
     if not isinstance(streams_raw, list):
         msg = f"streams: expected an array of tables ([[streams]]), got {_show(streams_raw)}"
@@ -204,7 +241,12 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
         msg = "streams: at least one stream is needed"
         raise ConfigError(msg)
     streams = tuple(_section(s, StreamConfig, f"streams[{i}]") for i, s in enumerate(streams_raw))
-    cfg = Config(streams=streams, **sections)
+    outputs_raw = raw.get("outputs", [])
+    if not isinstance(outputs_raw, list):
+        msg = f"outputs: expected an array of tables ([[outputs]]), got {_show(outputs_raw)}"
+        raise ConfigError(msg)
+    outputs = tuple(_section(o, OutputConfig, f"outputs[{i}]") for i, o in enumerate(outputs_raw))
+    cfg = Config(streams=streams, outputs=outputs, **sections)
     _check_config(cfg)
     return cfg
 
@@ -483,12 +525,52 @@ def _check_stream(s: StreamConfig, where: str) -> None:
                                        f"this stream's source is \"{s.source}\"")
 
 
+def _check_output(o: OutputConfig, where: str) -> None:
+    _require(not o.id or bool(STREAM_ID_PATTERN.fullmatch(o.id)), f"{where}.id",
+             f"must be 1-64 characters of A-Z a-z 0-9 _ -, got {_show(o.id)}")
+    _require(bool(o.host), f"{where}.host", "must not be empty")
+    _require(0 <= o.port <= 65535, f"{where}.port", f"must be 0 (the kind's usual)..65535, "
+                                                    f"got {o.port}")
+    _require(1 <= o.queue_messages <= 100_000, f"{where}.queue_messages",
+             f"must be 1..100000, got {o.queue_messages}")
+    _require(0.01 <= o.retry_initial_s <= o.retry_max_s <= 3600, f"{where}.retry_max_s",
+             f"need 0.01 <= retry_initial_s ({o.retry_initial_s}) <= retry_max_s "
+             f"({o.retry_max_s}) <= 3600 s")
+    _require(o.qos in (0, 1, 2), f"{where}.qos", f"must be 0, 1 or 2, got {o.qos}")
+    _require(bool(o.topic_prefix) and not o.topic_prefix.endswith("/")
+             and not set("#+") & set(o.topic_prefix), f"{where}.topic_prefix",
+             f"a non-empty MQTT topic without a trailing / or wildcards, "
+             f"got {_show(o.topic_prefix)}")
+    _require(o.address_prefix.startswith("/") and not o.address_prefix.endswith("/")
+             and " " not in o.address_prefix, f"{where}.address_prefix",
+             f"an OSC address like \"/streamclf\", got {_show(o.address_prefix)}")
+    _require(bool(re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", o.source_id)), f"{where}.source_id",
+             f"the id of a Liquidsoap server.insert_metadata, got {_show(o.source_id)}")
+    _require(o.kind != "rds" or bool(o.pipe_path), f"{where}.pipe_path",
+             "is required for kind = \"rds\"")
+    defaults = OutputConfig()
+    for kind, keys in OUTPUT_KEYS.items():
+        for key in keys:
+            _require(kind == o.kind or getattr(o, key) == getattr(defaults, key),
+                     f"{where}.{key}", f"only applies to kind = \"{kind}\", "
+                                       f"this output's kind is \"{o.kind}\"")
+
+
 def _check_config(cfg: Config) -> None:
     seen: dict[str, int] = {}
     for i, s in enumerate(cfg.streams):
         _require(s.id not in seen, f"streams[{i}].id",
                  f"duplicate stream id {s.id!r} (also streams[{seen.get(s.id)}])")
         seen[s.id] = i
+    names: dict[str, int] = {}
+    for i, o in enumerate(cfg.outputs):
+        _require(o.name not in names, f"outputs[{i}].id",
+                 f"duplicate output {o.name!r} (also outputs[{names.get(o.name)}]): "
+                 "give each an id")
+        names[o.name] = i
+        for stream_id in o.streams:
+            _require(stream_id in seen, f"outputs[{i}].streams",
+                     f"no stream {stream_id!r}; streams are {', '.join(seen)}")
 
 
 _SECTION_CHECKS: dict[type, Callable[[Any, str], None]] = {
@@ -500,12 +582,14 @@ _SECTION_CHECKS: dict[type, Callable[[Any, str], None]] = {
     StreamConfig: _check_stream,
     AlarmsConfig: _check_alarms,
     MetricsConfig: _check_metrics,
+    OutputConfig: _check_output,
 }
 
 
 def _to_raw(obj: Any) -> Any:
     """The TOML-shaped mapping of a config object (inverse of `config_from_dict`)."""
     raw = dataclasses.asdict(obj)
-    if "streams" in raw:
-        raw["streams"] = list(raw["streams"])
+    for key in ("streams", "outputs"):
+        if key in raw:
+            raw[key] = list(raw[key])
     return raw

@@ -20,6 +20,7 @@ import numpy as np
 import structlog
 
 from streamclf.alarms import AlarmEvent, HealthAlarms, LevelStage
+from streamclf.audio.icy import IcyTitleWatcher, is_http_url
 from streamclf.audio.resample import Resampler
 from streamclf.audio.ring import RingBuffer
 from streamclf.audio.sources import open_source
@@ -34,11 +35,14 @@ from streamclf.feed.schema import (
     GenreMessage,
     Sequencer,
     StatusMessage,
+    TrackMessage,
 )
 from streamclf.loudness import LoudnessMeter
 from streamclf.metrics import MetricsServer
 from streamclf.models.card import ModelCard, genre_vocabulary, load_model_card
+from streamclf.outputs import Outputs
 from streamclf.smoothing import Smoother
+from streamclf.tracks import TrackSegmenter, TrackSummary
 
 log = structlog.get_logger(__name__)
 
@@ -115,6 +119,8 @@ class Stream:
     # Level alarms from the stream worker, waiting for the engine worker to publish them (a
     # deque: append and popleft are thread-safe).
     alarm_events: collections.deque[AlarmEvent] = field(default_factory=collections.deque)
+    titles: IcyTitleWatcher | None = None  # http(s) url streams: the ICY title of the track
+    tracks: TrackSegmenter | None = None
 
 
 class StreamWorker(threading.Thread):
@@ -224,10 +230,14 @@ class EngineWorker(threading.Thread):
         for row, (stream, window) in enumerate(batch):
             self.engine_latency.add(per_window_ms)
             probs = outputs["tags"][row]
+            if stream.titles is not None:
+                p.follow_titles(stream, window)
             state = stream.smoother.update(probs, window.t_end_s, window.level_dbfs)
             stream.smoothed = state.smoothed
             if p.metrics is not None:
                 p.metrics.observe_inference(stream.stream_id, per_window_ms / 1000.0)
+            if stream.tracks is not None:
+                stream.tracks.push(probs[p.genre_index], silence=state.silence)
             message = p.genre_message(stream, window, probs, state)
             p.emit(message)
             if state.changed:
@@ -257,9 +267,11 @@ class Pipeline:
         self.streams: list[Stream] = []
         self.card: ModelCard | None = None
         self.genres: tuple[str, ...] = ()
+        self.genre_index: np.ndarray = np.zeros(0, dtype=np.intp)  # labels index of each genre
         self.runner: WindowRunner | None = None
         self.publisher: Publisher | None = None
         self.metrics: MetricsServer | None = None
+        self.outputs: Outputs | None = None
         self.latest: dict[str, GenreMessage] = {}
         self._sequence = Sequencer()
         self._workers: list[threading.Thread] = []
@@ -272,6 +284,7 @@ class Pipeline:
         cfg = self.config
         self.card = load_model_card(cfg.engine.model)
         self.genres = genre_vocabulary(self.card, cfg.engine.genres)
+        self.genre_index = np.array([self.card.labels.index(g) for g in self.genres], dtype=np.intp)
         hop_frames = frames_for_seconds(cfg.framing.hop_s)
         on_progress("loading engine")
         self.runner = load_runner(self.card, cfg.engine.kind, incremental=cfg.engine.incremental,
@@ -285,6 +298,9 @@ class Pipeline:
             self.publisher = Publisher(cfg.feed)
         if cfg.metrics.enabled:
             self.metrics = MetricsServer(self, cfg.metrics)
+        if cfg.outputs:
+            self.outputs = Outputs(cfg.outputs)
+            self.outputs.start()
         for spec in cfg.streams:
             on_progress(f"opening {spec.id}")
             source = open_source(spec)
@@ -301,6 +317,9 @@ class Pipeline:
                 levels=LevelStage(LoudnessMeter(source.sample_rate, source.channels), cfg.alarms)
                 if cfg.loudness.enabled else None,
             ))
+            if spec.source == "url" and spec.track_titles and is_http_url(spec.url):
+                self.streams[-1].titles = IcyTitleWatcher(spec.url)
+                self.streams[-1].tracks = TrackSegmenter(self.genres)
         self._engine_worker = EngineWorker(self)
         self._workers = [self._engine_worker]
         for stream in self.streams:
@@ -310,6 +329,8 @@ class Pipeline:
             worker.start()
         for stream in self.streams:
             stream.source.start(stream.ring)
+            if stream.titles is not None:
+                stream.titles.start()
         log.info("pipeline_started", streams=[s.stream_id for s in self.streams],
                  engine=self.runner.info.name, device=self.runner.info.device, model=self.card.name,
                  endpoint=cfg.feed.endpoint if self.publish else None,
@@ -319,6 +340,8 @@ class Pipeline:
         """Stop sources first (no new audio), then the workers; the engine worker sends a final status."""
         for stream in self.streams:
             stream.source.stop()
+            if stream.titles is not None:
+                stream.titles.stop()
         self.stop_event.set()
         with self.ready:
             self.ready.notify_all()
@@ -329,6 +352,8 @@ class Pipeline:
             self.publisher.close()
         if self.metrics is not None:
             self.metrics.close()
+        if self.outputs is not None:
+            self.outputs.close(max(0.0, deadline - time.monotonic()))
         if self.runner is not None:
             self.runner.close()
         log.info("pipeline_stopped")
@@ -363,14 +388,39 @@ class Pipeline:
             return ", ".join(f"{s.stream_id}: {part}" for s, part in zip(live, stuck, strict=True))
         return None
 
+    # -- tracks -----------------------------------------------------------------------------
+    def follow_titles(self, stream: Stream, window: Window) -> None:
+        """Cut the stream's track at each title that arrived before this window's audio did.
+
+        The title's arrival (monotonic) becomes stream time through the window's own arrival, so
+        the boundary falls where the audio was when the title came; the smoother starts afresh.
+        """
+        for arrived, title in stream.titles.take_before(window.arrival):
+            t_s = max(window.t_start_s, window.t_end_s - (window.arrival - arrived))
+            closed = stream.tracks.boundary(t_s, title)
+            if closed is not None:
+                self.emit(self.track_end_message(stream, closed))
+            self.emit(TrackMessage(stream=stream.stream_id, event="start", wall=time.time(),
+                                   t=t_s, title=title, source="icy"))
+            stream.smoother.start_track()
+
+    def track_end_message(self, stream: Stream, track: TrackSummary) -> TrackMessage:
+        return TrackMessage(stream=stream.stream_id, event="end", wall=time.time(), t=track.end_s,
+                            title=track.title, source="icy", genre=track.genre,
+                            confidence=track.confidence, duration_s=track.duration_s,
+                            windows=track.windows)
+
     # -- messages ---------------------------------------------------------------------------
     def emit(self, message) -> None:
-        """Number it, publish it on the feed (never blocks), hand it to the live view."""
+        """Number it, publish it on the feed, offer it to the outputs and the live view; none
+        of them waits."""
         message = self._sequence.stamp(message)
         if isinstance(message, GenreMessage):
             self.latest[message.stream] = message
         if self.publisher is not None:
             self.publisher.publish(message)
+        if self.outputs is not None:
+            self.outputs.offer(message)
         if self.view_messages is not None:
             try:
                 self.view_messages.put_nowait(message)
@@ -446,6 +496,7 @@ class Pipeline:
             integrated_lufs=loudness.integrated_lufs if loudness else None,
             loudness_range_lu=loudness.range_lu if loudness else None,
             true_peak_dbtp=loudness.true_peak_dbtp if loudness else None,
+            outputs=self.outputs.health() if self.outputs else None,
         )
 
 

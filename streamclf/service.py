@@ -171,10 +171,11 @@ class Runner:
         except StreamclfError as exc:
             log.error("reload_failed", error=str(exc), keeping="the running config")
         else:
-            if new.streams != self.config.streams or new.engine != self.config.engine:
+            if (new.streams, new.engine, new.outputs) != (self.config.streams, self.config.engine,
+                                                           self.config.outputs):
                 log.warning("reload_partial",
-                            detail="streams and engine changes need a restart; smoothing and feed "
-                                   "options were applied")
+                            detail="streams, engine and outputs changes need a restart; smoothing "
+                                   "and feed options were applied")
             self.pipeline.reload(new)
             self.config = new
         self.notifier.ready(status="reloaded")

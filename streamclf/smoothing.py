@@ -111,6 +111,12 @@ class Smoother:
         self._hysteresis.reset()
         self.windows = 0
 
+    def start_track(self) -> None:
+        """A new track: forget the average and the held genre, so the old track's genre does not
+        drag the new one's; the window count and the genre published last stay."""
+        self._average = None
+        self._hysteresis.reset()
+
     def update(self, probs: np.ndarray, t_end_s: float, level_dbfs: float) -> SmoothingState:
         """One window's tag probabilities [n_tags], its end in stream seconds, and its level."""
         instant = np.asarray(probs, dtype=np.float32)

@@ -127,6 +127,7 @@ class StatusMessage(_Message):
     integrated_lufs: float | None = None
     loudness_range_lu: float | None = None
     true_peak_dbtp: float | None = None
+    outputs: list[tuple[str, str, int, int, int]] | None = None  # docs/feed.md: status
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,9 +143,25 @@ class AlarmMessage(_Message):
     detail: str
 
 
-Message = GenreMessage | ChangeMessage | StatusMessage | AlarmMessage
+@dataclass(frozen=True, kw_only=True)
+class TrackMessage(_Message):
+    """A track of a stream started or ended (topic `track.<stream>`); docs/feed.md."""
+
+    KIND: ClassVar[str] = "track"
+    event: str  # "start" or "end"
+    wall: float
+    t: float  # stream time of the boundary, s
+    title: str  # "" when the source gives none
+    source: str  # what found the boundary: "icy" (the stream's own metadata)
+    genre: str | None = None  # end only: the track's genre over its windows
+    confidence: float | None = None
+    duration_s: float | None = None
+    windows: int | None = None
+
+
+Message = GenreMessage | ChangeMessage | StatusMessage | AlarmMessage | TrackMessage
 KINDS: dict[str, type[_Message]] = {
-    m.KIND: m for m in (GenreMessage, ChangeMessage, StatusMessage, AlarmMessage)}
+    m.KIND: m for m in (GenreMessage, ChangeMessage, StatusMessage, AlarmMessage, TrackMessage)}
 _HINTS = {cls: typing.get_type_hints(cls) for cls in KINDS.values()}
 # Field names once per kind: `dataclasses.fields()` builds a new tuple on every call, and those
 # tuples filled CPython's tuple free list, ~1 MiB of the daemon's early memory growth.
