@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,13 +15,16 @@ from streamclf.train.fused import FusedMusicnn
 from streamclf.train.select import (
     MUSICNN,
     HeadSpec,
+    Result,
     Windows,
     aggregate,
+    beats,
     cross_validate,
     fit_head,
     fixed_fusion,
     head,
     head_from_calibration,
+    main,
     softmax,
     unknown_threshold,
 )
@@ -27,6 +32,7 @@ from streamclf.train.select import (
 TRACKS_PER_FAMILY = 6
 WINDOWS_PER_TRACK = 8
 CLASSES = ("rock", "classical", "jazz")
+GENRES = Path(__file__).resolve().parent.parent / "datasets" / "genres"
 
 
 def synthetic(rng: np.random.Generator) -> tuple[Windows, list[Track]]:
@@ -56,6 +62,8 @@ class TestHeads:
     def test_strong_pull_keeps_the_map(self, rng):
         windows, _ = synthetic(rng)
         rows = np.arange(len(windows.truth))
+        fixed = fit_head(HeadSpec(MUSICNN, fixed=True), windows, rows, strength=0.0)
+        assert set(fixed.weight.ravel()) == {0.0, 1.0} and (fixed.bias == 0).all()
         fitted = fit_head(HeadSpec(MUSICNN, "tags"), windows, rows, strength=1e4)
         assert np.abs(fitted.residual_weight).max() < 1e-2
         loose = fit_head(HeadSpec(MUSICNN, "tags"), windows, rows, strength=1e-3)
@@ -132,3 +140,24 @@ class TestDecisions:
         assert unknown_threshold(probs, truth, genres) == pytest.approx(0.15)  # 2 of the top 3
         truth = np.array([1, 1, 0, 0])  # and the likelier 1s are wrong: nothing reaches 2 in 3
         assert unknown_threshold(probs, truth, genres) == 0.9
+
+    def test_beating_needs_the_mean_and_more_folds_won_than_lost(self):
+        today = Result("today", window_f1=[0.2, 0.2, 0.2])
+        assert not beats(Result("lucky", window_f1=[0.9, 0.1, 0.1]), today)  # mean up, 1 of 3
+        assert beats(Result("steady", window_f1=[0.3, 0.3, 0.1]), today)
+        assert not beats(Result("same", window_f1=[0.2, 0.2, 0.2]), today)
+
+
+class TestCommand:
+    """Bad input ends in one line, not a traceback."""
+
+    @pytest.mark.parametrize(("argv", "needle"), [
+        (["/nonexistent/set"], "cannot read dataset manifest"),
+        ([str(GENRES), "--k", "40"], "cannot fill 40 folds"),
+    ])
+    def test_one_line_errors(self, capsys, argv, needle):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1

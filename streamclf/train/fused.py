@@ -71,18 +71,13 @@ class FusedMusicnn(nn.Module):
         z = (self.weight_mtt * self._logit_scores(mtt_tags, self.map_mtt)
              + self.weight_msd * self._logit_scores(msd_tags, self.map_msd) + self.bias)
         if self.residual_input is not None:
-            x = (torch.cat([self._logit(mtt_tags), self._logit(msd_tags)], dim=1)
-                 if self.residual_input == "tags" else embedding)
+            x = torch.cat([mtt_tags, msd_tags], dim=1) if self.residual_input == "tags" else embedding
             z = z + ((x - self.residual_mean) / self.residual_scale) @ self.residual_weight.T
         return torch.softmax(z, dim=1), embedding
 
-    @classmethod
-    def _logit_scores(cls, tags: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
-        return cls._logit((tags.unsqueeze(1) * mapping.unsqueeze(0)).amax(dim=2))
-
     @staticmethod
-    def _logit(p: torch.Tensor) -> torch.Tensor:
-        p = p.clamp(PROB_EPS, 1 - PROB_EPS)
+    def _logit_scores(tags: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
+        p = (tags.unsqueeze(1) * mapping.unsqueeze(0)).amax(dim=2).clamp(PROB_EPS, 1 - PROB_EPS)
         return torch.log(p) - torch.log1p(-p)
 
 
