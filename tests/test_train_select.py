@@ -161,3 +161,30 @@ class TestCommand:
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("residual_input", ["tags", "embedding"])
+def test_split_graphs_carry_the_residual_head(rng, residual_input):
+    """The incremental path's window part computes the same head as the full fused model."""
+    from streamclf.backends.torch import load_torch_from_onnx
+    from streamclf.features.framer import logmel_windows_for_file
+    from streamclf.models.card import ENGINES_DIR
+    from streamclf.train.split import FrameNet, FusedWindowNet
+
+    parts = [load_torch_from_onnx(ENGINES_DIR / f"{n}.onnx") for n in MUSICNN]
+    dim = 100 if residual_input == "tags" else 400
+    residual = {"input": residual_input, "weight": rng.normal(0, 1, (len(FAMILIES), dim)),
+                "mean": rng.random(dim), "scale": 0.1 + rng.random(dim)}
+    half, zeros = np.full(len(FAMILIES), 0.5), np.zeros(len(FAMILIES))  # a map that does not saturate
+    fused = FusedMusicnn(*parts, weight_mtt=half, weight_msd=half, bias=zeros,
+                         residual=residual).eval()
+    plain = FusedMusicnn(*parts, weight_mtt=half, weight_msd=half, bias=zeros).eval()
+    clip = Path(__file__).resolve().parent.parent / "streamclf" / "data" / "clip.ogg"
+    logmel = torch.as_tensor(np.stack([w.frames for w in logmel_windows_for_file(clip)[:2]]))
+    with torch.no_grad():
+        core = FrameNet(parts)(logmel)  # the whole window as context: its 181 core frames
+        got = FusedWindowNet(fused)(logmel, core)[0]
+        want = fused(logmel)[0]
+        without = plain(logmel)[0]
+    assert float((got - want).abs().max()) <= 1e-5
+    assert float((want - without).abs().max()) > 1e-2  # the residual really is in the graph

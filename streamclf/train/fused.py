@@ -9,6 +9,9 @@ Calibration (docs/model-quality.md): per family, z = a·logit(MTT score) + b·lo
 over the zero-shot family scores, softmax over the families; a, b, c are fitted (class-balanced
 log-loss, light L2) on the `calib` split of the genre set only. A family with no calib clips
 keeps the mean fitted a, b, c; a family a tagger has no tag for gets weight 0 from it.
+A head chosen by `streamclf.train.select` may add a linear correction over the 100 tag
+probabilities or the 400-d embedding (the card's `calibration.residual`); `write_default`
+exports either, and `streamclf.train.split` rebuilds its split graphs from the card.
 
     python -m streamclf.train.fused --dataset datasets/genres --out engines
 """

@@ -413,9 +413,9 @@ def cross_validate(windows: Windows, tracks: Sequence[Track], folds: Sequence[in
 def render(results: Sequence[Result], baseline: str) -> str:
     """Markdown: mean ± sd over folds, and on how many folds a candidate beats `baseline`."""
     base = next(r for r in results if r.name == baseline)
-    lines = ["| candidate | window macro-F1 | window accuracy | track accuracy (mean) | "
-             "track accuracy (log-mean) | track accuracy (vote) | folds > today's |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    header = ("| candidate | window macro-F1 | window accuracy | track accuracy (mean) | "
+              "track accuracy (log-mean) | track accuracy (vote) | folds > today's |")
+    lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in sorted(results, key=lambda r: -np.mean(r.window_f1)):
         wins = sum(a > b for a, b in zip(r.window_f1, base.window_f1, strict=True))
         cells = [r.window_f1, r.window_acc, *r.track_acc.values()]
@@ -554,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{document['calibration']['unknown_threshold']}")
     if args.json:
         args.json.write_text(json.dumps({
-            "dataset": str(args.dataset), "tracks": len(clips), "windows": int(len(windows.truth)),
+            "dataset": str(args.dataset), "tracks": len(clips), "windows": len(windows.truth),
             "k": args.k, "groups_per_family": groups,
             "folds": {t.id: f for t, f in zip(tracks, folds, strict=True)},
             "results": summary}, indent=1) + "\n")
