@@ -35,6 +35,15 @@ CLASSES = ("rock", "classical", "jazz")
 GENRES = Path(__file__).resolve().parent.parent / "datasets" / "genres"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The fits are tiny full-batch problems: a second thread only contends (as in `main`)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def synthetic(rng: np.random.Generator) -> tuple[Windows, list[Track]]:
     """Three families; the map's own tags are noise, but MTT 'piano' (unmapped) marks jazz and
     MSD 'rock' marks rock, so a head that may use every tag can beat the zero-shot map."""
