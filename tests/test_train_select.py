@@ -97,6 +97,24 @@ class TestHeads:
         assert np.mean(fitted.window_f1) > np.mean(fusion.window_f1) + 0.2
         assert len(fitted.window_f1) == 3 and fitted.oof.shape == (len(windows.truth), len(FAMILIES))
 
+    def test_augmented_windows_train_only_the_heads_that_ask_and_never_test(self, rng):
+        windows, tracks = synthetic(rng)
+        n = len(windows.truth)
+        junk = {k: rng.random(v.shape).astype(np.float32) for k, v in windows.tags.items()}
+        grown = Windows(np.concatenate([windows.truth, windows.truth]),
+                        np.concatenate([windows.clip, windows.clip]),
+                        {k: np.concatenate([v, junk[k]]) for k, v in windows.tags.items()},
+                        {k: np.concatenate([v, v]) for k, v in windows.embedding.items()},
+                        augmented=np.arange(2 * n) >= n)
+        folds = group_folds(tracks, k=3)
+        plain = [head("map", HeadSpec(MUSICNN))]
+        asked = [head("map, augmented", HeadSpec(MUSICNN, augmented=True))]
+        without = cross_validate(windows, tracks, folds, plain)[0]
+        ignoring, using = cross_validate(grown, tracks, folds, plain + asked)
+        assert ignoring.window_f1 == without.window_f1
+        assert ignoring.track_acc == without.track_acc
+        assert using.window_f1 != without.window_f1  # the junk copies did train it
+
     @pytest.mark.parametrize("residual", ["tags", "embedding"])
     def test_graph_head_equals_the_numpy_head(self, rng, residual):
         windows, _ = synthetic(rng)

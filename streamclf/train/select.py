@@ -48,6 +48,7 @@ from streamclf.errors import StreamclfError
 from streamclf.evaluate import Clip, confusion_matrix, load_manifest, macro_f1
 from streamclf.models.card import dataset_of, load_model_card
 from streamclf.models.taxonomy import FAMILIES, family_scores, logit, vocabulary_matrix
+from streamclf.train.augment import AugmentConfig, draw
 from streamclf.train.features import EmbeddingCache
 from streamclf.train.folds import Track, family_groups, group_folds, link_groups
 
@@ -69,12 +70,14 @@ TARGET_PRECISION = 2 / 3  # the unknown threshold: smallest at which 2 published
 
 @dataclass(frozen=True)
 class Windows:
-    """Per window: true family, owning clip, and each tagger's tags and embedding."""
+    """Per window: true family, owning clip, and each tagger's tags and embedding; windows of
+    augmented copies of a clip are marked (they may train, never test)."""
 
     truth: np.ndarray  # int [N] index into FAMILIES
     clip: np.ndarray  # int [N] index into the clips
     tags: dict[str, np.ndarray]  # tagger → float32 [N, 50]
     embedding: dict[str, np.ndarray]  # tagger → float32 [N, D]
+    augmented: np.ndarray | None = None  # bool [N]; None: no augmented copies
     _family_logits: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def family_logits(self, tagger: str) -> np.ndarray:
@@ -86,19 +89,30 @@ class Windows:
         return self._family_logits[tagger]
 
 
-def extract(clips: Sequence[Clip], taggers: Sequence[str], *, cache_dir: Path | None) -> Windows:
-    """Every tagger over every clip's non-overlapping 3 s windows (cached on disk)."""
+def extract(clips: Sequence[Clip], taggers: Sequence[str], *, cache_dir: Path | None,
+            copies: int = 0) -> Windows:
+    """Every tagger over every clip's non-overlapping 3 s windows (cached on disk), and over
+    `copies` augmented copies of each clip (gain, shift, noise, speed: streamclf.train.augment)."""
+    rng = np.random.default_rng(0)
+    jobs = [(i, None) for i in range(len(clips))]
+    jobs += [(i, draw(rng, AugmentConfig())) for i in range(len(clips)) for _ in range(copies)]
     tags, embedding = {}, {}
     for name in taggers:
         card = load_model_card(name)
         cache = EmbeddingCache(card, load_engine(card, "onnxruntime", max_batch=16), root=cache_dir)
-        outputs = cache.get_many([(c.path, None) for c in clips], description=name)
+        outputs = cache.get_many([(clips[i].path, aug) for i, aug in jobs], description=name)
         tags[name] = np.concatenate([o.tags for o in outputs])
         embedding[name] = np.concatenate([o.embedding for o in outputs])
         counts = [len(o.tags) for o in outputs]
-    truth = np.repeat([FAMILIES.index(c.label) for c in clips], counts)
-    return Windows(truth=truth, clip=np.repeat(np.arange(len(clips)), counts), tags=tags,
-                   embedding=embedding)
+    owner = np.repeat([i for i, _ in jobs], counts)
+    return Windows(truth=np.array([FAMILIES.index(clips[i].label) for i in owner]), clip=owner,
+                   tags=tags, embedding=embedding,
+                   augmented=np.repeat([aug is not None for _, aug in jobs], counts))
+
+
+def clean(windows: Windows, rows: np.ndarray) -> np.ndarray:
+    """The rows of original (not augmented) windows."""
+    return rows if windows.augmented is None else rows[~windows.augmented[rows]]
 
 
 # -- the heads --------------------------------------------------------------------------------
@@ -112,6 +126,7 @@ class HeadSpec:
     residual: str | None = None  # None, "tags" or "embedding"
     prior: bool = True  # False: a free logistic head on the residual features alone
     fixed: bool = False  # True: the zero-shot fusion itself (a = 1, c = 0), nothing fitted
+    augmented: bool = False  # also train on the augmented copies of the training clips
     balanced: bool = True
     smoothing: float = 0.0
 
@@ -237,7 +252,7 @@ def choose_strength(spec: HeadSpec, windows: Windows, tracks: Sequence[Track],
     for strength in LAMBDAS:
         f1s = []
         for fold in range(k):
-            fit_rows, test_rows = rows[fold_of_row != fold], rows[fold_of_row == fold]
+            fit_rows, test_rows = rows[fold_of_row != fold], clean(windows, rows[fold_of_row == fold])
             head = fit_head(spec, windows, fit_rows, strength=strength)
             pred = decide_among(softmax(head.logits(windows, test_rows)), head.trained_families)
             f1s.append(macro_f1(confusion_matrix(truth=windows.truth[test_rows], pred=pred,
@@ -292,6 +307,8 @@ def todays_calibration() -> Candidate:
 
 def head(name: str, spec: HeadSpec) -> Candidate:
     def fit(windows, tracks, rows):
+        if spec.augmented and windows.augmented is not None:  # every copy of the training clips
+            rows = np.flatnonzero(np.isin(windows.clip, windows.clip[rows]))
         strength = choose_strength(spec, windows, tracks, rows)
         fitted = fit_head(spec, windows, rows, strength=strength)
         return lambda test: softmax(fitted.logits(windows, test))
@@ -309,7 +326,7 @@ def ensemble(name: str, parts: Sequence[Candidate]) -> Candidate:
                      parts=tuple(p.name for p in parts))
 
 
-def candidates(*, vgg: bool) -> list[Candidate]:
+def candidates(*, vgg: bool, augmented: bool = False) -> list[Candidate]:
     tags_head = head("tags head → map", HeadSpec(MUSICNN, "tags"))
     emb_head = head("embedding head → map", HeadSpec(MUSICNN, "embedding"))
     found = [
@@ -322,6 +339,10 @@ def candidates(*, vgg: bool) -> list[Candidate]:
         ensemble("ensemble: zero-shot fusion + tags head", [fixed_fusion(MUSICNN), tags_head]),
         ensemble("ensemble: tags head + embedding head", [tags_head, emb_head]),
     ]
+    if augmented:
+        found += [head("tags head → map, augmented", HeadSpec(MUSICNN, "tags", augmented=True)),
+                  head("embedding head → map, augmented",
+                       HeadSpec(MUSICNN, "embedding", augmented=True))]
     if vgg:
         both = MUSICNN + VGG
         found += [zero_shot("MTT_vgg"), zero_shot("MSD_vgg"), fixed_fusion(both),
@@ -383,8 +404,8 @@ def cross_validate(windows: Windows, tracks: Sequence[Track], folds: Sequence[in
     with progress:
         task = progress.add_task("cv", total=k * len(chosen))
         for fold in range(k):
-            train_rows = np.flatnonzero(fold_of_row != fold)
-            test_rows = np.flatnonzero(fold_of_row == fold)
+            train_rows = clean(windows, np.flatnonzero(fold_of_row != fold))
+            test_rows = clean(windows, np.flatnonzero(fold_of_row == fold))
             allowed = np.bincount(windows.truth[train_rows], minlength=len(FAMILIES)) > 0
             truth = windows.truth[test_rows]
             fitted = {}
@@ -461,14 +482,17 @@ def ship(result: Result, spec: HeadSpec, windows: Windows, tracks: Sequence[Trac
     from streamclf.train.split import split_models
 
     rows = np.arange(len(windows.truth))
+    if not spec.augmented:
+        rows = clean(windows, rows)
     strength = choose_strength(spec, windows, tracks, rows)
     fitted = fit_head(spec, windows, rows, strength=strength)
     groups = family_groups(tracks)
-    f1 = per_family_f1(result.oof, windows.truth)
+    measured = clean(windows, np.arange(len(windows.truth)))
+    f1 = per_family_f1(result.oof[measured], windows.truth[measured])
     validated = [f for f in FAMILIES if groups.get(f, 0) >= MIN_FAMILY_GROUPS
                  and f1.get(f, 0.0) >= MIN_FAMILY_F1]
     genre_mask = np.array([f in validated for f in FAMILIES])
-    threshold = unknown_threshold(result.oof, windows.truth, genre_mask)
+    threshold = unknown_threshold(result.oof[measured], windows.truth[measured], genre_mask)
 
     def rounded(values: np.ndarray) -> np.ndarray:
         return np.round(np.asarray(values, np.float64), 6).astype(np.float32)
@@ -515,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dataset", type=Path, help="folder with manifest.csv (path,label,artist,package,…)")
     parser.add_argument("--k", type=int, default=5, help="folds (default 5)")
     parser.add_argument("--vgg", action="store_true", help="also the VGG pair (slower)")
+    parser.add_argument("--augment", type=int, default=0, metavar="N",
+                        help="also heads trained on N augmented copies of each training clip")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="tagger outputs cache (default ~/.cache/streamclf/embeddings)")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
@@ -526,15 +552,16 @@ def main(argv: list[str] | None = None) -> int:
         clips = load_manifest(args.dataset)
         tracks = tracks_of(clips)
         folds = group_folds(tracks, k=args.k)
-        chosen = candidates(vgg=args.vgg)
+        chosen = candidates(vgg=args.vgg, augmented=args.augment > 0)
         taggers = tuple(dict.fromkeys(t for c in chosen for t in c.taggers))
-        windows = extract(clips, taggers, cache_dir=args.cache_dir)
+        windows = extract(clips, taggers, cache_dir=args.cache_dir, copies=args.augment)
     except (StreamclfError, ValueError) as exc:
         parser.exit(2, f"streamclf: {exc}\n")
     torch.set_num_threads(1)  # small full-batch fits: threads only contend on a shared machine
     results = cross_validate(windows, tracks, folds, chosen)
     groups = family_groups(tracks)
-    print(f"{args.dataset}: {len(clips)} tracks, {len(windows.truth)} windows, "
+    print(f"{args.dataset}: {len(clips)} tracks, "
+          f"{len(clean(windows, np.arange(len(windows.truth))))} windows, "
           f"{len(set(folds))} folds; independent groups per family: "
           + ", ".join(f"{f} {n}" for f, n in groups.items()) + "\n")
     print(render(results, "today's fused calibration"))
@@ -554,7 +581,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{document['calibration']['unknown_threshold']}")
     if args.json:
         args.json.write_text(json.dumps({
-            "dataset": str(args.dataset), "tracks": len(clips), "windows": len(windows.truth),
+            "dataset": str(args.dataset), "tracks": len(clips),
+            "windows": len(clean(windows, np.arange(len(windows.truth)))),
             "k": args.k, "groups_per_family": groups,
             "folds": {t.id: f for t, f in zip(tracks, folds, strict=True)},
             "results": summary}, indent=1) + "\n")
