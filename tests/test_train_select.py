@@ -95,7 +95,8 @@ class TestHeads:
                                  [fixed_fusion(MUSICNN), head("h", HeadSpec(MUSICNN, "tags"))])
         fusion, fitted = results
         assert np.mean(fitted.window_f1) > np.mean(fusion.window_f1) + 0.2
-        assert len(fitted.window_f1) == 3 and fitted.oof.shape == (len(windows.truth), len(FAMILIES))
+        assert len(fitted.window_f1) == 3
+        assert fitted.oof.shape == (len(windows.truth), len(FAMILIES))
 
     def test_augmented_windows_train_only_the_heads_that_ask_and_never_test(self, rng):
         windows, tracks = synthetic(rng)
@@ -120,7 +121,8 @@ class TestHeads:
         windows, _ = synthetic(rng)
         rows = np.arange(len(windows.truth))
         fitted = fit_head(HeadSpec(MUSICNN, residual), windows, rows, strength=1e-2)
-        calibration = {"weight_mtt": fitted.weight[0].tolist(), "weight_msd": fitted.weight[1].tolist(),
+        calibration = {"weight_mtt": fitted.weight[0].tolist(),
+                       "weight_msd": fitted.weight[1].tolist(),
                        "bias": fitted.bias.tolist(), "residual": {
                            "input": residual, "weight": fitted.residual_weight.tolist(),
                            "mean": fitted.mean.tolist(), "scale": fitted.scale.tolist()}}
@@ -202,7 +204,7 @@ def test_split_graphs_carry_the_residual_head(rng, residual_input):
     dim = 100 if residual_input == "tags" else 400
     residual = {"input": residual_input, "weight": rng.normal(0, 1, (len(FAMILIES), dim)),
                 "mean": rng.random(dim), "scale": 0.1 + rng.random(dim)}
-    half, zeros = np.full(len(FAMILIES), 0.5), np.zeros(len(FAMILIES))  # a map that does not saturate
+    half, zeros = np.full(len(FAMILIES), 0.5), np.zeros(len(FAMILIES))  # does not saturate
     fused = FusedMusicnn(*parts, weight_mtt=half, weight_msd=half, bias=zeros,
                          residual=residual).eval()
     plain = FusedMusicnn(*parts, weight_mtt=half, weight_msd=half, bias=zeros).eval()

@@ -76,7 +76,8 @@ def group_folds(tracks: Sequence[Track], *, k: int) -> list[int]:
         msg = f"{len(members)} independent groups (by package and artist) cannot fill {k} folds"
         raise ValueError(msg)
     totals = Counter(t.family for t in tracks)
-    order = sorted(members.values(), key=lambda m: (-len(m), _stable_key([tracks[i].id for i in m])))
+    order = sorted(members.values(),
+                   key=lambda m: (-len(m), _stable_key([tracks[i].id for i in m])))
     fold_counts = [Counter() for _ in range(k)]
     fold_sizes = [0] * k
     fold_of_group: dict[int, int] = {}

@@ -74,7 +74,8 @@ class FusedMusicnn(nn.Module):
         z = (self.weight_mtt * self._logit_scores(mtt_tags, self.map_mtt)
              + self.weight_msd * self._logit_scores(msd_tags, self.map_msd) + self.bias)
         if self.residual_input is not None:
-            x = torch.cat([mtt_tags, msd_tags], dim=1) if self.residual_input == "tags" else embedding
+            tags = torch.cat([mtt_tags, msd_tags], dim=1)
+            x = tags if self.residual_input == "tags" else embedding
             z = z + ((x - self.residual_mean) / self.residual_scale) @ self.residual_weight.T
         return torch.softmax(z, dim=1), embedding
 
@@ -130,7 +131,8 @@ def export_fused(model: nn.Module, path: Path) -> None:
 
 
 def fused_card(*, onnx_path: Path, calibration: dict, engines: Path, trained_on: str,
-               builder: str, genres: Sequence[str] = FAMILIES, validation: dict | None = None) -> dict:
+               builder: str, genres: Sequence[str] = FAMILIES,
+               validation: dict | None = None) -> dict:
     """The model card: the single models' input spec and licence, the families as labels, the
     families it may publish as genres (`validation` says how they were chosen)."""
     parts = {n: json.loads((engines / f"{n}.json").read_text()) for n in ("MTT_musicnn", "MSD_musicnn")}

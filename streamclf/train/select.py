@@ -1,6 +1,7 @@
 """Choose the default genre head by group cross-validation on unseen packages and artists.
 
-    python -m streamclf.train.select DATASET [--k 5] [--vgg] [--json OUT] [--ship ENGINES]
+    python -m streamclf.train.select DATASET [--k 5] [--vgg] [--augment N] [--json OUT]
+                                     [--ship ENGINES]
 
 The taggers' outputs (50 MTT + 50 MSD tags and the 200-d penultimate embeddings of each,
 optionally the VGG pair's) are computed once per clip with the real ONNX models and cached
@@ -16,8 +17,8 @@ with x the taggers' tag probabilities or embeddings.
 - the zero-shot taggers alone (MTT, MSD) and their zero-shot fusion (a = 1, c = 0, no V);
 - today's fused calibration (`streamclf.train.fused.fit_calibration`: a, c fitted, no V);
 - heads pulled toward the tag→family map: start at the zero-shot fusion and pay
-  λ·|V|² + 0.01·(|a − 1|² + |c|²) for leaving it, x = the taggers' tag logits or embeddings;
-  λ is chosen inside the training folds (an inner group k-fold), never on the held-out fold;
+  λ·(|a − 1|² + |c|² + |V|²) for leaving it; λ is chosen inside the training folds (an inner
+  group k-fold), never on the held-out fold; optionally also trained on augmented copies;
 - a free logistic head on the embeddings (no map), and ensembles (mean of probabilities).
 
 Each fit minimises the class-balanced log-loss over the families present in its training
@@ -62,7 +63,7 @@ AGGREGATES = ("mean", "logmean", "vote")
 TODAY = "today's fused calibration"
 MIN_FAMILY_F1 = 0.5  # out-of-fold window F1 a family needs to be published as a genre
 MIN_FAMILY_GROUPS = 2  # independent groups a family needs to be measured on unseen music at all
-TARGET_PRECISION = 2 / 3  # the unknown threshold: smallest at which 2 published genres in 3 are right
+TARGET_PRECISION = 2 / 3  # unknown threshold: the smallest with 2 published genres in 3 right
 
 
 # -- the windows of a dataset, with every tagger's outputs --------------------------------------
@@ -149,7 +150,8 @@ class FittedHead:
         for t, name in enumerate(self.spec.taggers):
             z += self.weight[t] * windows.family_logits(name)[rows]
         if self.residual_weight is not None:
-            z += ((residual_features(windows, self.spec, rows) - self.mean) / self.scale) @ self.residual_weight.T
+            x = (residual_features(windows, self.spec, rows) - self.mean) / self.scale
+            z += x @ self.residual_weight.T
         return z
 
 
@@ -203,7 +205,8 @@ def fit_head(spec: HeadSpec, windows: Windows, rows: np.ndarray, *, strength: fl
         x = residual_features(windows, spec, rows).astype(np.float64)
         mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
         xs = torch.as_tensor((x - mean) / scale)
-        params.append(torch.zeros(len(FAMILIES), x.shape[1], dtype=torch.float64, requires_grad=True))
+        correction = torch.zeros(len(FAMILIES), x.shape[1], dtype=torch.float64)
+        params.append(correction.requires_grad_(True))
     trainable = [p for p in params if p.requires_grad]
     optimiser = torch.optim.LBFGS(trainable, max_iter=100, line_search_fn="strong_wolfe")
     target = torch.full((len(rows), n_present), spec.smoothing / n_present, dtype=torch.float64)
@@ -252,7 +255,8 @@ def choose_strength(spec: HeadSpec, windows: Windows, tracks: Sequence[Track],
     for strength in LAMBDAS:
         f1s = []
         for fold in range(k):
-            fit_rows, test_rows = rows[fold_of_row != fold], clean(windows, rows[fold_of_row == fold])
+            fit_rows = rows[fold_of_row != fold]
+            test_rows = clean(windows, rows[fold_of_row == fold])
             head = fit_head(spec, windows, fit_rows, strength=strength)
             pred = decide_among(softmax(head.logits(windows, test_rows)), head.trained_families)
             f1s.append(macro_f1(confusion_matrix(truth=windows.truth[test_rows], pred=pred,
@@ -282,7 +286,8 @@ class Candidate:
 def zero_shot(tagger: str) -> Candidate:
     def fit(windows, tracks, rows):
         reach = vocabulary_matrix(dataset_of(tagger)).any(1)
-        scores = family_scores(tags=windows.tags[tagger], mapping=vocabulary_matrix(dataset_of(tagger)))
+        mapping = vocabulary_matrix(dataset_of(tagger))
+        scores = family_scores(tags=windows.tags[tagger], mapping=mapping)
         return lambda test: np.where(reach, scores[test], 0.0)
     return Candidate(f"{tagger} zero-shot", fit, (tagger,))
 
@@ -440,8 +445,8 @@ def render(results: Sequence[Result], baseline: str) -> str:
     for r in sorted(results, key=lambda r: -np.mean(r.window_f1)):
         wins = sum(a > b for a, b in zip(r.window_f1, base.window_f1, strict=True))
         cells = [r.window_f1, r.window_acc, *r.track_acc.values()]
-        lines.append(f"| {r.name} | " + " | ".join(
-            f"{np.mean(v):.3f} ± {np.std(v):.3f}" for v in cells) + f" | {wins}/{len(r.window_f1)} |")
+        figures = " | ".join(f"{np.mean(v):.3f} ± {np.std(v):.3f}" for v in cells)
+        lines.append(f"| {r.name} | {figures} | {wins}/{len(r.window_f1)} |")
     return "\n".join(lines)
 
 
@@ -536,7 +541,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m streamclf.train.select",
         description="Compare genre heads by group k-fold cross-validation over packages and "
                     "artists (docs/model-selection.md); optionally ship the winner.")
-    parser.add_argument("dataset", type=Path, help="folder with manifest.csv (path,label,artist,package,…)")
+    parser.add_argument("dataset", type=Path,
+                        help="folder with manifest.csv (path,label,artist,package,…)")
     parser.add_argument("--k", type=int, default=5, help="folds (default 5)")
     parser.add_argument("--vgg", action="store_true", help="also the VGG pair (slower)")
     parser.add_argument("--augment", type=int, default=0, metavar="N",
