@@ -151,7 +151,7 @@ def check(tracks: tuple[Track, ...], packages: dict[str, Package]) -> None:
     bad += sorted({i for i in ids if ids.count(i) > 1})
     bad += sorted({t.id for t in tracks if t.split not in ("calib", "test") or not t.artist})
     if bad:
-        msg = f"tracks.csv: reserved, unpinned, repeated or incomplete: {', '.join(bad)}"
+        msg = f"tracks.csv: reserved, unpinned, repeated or incomplete: {', '.join(dict.fromkeys(bad))}"
         raise SystemExit(msg)
 
 
@@ -194,7 +194,11 @@ def main() -> None:
     parser.add_argument("--tracks", type=Path, default=TRACKS_CSV)
     parser.add_argument("--packages", type=Path, default=PACKAGES_CSV)
     args = parser.parse_args()
-    rows = build(args.out, args.work, load_tracks(args.tracks), load_packages(args.packages))
+    try:
+        rows = build(args.out, args.work, load_tracks(args.tracks), load_packages(args.packages))
+    except subprocess.CalledProcessError as exc:
+        msg = f"{' '.join(exc.cmd)}: {exc.stderr.strip().splitlines()[-1] if exc.stderr else exc}"
+        raise SystemExit(msg) from None
     print(f"{len(rows)} clips in {args.out}")
 
 
