@@ -149,8 +149,32 @@ class EngineWorker(threading.Thread):
         self.heartbeat = time.monotonic()
         self.engine_latency = LatencyWindow()
         self._failure_burst = False
+        self._exit_lock = threading.Lock()
+        self._exited = False
+        self._close_on_exit: WindowRunner | None = None
+
+    def close_when_idle(self, runner: WindowRunner) -> bool:
+        """Close `runner` now if this worker never started or has ended, else as it ends:
+        never while an inference call may still be using the engine's buffers."""
+        with self._exit_lock:
+            if self.ident is not None and not self._exited:
+                self._close_on_exit = runner
+                return False
+        runner.close()
+        return True
 
     def run(self) -> None:
+        try:
+            self._work()
+        finally:
+            with self._exit_lock:
+                self._exited = True
+                runner, self._close_on_exit = self._close_on_exit, None
+            if runner is not None:
+                runner.close()
+                log.info("engine_closed_after_stop")
+
+    def _work(self) -> None:
         p = self._p
         next_status = time.monotonic()
         while not p.stop_event.is_set():
@@ -280,7 +304,11 @@ class Pipeline:
         if self.publisher is not None:
             self.publisher.close()
         if self.runner is not None:
-            self.runner.close()
+            worker = self._engine_worker
+            if worker is None:
+                self.runner.close()
+            elif not worker.close_when_idle(self.runner):
+                log.warning("engine_busy_at_stop", detail="closed when its current call returns")
         log.info("pipeline_stopped")
 
     def reload(self, config: Config) -> None:
