@@ -64,7 +64,8 @@ def fake_gpu(make_fake_gpu) -> types.SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def references() -> dict[str, dict[str, np.ndarray]]:
-    return {m: load_engine(card(m), "onnxruntime").infer(music_windows(PARITY_BATCH)) for m in MODELS}
+    windows = music_windows(PARITY_BATCH)
+    return {m: load_engine(card(m), "onnxruntime").infer(windows) for m in MODELS}
 
 
 def assert_all_released(cuda: types.ModuleType) -> None:
