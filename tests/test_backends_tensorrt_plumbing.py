@@ -407,8 +407,8 @@ def test_stop_during_a_slow_inference_closes_the_engine_after_the_call(
     join timeout: the engine is closed by the worker once the call returns, never under it."""
     gpu = make_fake_gpu()
     stream = {"id": "a", "source": "file", "path": str(CLIP), "loop": True, "realtime": False}
-    cfg = write_config(tmp_path, streams=[stream],
-                       engine={"kind": "tensorrt", "plan_cache_dir": str(tmp_path / "plans")})
+    engine = {"kind": "tensorrt", "model": "MSD_musicnn", "plan_cache_dir": str(tmp_path / "p")}
+    cfg = write_config(tmp_path, streams=[stream], engine=engine)
     pipeline = Pipeline(load_config(cfg.path), publish=False)
     pipeline.start()
     gpu.trt.execute_s = 1.0
