@@ -2,12 +2,14 @@
 # The GPU checks of docs/engines.md ("TensorRT"), in one run on a machine with an NVIDIA GPU.
 #
 # Assumes: an NVIDIA driver (nvidia-smi) and python3 >= 3.11. Two ways to get the rest:
-#   online (default): scripts/setup.sh dev,gpu installs everything from PyPI, TensorRT 10
-#     included, and builds pycuda from source, which needs the CUDA toolkit (nvcc, cuda.h).
+#   online (default): scripts/setup.sh dev,gpu installs everything, TensorRT 10 included
+#     (whose libraries pip fetches from NVIDIA's package index), and builds pycuda from
+#     source, which needs the CUDA toolkit (nvcc, cuda.h).
 #   --wheels DIR: offline, no apt, no network. A venv (.venv-gpu) made with
 #     --system-site-packages from python3 reuses the machine's numpy, onnxruntime, onnx and
-#     pytest; every wheel in DIR is installed with pip --no-index (pycuda prebuilt for this
-#     Python, structlog, pytools, …). The project runs from this checkout, not installed.
+#     pytest; each package of a wheel in DIR that the machine lacks is installed from DIR
+#     with pip --no-index (pycuda prebuilt for this Python, structlog, pytools, …). The
+#     project runs from this checkout, not installed.
 # Without TensorRT the TensorRT tests skip with the reason, and the checks that need only CUDA
 # and pycuda still run for real (tests/test_backends_cuda.py: each also runs on the stand-in).
 # Prints one markdown table of results and writes it to gpu-check.md (or --out FILE); with
@@ -21,7 +23,7 @@ while (($#)); do
   case "$1" in
     --wheels) wheels="${2:?--wheels needs a folder}"; shift 2 ;;
     --out) out="${2:?--out needs a file}"; shift 2 ;;
-    -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu-check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -41,7 +43,10 @@ if [[ -n "$wheels" ]]; then
   site_dir="$(.venv-gpu/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   "$base" -c 'import site, sys; sys.prefix != sys.base_prefix and print(*site.getsitepackages(), sep="\n")' \
     > "$site_dir/gpu-check-base.pth"
-  .venv-gpu/bin/python -m pip install -q --no-index --find-links "$wheels" "$wheels"/*.whl
+  # by name, so that what the machine already has (numpy, say) is kept, not shadowed
+  names=()
+  for wheel in "$wheels"/*.whl; do names+=("$(basename "$wheel" | cut -d- -f1)"); done
+  .venv-gpu/bin/python -m pip install -q --no-index --find-links "$wheels" "${names[@]}"
   python=.venv-gpu/bin/python
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else

@@ -184,8 +184,12 @@ class EngineWorker(threading.Thread):
                     p.ready.wait(timeout=min(0.2, max(0.0, next_status - time.monotonic())))
                     batch = [(s, w) for s in p.streams for w in s.windows.take_all()]
             self.heartbeat = time.monotonic()
-            if batch:
-                self._infer_and_publish(batch)
+            # one engine call at a time, so that stop() finds the worker out of the engine soon
+            step = p.runner.max_batch
+            for start in range(0, len(batch), step):
+                if p.stop_event.is_set():
+                    break
+                self._infer_and_publish(batch[start : start + step])
             if time.monotonic() >= next_status:
                 self._publish_status(final=False)
                 next_status = time.monotonic() + p.config.feed.status_interval_s
@@ -296,6 +300,8 @@ class Pipeline:
         for stream in self.streams:
             stream.source.stop()
         self.stop_event.set()
+        if self.runner is not None:
+            self.runner.interrupt()  # the worker's call in progress ends now, not in seconds
         with self.ready:
             self.ready.notify_all()
         deadline = time.monotonic() + timeout_s
