@@ -250,3 +250,47 @@ class TestCudaContext:
         assert freed == [True] and not primary_active(cuda)
         with pytest.raises(EngineError, match="already released"), gpu.current():
             pass
+
+
+@pytest.mark.gpu
+class TestDriverBelowPycuda:
+    """The CUDA driver facts the stand-in's errors come from, read with cuda-python, so they are
+    checked on a GPU even where pycuda is not installed."""
+
+    @pytest.fixture
+    def driver(self) -> tuple[types.ModuleType, object]:
+        try:
+            driver = importlib.import_module("cuda.bindings.driver")
+        except ImportError:
+            pytest.skip("cuda-python (cuda.bindings) is not installed")
+        if driver.cuInit(0)[0] != driver.CUresult.CUDA_SUCCESS:
+            pytest.skip(f"no CUDA driver or device: {driver.cuInit(0)[0].name}")
+        return driver, driver.cuDeviceGet(0)[1]
+
+    def test_a_new_thread_has_no_context(self, driver: tuple) -> None:
+        """pycuda raises these as LogicError('… failed: invalid device context')."""
+        cu, _ = driver
+        calls = {
+            "cuMemAlloc": lambda: cu.cuMemAlloc(1024),
+            "cuStreamCreate": lambda: cu.cuStreamCreate(0),
+            "cuMemHostAlloc": lambda: cu.cuMemHostAlloc(1024, 0),
+            "cuMemGetInfo": cu.cuMemGetInfo,
+        }
+        codes = {name: on_thread(call)[0] for name, call in calls.items()}
+        assert set(codes.values()) == {cu.CUresult.CUDA_ERROR_INVALID_CONTEXT}, codes
+        text = cu.cuGetErrorString(cu.CUresult.CUDA_ERROR_INVALID_CONTEXT)[1]
+        assert text == b"invalid device context"
+
+    def test_the_last_release_resets_the_primary_context(self, driver: tuple) -> None:
+        """Released while current, as CudaContext.release does: inactive from then on (its
+        memory with it), until the next retain brings back the same context."""
+        cu, device = driver
+        _, context = cu.cuDevicePrimaryCtxRetain(device)
+        cu.cuCtxPushCurrent(context)
+        assert cu.cuMemAlloc(1 << 20)[0] == cu.CUresult.CUDA_SUCCESS
+        cu.cuDevicePrimaryCtxRelease(device)
+        assert cu.cuDevicePrimaryCtxGetState(device)[2] == 0
+        cu.cuCtxPopCurrent()  # the release does not pop it
+        _, again = cu.cuDevicePrimaryCtxRetain(device)
+        assert int(again) == int(context) and cu.cuDevicePrimaryCtxGetState(device)[2] == 1
+        cu.cuDevicePrimaryCtxRelease(device)
