@@ -288,15 +288,21 @@ class TensorRTEngine(InfoFields):
         probe = probe_gpu(device)
         if not probe.usable:
             raise EngineError(f"tensorrt unavailable: {probe.problem}")
+        try:
+            import pycuda.driver as cuda
+            import tensorrt as trt
+        except ImportError as exc:
+            raise EngineError(f"tensorrt unavailable: {exc}") from exc
         precision = precision or default_precision(probe.compute_capability)
         key = plan_key(path, probe, precision=precision, max_batch=max_batch)
+        self._cuda = cuda
         self._gpu: CudaContext | None = None
         self._runtime = self._engine = self._context = self._stream = None
         self._host_in = self._device_in = None
         self._host_out: dict[str, np.ndarray] = {}
         self._device_out: dict[str, object] = {}
         try:
-            self._bring_up(path, key, PlanCache(plan_dir or default_plan_dir()), device)
+            self._bring_up(trt, path, key, PlanCache(plan_dir or default_plan_dir()), device)
             self.info = EngineInfo(
                 name="tensorrt",
                 device=f"cuda:{device} {probe.gpu_name} "
@@ -316,12 +322,8 @@ class TensorRTEngine(InfoFields):
                 raise EngineError(msg) from exc
             raise
 
-    def _bring_up(self, path: Path, key: PlanKey, cache: PlanCache, device: int) -> None:
-        import pycuda.driver as cuda
-        import tensorrt as trt
-
-        self._cuda = cuda
-        self._gpu = CudaContext(cuda, device)
+    def _bring_up(self, trt, path: Path, key: PlanKey, cache: PlanCache, device: int) -> None:
+        self._gpu = CudaContext(self._cuda, device)
         with self._gpu.current():
             self._runtime = trt.Runtime(_logger())
             self._engine = self._deserialize(cached_plan(path, key, cache))
