@@ -191,8 +191,32 @@ class EngineWorker(threading.Thread):
         self.heartbeat = time.monotonic()
         self.engine_latency = LatencyWindow()
         self._failure_burst = False
+        self._exit_lock = threading.Lock()
+        self._exited = False
+        self._close_on_exit: WindowRunner | None = None
+
+    def close_when_idle(self, runner: WindowRunner) -> bool:
+        """Close `runner` now if this worker never started or has ended, else as it ends:
+        never while an inference call may still be using the engine's buffers."""
+        with self._exit_lock:
+            if self.ident is not None and not self._exited:
+                self._close_on_exit = runner
+                return False
+        runner.close()
+        return True
 
     def run(self) -> None:
+        try:
+            self._work()
+        finally:
+            with self._exit_lock:
+                self._exited = True
+                runner, self._close_on_exit = self._close_on_exit, None
+            if runner is not None:
+                runner.close()
+                log.info("engine_closed_after_stop")
+
+    def _work(self) -> None:
         p = self._p
         next_status = time.monotonic()
         while not p.stop_event.is_set():
@@ -202,8 +226,12 @@ class EngineWorker(threading.Thread):
                     p.ready.wait(timeout=min(0.2, max(0.0, next_status - time.monotonic())))
                     batch = [(s, w) for s in p.streams for w in s.windows.take_all()]
             self.heartbeat = time.monotonic()
-            if batch:
-                self._infer_and_publish(batch)
+            # one engine call at a time, so that stop() finds the worker out of the engine soon
+            step = p.runner.max_batch
+            for start in range(0, len(batch), step):
+                if p.stop_event.is_set():
+                    break
+                self._infer_and_publish(batch[start : start + step])
             for stream in p.streams:
                 p.publish_alarms(stream)
             if time.monotonic() >= next_status:
@@ -343,6 +371,8 @@ class Pipeline:
             if stream.titles is not None:
                 stream.titles.stop()
         self.stop_event.set()
+        if self.runner is not None:
+            self.runner.interrupt()  # the worker's call in progress ends now, not in seconds
         with self.ready:
             self.ready.notify_all()
         deadline = time.monotonic() + timeout_s
@@ -355,7 +385,11 @@ class Pipeline:
         if self.outputs is not None:
             self.outputs.close(max(0.0, deadline - time.monotonic()))
         if self.runner is not None:
-            self.runner.close()
+            worker = self._engine_worker
+            if worker is None:
+                self.runner.close()
+            elif not worker.close_when_idle(self.runner):
+                log.warning("engine_busy_at_stop", detail="closed when its current call returns")
         log.info("pipeline_stopped")
 
     def reload(self, config: Config) -> None:

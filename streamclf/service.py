@@ -94,7 +94,8 @@ class Runner:
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, self._on_reload)
         try:
-            self.pipeline.start(on_progress=lambda text: self.notifier.status(text))
+            with self.notifier.extended_start():
+                self.pipeline.start(on_progress=lambda text: self.notifier.status(text))
             self._starting = False
         except BaseException:
             self.notifier.stopping()
