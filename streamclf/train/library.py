@@ -193,14 +193,14 @@ def check_library(scan: LibraryScan, *, map_path: Path | None = None) -> None:
         msg = f"{where} holds no audio files ({', '.join(AUDIO_SUFFIXES)})"
         raise ConfigError(msg)
     if len(scan.unreadable) == scan.files:
-        first = _first(scan.unreadable)
-        msg = f"{where}: none of its {scan.files} audio files could be read ({first})"
+        first = _listed(scan.unreadable[:1])
+        msg = f"{where}: none of its {scan.files} audio files could be read: {first}"
         raise ConfigError(msg)
     if not scan.items and not scan.unmapped and not scan.ambiguous:
         msg = f"{where}: none of its {scan.files} audio files has a GENRE tag"
         raise ConfigError(msg)
     if not scan.items and scan.unmapped:
-        msg = f"{where}: no file's genre is in the genre map {map_path}; {_unmapped(scan)}"
+        msg = f"{where}: no file's genre is in the genre map {map_path}; it lacks {_unmapped(scan)}"
         raise ConfigError(msg)
     classes = scan.classes()
     if len(classes) < 2:
@@ -233,36 +233,37 @@ def describe(scan: LibraryScan) -> list[str]:
     ]
     if scan.without_artist:
         lines.append(f"  {scan.without_artist} used files have no ARTIST tag: each is a group")
-    for count, what, first in (
-        (len(scan.unreadable), "unreadable", _first(scan.unreadable)),
-        (len(scan.too_short), f"shorter than {MIN_LENGTH_S:.1f} s", _names(scan.too_short)),
-        (len(scan.untagged), "without a GENRE tag", _names(scan.untagged)),
-        (len(scan.ambiguous), "with genres of several classes", _first(scan.ambiguous)),
-    ):
-        if count:
-            lines.append(f"  skipped {count} {what}: {first}")
+    skipped = (
+        ("unreadable", scan.unreadable),
+        (f"shorter than {MIN_LENGTH_S:.1f} s", scan.too_short),
+        ("without a GENRE tag", scan.untagged),
+        ("with genres of several classes", scan.ambiguous),
+    )
+    for what, files in skipped:
+        if files:
+            lines.append(f"  skipped {len(files)} {what}: {_listed(files)}")
     if scan.unmapped:
-        lines.append(f"  skipped {sum(scan.unmapped.values())} files: {_unmapped(scan)}")
+        count = sum(scan.unmapped.values())
+        lines.append(f"  skipped {count} with a genre the map does not name: {_unmapped(scan)}")
     return lines
 
 
-def _names(paths: list[Path]) -> str:
-    more = f", … {len(paths) - SHOWN} more" if len(paths) > SHOWN else ""
-    return ", ".join(p.name for p in paths[:SHOWN]) + more
-
-
-def _first(pairs: list[tuple[Path, Any]]) -> str:
-    path, why = pairs[0]
-    why = ", ".join(why) if isinstance(why, tuple) else why
-    more = f" (and {len(pairs) - 1} more)" if len(pairs) > 1 else ""
-    return f"{path.name}: {why}{more}"
+def _listed(entries: list) -> str:
+    """The first few files by name, each with its reason where it has one ((path, why) pairs)."""
+    shown = []
+    for entry in entries[:SHOWN]:
+        path, why = entry if isinstance(entry, tuple) else (entry, None)
+        why = ", ".join(why) if isinstance(why, tuple) else why
+        shown.append(f"{path.name} ({why})" if why else path.name)
+    more = f", … {len(entries) - SHOWN} more" if len(entries) > SHOWN else ""
+    return ", ".join(shown) + more
 
 
 def _unmapped(scan: LibraryScan) -> str:
+    """'"Polka" (3 files), …': the genre names the map lacks, most files first."""
     names = scan.unmapped.most_common()
-    shown = ", ".join(f'"{name}" ({n})' for name, n in names[: 4 * SHOWN])
-    more = f", … {len(names) - 4 * SHOWN} more" if len(names) > 4 * SHOWN else ""
-    return f"genres not in the map (files): {shown}{more}"
+    shown = ", ".join(f'"{name}" ({n} file{"s" * (n > 1)})' for name, n in names[: 4 * SHOWN])
+    return shown + (f", … {len(names) - 4 * SHOWN} more" if len(names) > 4 * SHOWN else "")
 
 
 def write_labels_csv(scan: LibraryScan, out: Path) -> Path:
