@@ -21,13 +21,17 @@ import json
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from streamclf.errors import StreamclfError
 from streamclf.train.datasets import Dataset, Item, group_split, load_dataset
+
+if TYPE_CHECKING:
+    from streamclf.train.trainer import TrainConfig
 
 DEFAULT_MODEL = "fused_musicnn"
 STEPS = ("5", "10", "20", "all")
@@ -116,15 +120,16 @@ def embed(dataset: Dataset, *, copies: int, seed: int, cache_dir: Path | None) -
 
 
 def train_and_score(
-    chosen: list[Item], held_out: list[Item], classes: tuple[str, ...], data: Embedded, seed: int
-) -> tuple[float, float]:
+    chosen: list[Item], held_out: list[Item], classes: tuple[str, ...], data: Embedded,
+    config: TrainConfig,
+) -> tuple[float, float]:  # fmt: skip
     """Train a head as `streamclf train` does on `chosen`; its accuracy on `held_out`."""
     import torch
 
-    from streamclf.train.trainer import Track, TrainConfig, train_head
+    from streamclf.train.trainer import Track, train_head
 
     index = {c: i for i, c in enumerate(classes)}
-    sides = group_split(chosen, shares={"train": 0.8, "val": 0.2}, seed=seed)
+    sides = group_split(chosen, shares={"train": 0.8, "val": 0.2}, seed=config.seed)
     train = [i for i in chosen if sides[i.group] == "train"]
     val = [i for i in chosen if sides[i.group] == "val"]
     if {i.label for i in train} != set(classes):  # a class all in validation: train on all
@@ -132,7 +137,7 @@ def train_and_score(
     tracks = [Track(data.clean[i.path], index[i.label]) for i in train]
     tracks += [Track(e, index[i.label]) for i in train for e in data.augmented[i.path]]
     val_tracks = [Track(data.clean[i.path], index[i.label]) for i in val]
-    result = train_head(tracks, val_tracks, n_classes=len(classes), config=TrainConfig(seed=seed))
+    result = train_head(tracks, val_tracks, n_classes=len(classes), config=config)
     probs = []
     with torch.no_grad():
         for item in held_out:
@@ -150,8 +155,9 @@ def default_score(held_out: list[Item], data: Embedded) -> tuple[float, float] |
 
 
 def learning_curve(
-    dataset: Dataset, *, data: Embedded, steps: Sequence[str], repeats: int, test_share: float
-) -> dict:
+    dataset: Dataset, *, data: Embedded, steps: Sequence[str], repeats: int, test_share: float,
+    config: TrainConfig,
+) -> dict:  # fmt: skip
     """Every split's scores per step, the default's on the same held-out tracks, and notes."""
     classes = dataset.classes
     rows: dict[str, dict[str, list[float]]] = {s: defaultdict(list) for s in steps}
@@ -186,7 +192,9 @@ def learning_curve(
                 have = ", ".join(f"{c} {n}" for c, n in short.items())
                 notes.append(f"split {split}, {step} per class: too few training tracks ({have})")
                 continue
-            windows, tracks = train_and_score(chosen, held_out, classes, data, seed=split)
+            windows, tracks = train_and_score(
+                chosen, held_out, classes, data, replace(config, seed=split)
+            )
             rows[step]["windows"].append(windows)
             rows[step]["tracks"].append(tracks)
             rows[step]["train_tracks"].append(len(chosen))
@@ -232,14 +240,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the default model's, over several artist splits (mean ± SD (range)).",
     )
     parser.add_argument("dataset", type=Path, help="a dataset as `streamclf train` reads it")
-    parser.add_argument("--labels-from", choices=["layout", "tags"], default="layout")
-    parser.add_argument("--genre-map", type=Path, metavar="TOML")
+    parser.add_argument("--labels-from", choices=["layout", "tags"], default="layout",
+                        help="as for streamclf train: tags reads GENRE and ARTIST tags")
+    parser.add_argument("--genre-map", type=Path, metavar="TOML",
+                        help="as for streamclf train: genre names onto classes")
     parser.add_argument("--steps", default=",".join(STEPS),
                         help="tracks per class, comma-separated, or 'all' (default 5,10,20,all)")
     parser.add_argument("--repeats", type=int, default=5, help="artist splits (default 5)")
     parser.add_argument("--test-share", type=float, default=0.3,
                         help="share of each class's tracks held out, by artist (default 0.3)")
     parser.add_argument("--augment", type=int, default=2, help="augmented copies (default 2)")
+    parser.add_argument("--head", choices=["linear", "mlp", "attention"], default="mlp",
+                        help="the head trained at every step (default mlp, as streamclf train)")
+    parser.add_argument("--epochs", type=int, default=100, help="at most (default 100)")
     parser.add_argument("--cache-dir", type=Path, help="embedding cache directory")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write every score here")
     args = parser.parse_args(argv)
@@ -248,11 +261,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--steps: positive numbers or 'all', got {args.steps!r}")
     if args.repeats < 1 or not 0 < args.test_share < 1:
         parser.error("--repeats must be at least 1 and --test-share in (0, 1)")
+    from streamclf.train.trainer import TrainConfig
+
+    config = TrainConfig(head=args.head, epochs=args.epochs)
     try:
         dataset = _load(args)
         data = embed(dataset, copies=args.augment, seed=0, cache_dir=args.cache_dir)
         result = learning_curve(dataset, data=data, steps=steps, repeats=args.repeats,
-                                test_share=args.test_share)  # fmt: skip
+                                test_share=args.test_share, config=config)  # fmt: skip
     except StreamclfError as exc:
         print(f"learning_curve.py: error: {exc}", file=sys.stderr)
         return exc.exit_code
