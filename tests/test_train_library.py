@@ -53,7 +53,7 @@ GENRE_MAP = """\
 """
 
 
-def tag_vorbis(path: Path, *, genre: str | None, artist: str) -> Path:
+def tag_vorbis(path: Path, *, genre: str | list[str] | None, artist: str) -> Path:
     from mutagen.oggvorbis import OggVorbis
 
     audio = OggVorbis(path)
@@ -79,7 +79,9 @@ def encode(source: Path, out: Path, *, genre: str | None = None, artist: str | N
     return out
 
 
-def vorbis_clip(clip: str, root: Path, *, genre: str | None, artist: str, name: str = "") -> Path:
+def vorbis_clip(
+    clip: str, root: Path, *, genre: str | list[str] | None, artist: str, name: str = ""
+) -> Path:
     """A clip of datasets/genres cut short, with Vorbis comments written by mutagen."""
     out = encode(CLIPS / clip, root / (name or Path(clip).name))
     return tag_vorbis(out, genre=genre, artist=artist)
@@ -165,6 +167,26 @@ class TestGenreMap:
         path.write_text(text)
         with pytest.raises(ConfigError, match=why):
             load_genre_map(path)
+
+
+class TestScan:
+    """Several GENRE values in one file: used when they agree on a class, listed when not."""
+
+    def test_several_genres(self, tmp_path: Path) -> None:
+        from streamclf.train.library import describe, scan_library
+
+        vorbis_clip(TAGGED[0][0], tmp_path, genre=["Metal", "Heavy Metal"], artist="A")
+        vorbis_clip(TAGGED[4][0], tmp_path, genre=["Classical", "Metal"], artist="B")
+        scan = scan_library(tmp_path, load_genre_map_text(tmp_path, GENRE_MAP))
+        assert [(i.path.name, i.label) for i in scan.items] == [("fof-chaos_god.ogg", "metal")]
+        assert scan.ambiguous == [(tmp_path / "wesnoth-battle.ogg", ("classical", "metal"))]
+        listed = "  skipped 1 with genres of several classes: wesnoth-battle.ogg (classical, metal)"
+        assert listed in describe(scan)
+
+
+def load_genre_map_text(folder: Path, text: str) -> dict[str, str]:
+    (folder / "map.toml").write_text(text)
+    return load_genre_map(folder / "map.toml")
 
 
 @pytest.fixture(scope="module")
