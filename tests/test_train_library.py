@@ -352,9 +352,9 @@ class TestLearningCurve:
         # 4 metal, 4 classical, 4 electronic tracks: 4 per class never fits beside a held-out set
         assert doc["steps"]["4"] == {}
         assert any("4 per class: too few training tracks" in n for n in doc["notes"])
-        assert len(doc["steps"]["all"]["tracks"]) == len(doc["default"]["tracks"]) == 2
+        assert len(doc["steps"]["all"]["tracks"]) == len(doc["default"]["default_tracks"]) == 2
         short_of_2 = [n for n in doc["notes"] if "2 per class: too few" in n]
         assert len(doc["steps"]["2"].get("tracks", [])) + len(short_of_2) == 2
         scores = [s for step in doc["steps"].values() for s in step.get("tracks", [])]
-        assert all(0 <= s <= 1 for s in scores + doc["default"]["tracks"])
+        assert all(0 <= s <= 1 for s in scores + doc["default"]["default_tracks"])
         assert "| default `fused_musicnn` (none) | 2 of 2 |" in proc.stdout.decode()
