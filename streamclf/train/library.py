@@ -228,7 +228,7 @@ def describe(scan: LibraryScan) -> list[str]:
     lines = [
         (
             f"{scan.root}: {scan.files} audio files, {len(scan.items)} used in "
-            f"{len(scan.classes())} classes ({classes}), {artists} artists"
+            f"{len(scan.classes())} classes ({classes}), {artists} artist(s)"
         )
     ]
     if scan.without_artist:
@@ -315,7 +315,8 @@ def report_unseen_artists(
         )
         document["unseen_artists"] = evaluation.to_dict()
         summary = (
-            f"on {evaluation.files} files by artists it never heard:\n\n"
+            f"on {evaluation.files} file{'s' * (evaluation.files != 1)} by artists it never "
+            f"heard:\n\n"
             f"{render_table(evaluation.scores)}\n"
         )
     else:
