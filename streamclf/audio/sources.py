@@ -152,22 +152,25 @@ def read_audio_file(path: str | Path) -> tuple[np.ndarray, int]:
     try:
         audio, rate = sf.read(path, dtype="float32", always_2d=True)
     except (RuntimeError, sf.SoundFileError, ValueError) as exc:
-        if shutil.which("ffmpeg") is None:
+        decoded = _decode_with_ffmpeg(path) if shutil.which("ffmpeg") else None
+        if decoded is None:
             msg = f"cannot read audio file {path}: {_one_line(exc)}"
             raise AudioInputError(msg) from exc
-        return _decode_with_ffmpeg(path)
+        return decoded
     return audio, int(rate)
 
 
-def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
-    """The whole file at its own rate and channel count, through the ffmpeg source's command."""
+def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int] | None:
+    """The whole file at its own rate and channel count through the ffmpeg source's command;
+    None where ffmpeg cannot read it either."""
     source = FfmpegSource(str(path), restart=False)
-    source.open()
+    try:
+        source.open()
+    except AudioInputError:
+        return None
     done = subprocess.run(source.command(), capture_output=True, timeout=600, check=False)
     if done.returncode != 0 or not done.stdout:
-        reason = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no audio"]
-        msg = f"cannot read audio file {path}: {reason[0]}"
-        raise AudioInputError(msg)
+        return None
     pcm = np.frombuffer(done.stdout, np.float32)
     frames = len(pcm) // source.channels
     return pcm[: frames * source.channels].reshape(frames, source.channels), source.sample_rate
