@@ -25,6 +25,7 @@ from streamclf.errors import ConfigError
 from streamclf.train.datasets import Item
 from streamclf.train.library import genre_key, load_genre_map, read_file_tags
 
+pytest.importorskip("mutagen")  # the train extra
 pytestmark = pytest.mark.timeout(600)
 
 CLIPS = REPO / "datasets" / "genres" / "clips"

@@ -91,19 +91,21 @@ def embed(dataset: Dataset, *, copies: int, seed: int, cache_dir: Path | None) -
     from streamclf.models.card import load_model_card
     from streamclf.train.augment import AugmentConfig, draw
     from streamclf.train.commands import BASE_MODEL
-    from streamclf.train.features import EmbeddingCache
+    from streamclf.train.features import EmbeddingCache, file_sha256
 
     base, default = load_model_card(BASE_MODEL), load_model_card(DEFAULT_MODEL)
     cache = EmbeddingCache(base, load_engine(base, kind="onnxruntime", max_batch=16),
                            root=cache_dir)  # fmt: skip
     config = AugmentConfig(copies=copies)
-    # one draw per (file, copy), the same in every split, so each copy is embedded once
+    # one draw per (file content, copy), the same in every split and whatever else the set
+    # holds, so each copy is embedded once and stays cached as the collection grows
     jobs = [(item.path, None) for item in dataset.items]
     jobs += [
-        (item.path, draw(np.random.default_rng([seed, k, c]), config))
-        for k, item in enumerate(dataset.items)
+        (item.path, draw(np.random.default_rng([seed, int(file_sha256(item.path)[:12], 16), c]),
+                         config))
+        for item in dataset.items
         for c in range(copies)
-    ]
+    ]  # fmt: skip
     outputs = cache.get_many(jobs, description=f"{BASE_MODEL} + augmented copies")
     clean = {p: o.embedding for (p, aug), o in zip(jobs, outputs, strict=True) if aug is None}
     augmented: dict[Path, list[np.ndarray]] = defaultdict(list)
