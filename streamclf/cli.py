@@ -137,8 +137,15 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a genre head on your own labelled music",
                        description="Train a head on frozen musicnn embeddings and export it, with "
                                    "musicnn, as one ONNX model the daemon loads (docs/training.md).")
-    p.add_argument("dataset", type=Path, help="a folder of class folders, or a CSV "
-                                              "(path,label[,split,artist])")
+    p.add_argument("dataset", type=Path, help="a folder of class folders, a CSV "
+                                              "(path,label[,split,artist]), or with --labels-from "
+                                              "tags any folder of tagged music")
+    p.add_argument("--labels-from", choices=["layout", "tags"], default="layout",
+                   help="layout: class folders or the CSV's label column (default); tags: each "
+                        "file's GENRE tag, split by its ARTIST tag")
+    p.add_argument("--genre-map", type=Path, metavar="TOML",
+                   help='with --labels-from tags: your genre names onto classes, '
+                        'lines like "Top 40" = "pop" (default: each genre is a class)')
     p.add_argument("--out", type=Path, help="the .onnx to write (default DATASET-HEAD.onnx)")
     p.add_argument("--head", choices=["linear", "mlp", "attention"], default="mlp")
     p.add_argument("--hidden", type=int, default=128, help="MLP/attention width (default 128)")

@@ -138,7 +138,11 @@ class _SourceBase:
 
 
 def read_audio_file(path: str | Path) -> tuple[np.ndarray, int]:
-    """Whole file as float32 ``[n, channels]`` and its rate (WAV/FLAC/OGG/MP3 via soundfile)."""
+    """Whole file as float32 ``[n, channels]`` and its rate.
+
+    soundfile reads WAV/FLAC/OGG/MP3; what it cannot (M4A/AAC, a station library's other
+    staple) is decoded by ffmpeg where one is installed.
+    """
     import soundfile as sf
 
     path = Path(path)
@@ -148,9 +152,28 @@ def read_audio_file(path: str | Path) -> tuple[np.ndarray, int]:
     try:
         audio, rate = sf.read(path, dtype="float32", always_2d=True)
     except (RuntimeError, sf.SoundFileError, ValueError) as exc:
-        msg = f"cannot read audio file {path}: {_one_line(exc)}"
-        raise AudioInputError(msg) from exc
+        decoded = _decode_with_ffmpeg(path) if shutil.which("ffmpeg") else None
+        if decoded is None:
+            msg = f"cannot read audio file {path}: {_one_line(exc)}"
+            raise AudioInputError(msg) from exc
+        return decoded
     return audio, int(rate)
+
+
+def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int] | None:
+    """The whole file at its own rate and channel count through the ffmpeg source's command;
+    None where ffmpeg cannot read it either."""
+    source = FfmpegSource(str(path), restart=False)
+    try:
+        source.open()
+    except AudioInputError:
+        return None
+    done = subprocess.run(source.command(), capture_output=True, timeout=600, check=False)
+    if done.returncode != 0 or not done.stdout:
+        return None
+    pcm = np.frombuffer(done.stdout, np.float32)
+    frames = len(pcm) // source.channels
+    return pcm[: frames * source.channels].reshape(frames, source.channels), source.sample_rate
 
 
 def _one_line(exc: BaseException) -> str:

@@ -337,6 +337,16 @@ def render_per_class(score: Score, classes: tuple[str, ...]) -> str:
 
 def run_train(args) -> int:
     """CLI `streamclf train DATASET`; see docs/training.md for every option."""
+    out = args.out or Path(f"{Path(args.dataset).stem}-{args.head}.onnx")
+    dataset, library = args.dataset, None
+    if args.labels_from == "tags":  # before torch loads: a bad library is told at once
+        from streamclf.train.library import labels_csv_for, labels_from_tags
+
+        library = labels_from_tags(args.dataset, genre_map=args.genre_map, model=out)
+        dataset = labels_csv_for(out)
+    elif args.genre_map is not None:
+        msg = "--genre-map maps GENRE tags: use it with --labels-from tags"
+        raise ConfigError(msg)
     from streamclf.train.trainer import TrainConfig
 
     config = TrainConfig(
@@ -357,9 +367,8 @@ def run_train(args) -> int:
         seed=args.seed,
         use_given=not args.ignore_splits,
     )
-    out = args.out or Path(f"{Path(args.dataset).stem}-{args.head}.onnx")
     card, report = train_model(
-        args.dataset,
+        dataset,
         out=out,
         config=config,
         augment=augment,
@@ -375,7 +384,13 @@ def run_train(args) -> int:
         f"{report['epochs_run']} epochs, best {report['best_epoch']}; "
         f"window accuracy {accuracy or 'n/a (no val/test files)'}"
     )
-    print(f"next: streamclf evaluate {card.onnx_path} {args.dataset}")
+    if library is not None:
+        from streamclf.train.library import report_unseen_artists
+
+        print(report_unseen_artists(
+            card.onnx_path, library, report, engine=args.engine, cache_dir=args.cache_dir
+        ))  # fmt: skip
+    print(f"next: streamclf evaluate {card.onnx_path} {dataset}")
     return 0
 
 
