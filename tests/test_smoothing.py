@@ -211,7 +211,7 @@ class TestUnknown:
         assert back == [UNKNOWN, UNKNOWN, "techno", "techno"]  # 0.5 >= 0.45 from t0, dwell 2 s
 
     def test_threshold_zero_never_gates(self):
-        s = smoother(unknown_threshold=0.0, time_constant_s=0.0)
+        s = smoother(unknown_threshold=0.0, time_constant_s=0.0, switch_margin=0.1)
         assert {s.update(probs(rock=p), float(t), LOUD_DBFS).genre
                 for t, p in enumerate([0.9, 0.01, 0.0, 0.2])} == {"rock"}
 
