@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
-APT_PACKAGES=(libportaudio2 libsndfile1 ffmpeg pulseaudio pulseaudio-utils)
+# python3-venv: Debian's python3 has no ensurepip without it, so `python3 -m venv` would fail.
+APT_PACKAGES=(python3 python3-venv libportaudio2 libsndfile1 ffmpeg pulseaudio pulseaudio-utils)
+# The booted-container test (tests/test_systemd_container.py) builds a Debian root and boots it.
+[[ ",$extras," == *",dev,"* ]] && APT_PACKAGES+=(systemd-container debootstrap)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -13,6 +16,14 @@ for pkg in "${APT_PACKAGES[@]}"; do
 done
 # systemd-analyze (used by the unit-file tests) comes with the systemd package.
 if [[ ",$extras," == *",dev,"* ]] && ! command -v systemd-analyze >/dev/null; then missing+=(systemd); fi
+# A real Prometheus server and promtool for the /metrics tests (tests/test_metrics.py).
+if [[ ",$extras," == *",dev,"* ]] && ! command -v promtool >/dev/null; then missing+=(prometheus); fi
+# The chain tests run the real programs: an MQTT broker, Liquidsoap, an Icecast server.
+if [[ ",$extras," == *",dev,"* ]]; then
+  for pkg in mosquitto liquidsoap icecast2; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+fi
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     echo "setup: installing apt packages: ${missing[*]}"

@@ -1,17 +1,18 @@
 """One config tree: TOML read once into frozen dataclasses, validated on load.
 
 Every stage gets only its own section (`cfg.engine`, `cfg.framing`, `cfg.smoothing`, `cfg.feed`,
-`cfg.streams`, `cfg.service`). Any problem is a `ConfigError` whose one-line message names the key
-(`streams[1].device: expected an integer index or a name, got 3.5`); unknown keys are errors too,
-with a did-you-mean. The same validation runs for the file, for `default_config()` and for the
-command-line overrides, so a value that passes one passes all. Options are documented in
-docs/config.md and, with their defaults, in configs/default.toml.
+`cfg.streams`, `cfg.service`, `cfg.loudness`, `cfg.alarms`, `cfg.metrics`, `cfg.outputs`). Any
+problem is a `ConfigError` whose one-line message names the key (`streams[1].device: expected an
+integer index or a name, got 3.5`); unknown keys are errors too, with a did-you-mean. The same
+validation runs for the file, for `default_config()` and for the command-line overrides, so a
+value that passes one passes all. Options are documented in docs/config.md and, with their defaults, in configs/default.toml.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import re
 import tomllib
@@ -29,10 +30,17 @@ WINDOW_TOLERANCE_S = 0.01
 MIN_HOP_S = 256 / 16000  # one STFT frame
 STREAM_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ENDPOINT_PATTERN = re.compile(r"(tcp://.+:[0-9*]+|ipc://.+)")
+OUTPUT_KEYS = {  # the keys that only mean something for one kind of output
+    "mqtt": ("topic_prefix", "qos"),
+    "osc": ("address_prefix",),
+    "liquidsoap": ("socket_path", "source_id"),
+    "rds": ("pipe_path", "pty_table"),
+}
+OUTPUT_DEFAULT_PORTS = {"mqtt": 1883, "osc": 9000, "liquidsoap": 1234, "rds": 0}
 SOURCE_KEYS = {  # the keys that only mean something for one kind of source
     "device": ("device",),
     "file": ("path", "loop", "realtime"),
-    "url": ("url",),
+    "url": ("url", "track_titles"),
     "stdin": ("stdin_format", "stdin_rate", "stdin_channels"),
 }
 
@@ -84,6 +92,32 @@ class FeedConfig:
 
 
 @dataclass(frozen=True)
+class LoudnessConfig:
+    enabled: bool = True  # EBU R128 per stream on the source's audio (streamclf/loudness.py)
+
+
+@dataclass(frozen=True)
+class AlarmsConfig:
+    silence_lufs: float = -60.0  # momentary loudness under this is silence ...
+    silence_s: float = 10.0  # ... for this long starts the alarm; 0 = off
+    true_peak_enabled: bool = True
+    true_peak_ceiling_dbtp: float = -1.0  # EBU R128's maximum permitted true peak
+    loudness_target_lufs: float = -23.0  # EBU R128 programme target
+    loudness_tolerance_lu: float = 2.0
+    loudness_s: float = 30.0  # short-term loudness off target this long; 0 = off
+    input_stalled_s: float = 2.0  # no audio from a running source this long; 0 = off
+    engine_latency_ms: float = 5000.0  # sound-to-publish latency over this; 0 = off
+    clear_s: float = 2.0  # a condition gone this long ends its alarm
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = False  # a Prometheus /metrics endpoint (streamclf/metrics.py)
+    listen: str = "127.0.0.1:9108"  # HOST:PORT ([::1]:PORT for IPv6)
+    allow_remote: bool = False  # a non-loopback HOST must be allowed explicitly
+
+
+@dataclass(frozen=True)
 class StreamConfig:
     id: str = "main"
     source: Literal["device", "file", "url", "stdin"] = "device"
@@ -94,10 +128,40 @@ class StreamConfig:
     loop: bool = False
     realtime: bool = True
     url: str = ""
+    track_titles: bool = True  # url over http(s): tracks from the stream's ICY titles
     stdin_format: Literal["s16le", "f32le"] = "s16le"
     stdin_rate: int = 44100
     stdin_channels: int = 2
     ring_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """One feed consumer that speaks a station's protocol (docs/outputs.md)."""
+
+    kind: Literal["mqtt", "osc", "liquidsoap", "rds"] = "mqtt"
+    id: str = ""  # "" = the kind; names the output in logs and status messages
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 = the kind's usual port (OUTPUT_DEFAULT_PORTS)
+    streams: tuple[str, ...] = ()  # the stream ids it follows; () = all
+    queue_messages: int = 1000  # messages held while the target is slow or down; oldest dropped
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 30.0
+    topic_prefix: str = "streamclf"
+    qos: int = 0
+    address_prefix: str = "/streamclf"
+    socket_path: str = ""  # liquidsoap: its server.socket path; "" = telnet on host:port
+    source_id: str = "streamclf"  # liquidsoap: the id of its server.insert_metadata
+    pipe_path: str = ""  # rds: the encoder's control pipe (FIFO)
+    pty_table: Literal["rds", "rbds"] = "rds"  # rds: Europe's PTY codes or North America's
+
+    @property
+    def name(self) -> str:
+        return self.id or self.kind
+
+    @property
+    def target_port(self) -> int:
+        return self.port or OUTPUT_DEFAULT_PORTS[self.kind]
 
 
 @dataclass(frozen=True)
@@ -115,6 +179,10 @@ class Config:
     feed: FeedConfig = field(default_factory=FeedConfig)
     streams: tuple[StreamConfig, ...] = (StreamConfig(),)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    loudness: LoudnessConfig = field(default_factory=LoudnessConfig)
+    alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    outputs: tuple[OutputConfig, ...] = ()
 
 
 # -- public entry points ----------------------------------------------------------------------
@@ -164,7 +232,7 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
     _check_keys(raw, Config, "")
     hints = typing.get_type_hints(Config)
     sections = {name: _section(raw.get(name, {}), hint, name)
-                for name, hint in hints.items() if name != "streams"}
+                for name, hint in hints.items() if name not in ("streams", "outputs")}
     streams_raw = raw.get("streams", [{}])
     if not isinstance(streams_raw, list):
         msg = f"streams: expected an array of tables ([[streams]]), got {_show(streams_raw)}"
@@ -173,7 +241,12 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
         msg = "streams: at least one stream is needed"
         raise ConfigError(msg)
     streams = tuple(_section(s, StreamConfig, f"streams[{i}]") for i, s in enumerate(streams_raw))
-    cfg = Config(streams=streams, **sections)
+    outputs_raw = raw.get("outputs", [])
+    if not isinstance(outputs_raw, list):
+        msg = f"outputs: expected an array of tables ([[outputs]]), got {_show(outputs_raw)}"
+        raise ConfigError(msg)
+    outputs = tuple(_section(o, OutputConfig, f"outputs[{i}]") for i, o in enumerate(outputs_raw))
+    cfg = Config(streams=streams, outputs=outputs, **sections)
     _check_config(cfg)
     return cfg
 
@@ -384,6 +457,50 @@ def _check_feed(f: FeedConfig, where: str) -> None:
              f"must be 0.1..3600 s, got {f.status_interval_s}")
 
 
+def _check_alarms(a: AlarmsConfig, where: str) -> None:
+    for key, low, high, unit in (("silence_lufs", -120, 0, "LUFS"), ("silence_s", 0, 86400, "s"),
+                                 ("true_peak_ceiling_dbtp", -60, 6, "dBTP"),
+                                 ("loudness_target_lufs", -60, 0, "LUFS"),
+                                 ("loudness_tolerance_lu", 0.1, 40, "LU"),
+                                 ("loudness_s", 0, 86400, "s"), ("input_stalled_s", 0, 3600, "s"),
+                                 ("engine_latency_ms", 0, 3_600_000, "ms"),
+                                 ("clear_s", 0, 3600, "s")):
+        value = getattr(a, key)
+        _require(low <= value <= high, f"{where}.{key}",
+                 f"must be {low}..{high} {unit}, got {value}")
+
+
+def split_host_port(listen: str) -> tuple[str, int]:
+    """"127.0.0.1:9108" → ("127.0.0.1", 9108); "[::1]:9108" → ("::1", 9108); ValueError if not."""
+    host, sep, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        msg = f"expected HOST:PORT, got {listen!r}"
+        raise ValueError(msg)
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1; a name other than localhost is not trusted to be one."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_metrics(m: MetricsConfig, where: str) -> None:
+    try:
+        host, _ = split_host_port(m.listen)
+    except ValueError:
+        msg = f"{where}.listen: expected HOST:PORT (port 0..65535), got {_show(m.listen)}"
+        raise ConfigError(msg) from None
+    _require(m.allow_remote or is_loopback(host), f"{where}.listen",
+             f"{host} is not loopback: anyone who can reach it reads the metrics; set "
+             f"{where}.allow_remote = true to allow it")
+
+
 def _check_stream(s: StreamConfig, where: str) -> None:
     _require(bool(STREAM_ID_PATTERN.fullmatch(s.id)), f"{where}.id",
              f"must be 1-64 characters of A-Z a-z 0-9 _ -, got {_show(s.id)}")
@@ -408,12 +525,52 @@ def _check_stream(s: StreamConfig, where: str) -> None:
                                        f"this stream's source is \"{s.source}\"")
 
 
+def _check_output(o: OutputConfig, where: str) -> None:
+    _require(not o.id or bool(STREAM_ID_PATTERN.fullmatch(o.id)), f"{where}.id",
+             f"must be 1-64 characters of A-Z a-z 0-9 _ -, got {_show(o.id)}")
+    _require(bool(o.host), f"{where}.host", "must not be empty")
+    _require(0 <= o.port <= 65535, f"{where}.port", f"must be 0 (the kind's usual)..65535, "
+                                                    f"got {o.port}")
+    _require(1 <= o.queue_messages <= 100_000, f"{where}.queue_messages",
+             f"must be 1..100000, got {o.queue_messages}")
+    _require(0.01 <= o.retry_initial_s <= o.retry_max_s <= 3600, f"{where}.retry_max_s",
+             f"need 0.01 <= retry_initial_s ({o.retry_initial_s}) <= retry_max_s "
+             f"({o.retry_max_s}) <= 3600 s")
+    _require(o.qos in (0, 1, 2), f"{where}.qos", f"must be 0, 1 or 2, got {o.qos}")
+    _require(bool(o.topic_prefix) and not o.topic_prefix.endswith("/")
+             and not set("#+") & set(o.topic_prefix), f"{where}.topic_prefix",
+             f"a non-empty MQTT topic without a trailing / or wildcards, "
+             f"got {_show(o.topic_prefix)}")
+    _require(o.address_prefix.startswith("/") and not o.address_prefix.endswith("/")
+             and " " not in o.address_prefix, f"{where}.address_prefix",
+             f"an OSC address like \"/streamclf\", got {_show(o.address_prefix)}")
+    _require(bool(re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", o.source_id)), f"{where}.source_id",
+             f"the id of a Liquidsoap server.insert_metadata, got {_show(o.source_id)}")
+    _require(o.kind != "rds" or bool(o.pipe_path), f"{where}.pipe_path",
+             "is required for kind = \"rds\"")
+    defaults = OutputConfig()
+    for kind, keys in OUTPUT_KEYS.items():
+        for key in keys:
+            _require(kind == o.kind or getattr(o, key) == getattr(defaults, key),
+                     f"{where}.{key}", f"only applies to kind = \"{kind}\", "
+                                       f"this output's kind is \"{o.kind}\"")
+
+
 def _check_config(cfg: Config) -> None:
     seen: dict[str, int] = {}
     for i, s in enumerate(cfg.streams):
         _require(s.id not in seen, f"streams[{i}].id",
                  f"duplicate stream id {s.id!r} (also streams[{seen.get(s.id)}])")
         seen[s.id] = i
+    names: dict[str, int] = {}
+    for i, o in enumerate(cfg.outputs):
+        _require(o.name not in names, f"outputs[{i}].id",
+                 f"duplicate output {o.name!r} (also outputs[{names.get(o.name)}]): "
+                 "give each an id")
+        names[o.name] = i
+        for stream_id in o.streams:
+            _require(stream_id in seen, f"outputs[{i}].streams",
+                     f"no stream {stream_id!r}; streams are {', '.join(seen)}")
 
 
 _SECTION_CHECKS: dict[type, Callable[[Any, str], None]] = {
@@ -423,12 +580,16 @@ _SECTION_CHECKS: dict[type, Callable[[Any, str], None]] = {
     CurveConfig: _check_curve,
     FeedConfig: _check_feed,
     StreamConfig: _check_stream,
+    AlarmsConfig: _check_alarms,
+    MetricsConfig: _check_metrics,
+    OutputConfig: _check_output,
 }
 
 
 def _to_raw(obj: Any) -> Any:
     """The TOML-shaped mapping of a config object (inverse of `config_from_dict`)."""
     raw = dataclasses.asdict(obj)
-    if "streams" in raw:
-        raw["streams"] = list(raw["streams"])
+    for key in ("streams", "outputs"):
+        if key in raw:
+            raw[key] = list(raw[key])
     return raw

@@ -133,6 +133,19 @@ def _status_row(msg: StatusMessage) -> Text:
     )
 
 
+def _loudness_rows(msg: StatusMessage) -> list[RenderableType]:
+    """EBU R128 figures (when the daemon measures them) and the alarms that are on, in red."""
+    rows: list[RenderableType] = []
+    if msg.momentary_lufs is not None:
+        rows.append(Text(
+            f"loudness M {msg.momentary_lufs:.1f}  S {msg.short_term_lufs:.1f}  "
+            f"I {msg.integrated_lufs:.1f} LUFS  LRA {msg.loudness_range_lu:.1f} LU  "
+            f"true peak {msg.true_peak_dbtp:.1f} dBTP"))
+    if msg.alarms:
+        rows.append(Text("ALARM " + ", ".join(msg.alarms), style="bold red"))
+    return rows
+
+
 def render_stream(name: str, state: _StreamState) -> Panel:
     """One stream's panel: smoothed genre, level meter, top tags, last change, counters."""
     rows: list[RenderableType] = []
@@ -149,6 +162,7 @@ def render_stream(name: str, state: _StreamState) -> Panel:
     subtitle = None
     device = "starting"
     if state.status is not None:
+        rows.extend(_loudness_rows(state.status))
         rows.append(_status_row(state.status))
         device = state.status.device_state + (" (ended)" if state.status.final else "")
         subtitle = f"{state.status.model} on {state.status.engine}"

@@ -13,12 +13,14 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import structlog
 
+from streamclf.alarms import AlarmEvent, HealthAlarms, LevelStage
+from streamclf.audio.icy import IcyTitleWatcher, is_http_url
 from streamclf.audio.resample import Resampler
 from streamclf.audio.ring import RingBuffer
 from streamclf.audio.sources import open_source
@@ -27,9 +29,20 @@ from streamclf.config import Config
 from streamclf.features.framer import LogMelFramer, Window
 from streamclf.features.mel import SAMPLE_RATE_HZ, WINDOW_FRAMES, frames_for_seconds
 from streamclf.feed.publisher import Publisher
-from streamclf.feed.schema import ChangeMessage, GenreMessage, Sequencer, StatusMessage
+from streamclf.feed.schema import (
+    AlarmMessage,
+    ChangeMessage,
+    GenreMessage,
+    Sequencer,
+    StatusMessage,
+    TrackMessage,
+)
+from streamclf.loudness import LoudnessMeter
+from streamclf.metrics import MetricsServer
 from streamclf.models.card import ModelCard, genre_vocabulary, load_model_card
+from streamclf.outputs import Outputs
 from streamclf.smoothing import Smoother
+from streamclf.tracks import TrackSegmenter, TrackSummary
 
 log = structlog.get_logger(__name__)
 
@@ -37,6 +50,7 @@ POLL_S = 0.01  # how often an empty ring is looked at once the next window's aud
 MAX_IDLE_S = 0.25  # the longest a stream worker sleeps before looking at its ring again
 LATENCY_HISTORY = 512  # windows kept for the p50/p99 engine latency in status messages
 VIEW_QUEUE_MESSAGES = 256  # messages buffered for the live view before the oldest are dropped
+STALL_S = 5.0  # a thread (engine, stream worker, source reader) silent this long counts as stuck
 
 
 class WindowQueue:
@@ -81,8 +95,32 @@ class Stream:
     framer: LogMelFramer
     windows: WindowQueue
     smoother: Smoother
+    health: HealthAlarms
+    levels: LevelStage | None = None  # None when [loudness] is off
+    smoothed: np.ndarray | None = None  # the last window's smoothed tag probabilities
     finished: threading.Event = field(default_factory=threading.Event)
     engine_failures: int = 0
+    # Liveness, written by the stream worker: each turn of its loop, and each read that got audio.
+    worker_beat: float = field(default_factory=time.monotonic)
+    audio_at: float = field(default_factory=time.monotonic)
+
+    def stalled(self, now: float) -> str | None:
+        """Which part of this stream is stuck: "worker", "source" (a running source that
+        delivers nothing, e.g. a blocked reader) or None. A lost or ended source is no stall:
+        it reconnects or ends by itself."""
+        if self.finished.is_set():
+            return None
+        if now - self.worker_beat > STALL_S:
+            return "worker"
+        if self.source.state == "running" and now - self.audio_at > STALL_S:
+            return "source"
+        return None
+
+    # Level alarms from the stream worker, waiting for the engine worker to publish them (a
+    # deque: append and popleft are thread-safe).
+    alarm_events: collections.deque[AlarmEvent] = field(default_factory=collections.deque)
+    titles: IcyTitleWatcher | None = None  # http(s) url streams: the ICY title of the track
+    tracks: TrackSegmenter | None = None
 
 
 class StreamWorker(threading.Thread):
@@ -103,11 +141,15 @@ class StreamWorker(threading.Thread):
         stream = self._stream
         while not self._stopping.is_set():
             n, arrival = stream.ring.read(self._block)
+            stream.worker_beat = time.monotonic()
             if n == 0:
                 if stream.source.state in ("ended", "failed"):
                     break
                 self._stopping.wait(self._idle_s())
                 continue
+            stream.audio_at = stream.worker_beat
+            if stream.levels is not None:
+                stream.alarm_events.extend(stream.levels.push(self._block[:n]))
             for window in stream.framer.push(stream.resampler.push(self._block[:n]), arrival):
                 stream.windows.put(window)
         if not self._stopping.is_set():
@@ -149,8 +191,32 @@ class EngineWorker(threading.Thread):
         self.heartbeat = time.monotonic()
         self.engine_latency = LatencyWindow()
         self._failure_burst = False
+        self._exit_lock = threading.Lock()
+        self._exited = False
+        self._close_on_exit: WindowRunner | None = None
+
+    def close_when_idle(self, runner: WindowRunner) -> bool:
+        """Close `runner` now if this worker never started or has ended, else as it ends:
+        never while an inference call may still be using the engine's buffers."""
+        with self._exit_lock:
+            if self.ident is not None and not self._exited:
+                self._close_on_exit = runner
+                return False
+        runner.close()
+        return True
 
     def run(self) -> None:
+        try:
+            self._work()
+        finally:
+            with self._exit_lock:
+                self._exited = True
+                runner, self._close_on_exit = self._close_on_exit, None
+            if runner is not None:
+                runner.close()
+                log.info("engine_closed_after_stop")
+
+    def _work(self) -> None:
         p = self._p
         next_status = time.monotonic()
         while not p.stop_event.is_set():
@@ -160,8 +226,14 @@ class EngineWorker(threading.Thread):
                     p.ready.wait(timeout=min(0.2, max(0.0, next_status - time.monotonic())))
                     batch = [(s, w) for s in p.streams for w in s.windows.take_all()]
             self.heartbeat = time.monotonic()
-            if batch:
-                self._infer_and_publish(batch)
+            # one engine call at a time, so that stop() finds the worker out of the engine soon
+            step = p.runner.max_batch
+            for start in range(0, len(batch), step):
+                if p.stop_event.is_set():
+                    break
+                self._infer_and_publish(batch[start : start + step])
+            for stream in p.streams:
+                p.publish_alarms(stream)
             if time.monotonic() >= next_status:
                 self._publish_status(final=False)
                 next_status = time.monotonic() + p.config.feed.status_interval_s
@@ -186,7 +258,14 @@ class EngineWorker(threading.Thread):
         for row, (stream, window) in enumerate(batch):
             self.engine_latency.add(per_window_ms)
             probs = outputs["tags"][row]
+            if stream.titles is not None:
+                p.follow_titles(stream, window)
             state = stream.smoother.update(probs, window.t_end_s, window.level_dbfs)
+            stream.smoothed = state.smoothed
+            if p.metrics is not None:
+                p.metrics.observe_inference(stream.stream_id, per_window_ms / 1000.0)
+            if stream.tracks is not None:
+                stream.tracks.push(probs[p.genre_index], silence=state.silence)
             message = p.genre_message(stream, window, probs, state)
             p.emit(message)
             if state.changed:
@@ -216,8 +295,11 @@ class Pipeline:
         self.streams: list[Stream] = []
         self.card: ModelCard | None = None
         self.genres: tuple[str, ...] = ()
+        self.genre_index: np.ndarray = np.zeros(0, dtype=np.intp)  # labels index of each genre
         self.runner: WindowRunner | None = None
         self.publisher: Publisher | None = None
+        self.metrics: MetricsServer | None = None
+        self.outputs: Outputs | None = None
         self.latest: dict[str, GenreMessage] = {}
         self._sequence = Sequencer()
         self._workers: list[threading.Thread] = []
@@ -230,6 +312,7 @@ class Pipeline:
         cfg = self.config
         self.card = load_model_card(cfg.engine.model)
         self.genres = genre_vocabulary(self.card, cfg.engine.genres)
+        self.genre_index = np.array([self.card.labels.index(g) for g in self.genres], dtype=np.intp)
         hop_frames = frames_for_seconds(cfg.framing.hop_s)
         on_progress("loading engine")
         self.runner = load_runner(self.card, cfg.engine.kind, incremental=cfg.engine.incremental,
@@ -241,6 +324,11 @@ class Pipeline:
         self.runner.warmup()
         if self.publish:
             self.publisher = Publisher(cfg.feed)
+        if cfg.metrics.enabled:
+            self.metrics = MetricsServer(self, cfg.metrics)
+        if cfg.outputs:
+            self.outputs = Outputs(cfg.outputs)
+            self.outputs.start()
         for spec in cfg.streams:
             on_progress(f"opening {spec.id}")
             source = open_source(spec)
@@ -253,7 +341,13 @@ class Pipeline:
                 framer=LogMelFramer(window_frames=WINDOW_FRAMES, hop_frames=hop_frames),
                 windows=WindowQueue(cfg.framing.queue_windows, self.ready),
                 smoother=Smoother(cfg.smoothing, labels=self.card.labels, genres=self.genres),
+                health=HealthAlarms(cfg.alarms),
+                levels=LevelStage(LoudnessMeter(source.sample_rate, source.channels), cfg.alarms)
+                if cfg.loudness.enabled else None,
             ))
+            if spec.source == "url" and spec.track_titles and is_http_url(spec.url):
+                self.streams[-1].titles = IcyTitleWatcher(spec.url)
+                self.streams[-1].tracks = TrackSegmenter(self.genres)
         self._engine_worker = EngineWorker(self)
         self._workers = [self._engine_worker]
         for stream in self.streams:
@@ -263,15 +357,22 @@ class Pipeline:
             worker.start()
         for stream in self.streams:
             stream.source.start(stream.ring)
+            if stream.titles is not None:
+                stream.titles.start()
         log.info("pipeline_started", streams=[s.stream_id for s in self.streams],
                  engine=self.runner.info.name, device=self.runner.info.device, model=self.card.name,
-                 endpoint=cfg.feed.endpoint if self.publish else None)
+                 endpoint=cfg.feed.endpoint if self.publish else None,
+                 metrics_port=self.metrics.port if self.metrics else None)
 
     def stop(self, timeout_s: float = 1.5) -> None:
         """Stop sources first (no new audio), then the workers; the engine worker sends a final status."""
         for stream in self.streams:
             stream.source.stop()
+            if stream.titles is not None:
+                stream.titles.stop()
         self.stop_event.set()
+        if self.runner is not None:
+            self.runner.interrupt()  # the worker's call in progress ends now, not in seconds
         with self.ready:
             self.ready.notify_all()
         deadline = time.monotonic() + timeout_s
@@ -279,33 +380,81 @@ class Pipeline:
             worker.join(max(0.0, deadline - time.monotonic()))
         if self.publisher is not None:
             self.publisher.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.outputs is not None:
+            self.outputs.close(max(0.0, deadline - time.monotonic()))
         if self.runner is not None:
-            self.runner.close()
+            worker = self._engine_worker
+            if worker is None:
+                self.runner.close()
+            elif not worker.close_when_idle(self.runner):
+                log.warning("engine_busy_at_stop", detail="closed when its current call returns")
         log.info("pipeline_stopped")
 
     def reload(self, config: Config) -> None:
         """Apply a new config's smoothing and feed options; sources and engine stay as they are."""
         for stream in self.streams:
             stream.smoother.reconfigure(config.smoothing)
+            stream.health.reconfigure(config.alarms)
+            if stream.levels is not None:
+                stream.levels.alarms.reconfigure(config.alarms)
         self.config = config
         log.info("config_reloaded")
 
     def status_line(self) -> str:
-        """The current genre of each stream, for systemd's STATUS= line."""
-        return "; ".join(f"{m.stream}: {m.genre} {m.confidence:.2f}" for m in self.latest.values()) \
-            or "waiting for the first window"
+        """The current genre of each stream (or what is stuck), for systemd's STATUS= line."""
+        now = time.monotonic()
+        stuck = {s.stream_id: part for s in self.streams if (part := s.stalled(now))}
+        parts = [f"{sid}: stalled ({part})" for sid, part in stuck.items()]
+        parts += [f"{m.stream}: {m.genre} {m.confidence:.2f}"
+                  for m in self.latest.values() if m.stream not in stuck]
+        return "; ".join(parts) or "waiting for the first window"
 
-    def last_heartbeat(self) -> float:
-        return self._engine_worker.heartbeat if self._engine_worker else time.monotonic()
+    def stalled_part(self, now: float) -> str | None:
+        """What keeps the daemon as a whole from working: a stuck engine worker, or every stream
+        that has not ended stuck. None while it works; the watchdog is fed only then."""
+        if self._engine_worker is not None and now - self._engine_worker.heartbeat > STALL_S:
+            return "engine"
+        live = [s for s in self.streams if not s.finished.is_set()]
+        stuck = [s.stalled(now) for s in live]
+        if live and all(stuck):
+            return ", ".join(f"{s.stream_id}: {part}" for s, part in zip(live, stuck, strict=True))
+        return None
+
+    # -- tracks -----------------------------------------------------------------------------
+    def follow_titles(self, stream: Stream, window: Window) -> None:
+        """Cut the stream's track at each title that arrived before this window's audio did.
+
+        The title's arrival (monotonic) becomes stream time through the window's own arrival, so
+        the boundary falls where the audio was when the title came; the smoother starts afresh.
+        """
+        for arrived, title in stream.titles.take_before(window.arrival):
+            t_s = max(window.t_start_s, window.t_end_s - (window.arrival - arrived))
+            closed = stream.tracks.boundary(t_s, title)
+            if closed is not None:
+                self.emit(self.track_end_message(stream, closed))
+            self.emit(TrackMessage(stream=stream.stream_id, event="start", wall=time.time(),
+                                   t=t_s, title=title, source="icy"))
+            stream.smoother.start_track()
+
+    def track_end_message(self, stream: Stream, track: TrackSummary) -> TrackMessage:
+        return TrackMessage(stream=stream.stream_id, event="end", wall=time.time(), t=track.end_s,
+                            title=track.title, source="icy", genre=track.genre,
+                            confidence=track.confidence, duration_s=track.duration_s,
+                            windows=track.windows)
 
     # -- messages ---------------------------------------------------------------------------
     def emit(self, message) -> None:
-        """Number it, publish it on the feed (never blocks), hand it to the live view."""
+        """Number it, publish it on the feed, offer it to the outputs and the live view; none
+        of them waits."""
         message = self._sequence.stamp(message)
         if isinstance(message, GenreMessage):
             self.latest[message.stream] = message
         if self.publisher is not None:
             self.publisher.publish(message)
+        if self.outputs is not None:
+            self.outputs.offer(message)
         if self.view_messages is not None:
             try:
                 self.view_messages.put_nowait(message)
@@ -338,7 +487,25 @@ class Pipeline:
                              genre=state.genre, previous=state.previous,
                              confidence=state.confidence)
 
+    def publish_alarms(self, stream: Stream) -> None:
+        """Publish and log the alarms of a stream that started or ended since the last call."""
+        latest = self.latest.get(stream.stream_id)
+        health = stream.health.update(
+            now_s=time.monotonic(), source_state=stream.source.state,
+            last_audio_s=stream.audio_at,
+            latency_ms=latest.latency_ms if latest else 0.0,
+            dropped_windows=stream.windows.dropped + stream.engine_failures)
+        for event in [*health, *_drain(stream.alarm_events)]:
+            log.warning("alarm_started" if event.active else "alarm_ended", stream=stream.stream_id,
+                        alarm=event.kind, value=round(event.value, 2), threshold=event.threshold,
+                        detail=event.detail)
+            self.emit(AlarmMessage(stream=stream.stream_id, wall=time.time(), alarm=event.kind,
+                                   active=event.active, value=event.value,
+                                   threshold=event.threshold, detail=event.detail))
+
     def status_message(self, stream: Stream, p50: float, p99: float, *, final: bool) -> StatusMessage:
+        levels = stream.levels
+        loudness = levels.latest if levels is not None else None
         return StatusMessage(
             stream=stream.stream_id,
             wall=time.time(),
@@ -356,5 +523,19 @@ class Pipeline:
             model=self.card.name,
             engine=self.runner.info.name,
             final=final,
+            stalled=stream.stalled(time.monotonic()),
+            alarms=stream.health.active + (levels.alarms.active if levels is not None else []),
+            momentary_lufs=loudness.momentary_lufs if loudness else None,
+            short_term_lufs=loudness.short_term_lufs if loudness else None,
+            integrated_lufs=loudness.integrated_lufs if loudness else None,
+            loudness_range_lu=loudness.range_lu if loudness else None,
+            true_peak_dbtp=loudness.true_peak_dbtp if loudness else None,
+            outputs=self.outputs.health() if self.outputs else None,
         )
+
+
+def _drain(events: collections.deque[AlarmEvent]) -> Iterator[AlarmEvent]:
+    """Take events off a deque that another thread appends to, oldest first."""
+    while events:
+        yield events.popleft()
 

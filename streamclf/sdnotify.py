@@ -8,16 +8,21 @@ a branch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import structlog
 
 log = structlog.get_logger(__name__)
 
 Send = Callable[[str], bool]
+
+EXTEND_STEP_S = 10.0  # how often a long start-up asks for more time (3 steps each time)
+EXTEND_LIMIT_S = 1800.0  # after this the unit's own TimeoutStartSec= applies again
 
 
 def _noop(_state: str) -> bool:
@@ -118,6 +123,35 @@ class Notifier:
     def extend_timeout(self, seconds: float) -> bool:
         """Ask for more start/stop time, e.g. while a TensorRT plan is built on first start."""
         return self._send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}")
+
+    @contextlib.contextmanager
+    def extended_start(
+        self, *, step_s: float = EXTEND_STEP_S, limit_s: float = EXTEND_LIMIT_S
+    ) -> Iterator[None]:
+        """Keep asking for more start time while the block runs, every `step_s`.
+
+        Start-up has steps of no known length (the first model load, warm-up, a TensorRT plan
+        build: minutes on a first start), each request covers the next three steps, and a
+        start that is still busy after `limit_s` is left to the unit's TimeoutStartSec=.
+        """
+        if not self.enabled:
+            yield
+            return
+        done = threading.Event()
+
+        def keep_asking() -> None:
+            deadline = time.monotonic() + limit_s
+            while not done.wait(step_s) and time.monotonic() < deadline:
+                self.extend_timeout(3 * step_s)
+
+        self.extend_timeout(3 * step_s)
+        asker = threading.Thread(target=keep_asking, name="sd-extend-start", daemon=True)
+        asker.start()
+        try:
+            yield
+        finally:
+            done.set()
+            asker.join()
 
 
 def _one_line(text: str) -> str:

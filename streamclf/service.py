@@ -3,7 +3,8 @@
 The main thread only handles signals, sd_notify, the watchdog and the live view; the work happens
 in the pipeline's threads. SIGTERM/SIGINT stop cleanly (final status message) within 2 s, SIGHUP
 reloads the config file without touching the feed socket, and the watchdog is pinged only while
-the engine worker keeps making progress, so systemd restarts a stalled pipeline.
+the daemon as a whole can work (the engine worker makes progress and not every stream is stuck),
+so systemd restarts a stalled pipeline.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from streamclf.sdnotify import Notifier
 log = structlog.get_logger(__name__)
 
 MAIN_LOOP_S = 0.05  # how often the main thread looks at signals, the view and the watchdog
-STALL_S = 5.0  # an engine worker silent for this long counts as stalled (no watchdog ping)
 STOP_TIMEOUT_S = 1.5  # leaves room for the final status inside the promised 2 s
 
 
@@ -94,7 +94,8 @@ class Runner:
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, self._on_reload)
         try:
-            self.pipeline.start(on_progress=lambda text: self.notifier.status(text))
+            with self.notifier.extended_start():
+                self.pipeline.start(on_progress=lambda text: self.notifier.status(text))
             self._starting = False
         except BaseException:
             self.notifier.stopping()
@@ -120,6 +121,7 @@ class Runner:
         ping_period = self.notifier.watchdog_ping_period_s if self.config.service.watchdog else None
         deadline = None if self.duration_s is None else time.monotonic() + self.duration_s
         next_ping = time.monotonic()
+        was_stalled: str | None = None
         while self._stop_signal is None:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -132,11 +134,16 @@ class Runner:
                 self._reload = False
                 self._reload_config()
             if ping_period is not None and now >= next_ping:
-                if now - self.pipeline.last_heartbeat() < STALL_S:
+                stalled = self.pipeline.stalled_part(now)
+                if stalled is None:
                     self.notifier.watchdog()
-                    self.notifier.status(self.pipeline.status_line())
-                else:
-                    log.error("pipeline_stalled", silent_s=round(now - self.pipeline.last_heartbeat(), 1))
+                if stalled != was_stalled:  # log the transitions, not every ping period
+                    if stalled is None:
+                        log.info("pipeline_recovered", was=was_stalled)
+                    else:
+                        log.error("pipeline_stalled", stalled=stalled)
+                    was_stalled = stalled
+                self.notifier.status(self.pipeline.status_line())
                 next_ping = now + ping_period
             self._drain_view(wait_s=MAIN_LOOP_S)
         if self._stop_signal is not None:
@@ -165,10 +172,11 @@ class Runner:
         except StreamclfError as exc:
             log.error("reload_failed", error=str(exc), keeping="the running config")
         else:
-            if new.streams != self.config.streams or new.engine != self.config.engine:
+            if (new.streams, new.engine, new.outputs) != (self.config.streams, self.config.engine,
+                                                           self.config.outputs):
                 log.warning("reload_partial",
-                            detail="streams and engine changes need a restart; smoothing and feed "
-                                   "options were applied")
+                            detail="streams, engine and outputs changes need a restart; smoothing "
+                                   "and feed options were applied")
             self.pipeline.reload(new)
             self.config = new
         self.notifier.ready(status="reloaded")

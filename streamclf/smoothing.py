@@ -151,6 +151,13 @@ class Smoother:
         self._hysteresis.reset()
         self._gate.reset()
         self.windows = 0
+        self.non_finite = 0  # windows refused for NaN or infinite probabilities
+
+    def start_track(self) -> None:
+        """A new track: forget the average and the held genre, so the old track's genre does not
+        drag the new one's; the window count and the genre published last stay."""
+        self._average = None
+        self._hysteresis.reset()
 
     def update(self, probs: np.ndarray, t_end_s: float, level_dbfs: float) -> SmoothingState:
         """One window's tag probabilities [n_tags], its end in stream seconds, and its level."""
@@ -160,6 +167,10 @@ class Smoother:
             raise ModelError(msg)
         self.windows += 1
         silence = not level_dbfs >= self.config.silence_dbfs  # nan counts as silence
+        if not silence and not np.isfinite(instant).all():
+            # an engine fault (an FP16 overflow, say): one NaN would stay in the average for good
+            self.non_finite += 1
+            return self._held_state(instant)
         if silence:
             genre, confidence, raw, candidates = SILENCE, 0.0, SILENCE, None
         else:
@@ -168,6 +179,17 @@ class Smoother:
         smoothed = instant.copy() if self._average is None else self._average.copy()
         return SmoothingState(genre=genre, confidence=confidence, raw_genre=raw, silence=silence,
                               changed=genre != previous, previous=previous, candidates=candidates,
+                              instant=instant, smoothed=smoothed)
+
+    def _held_state(self, instant: np.ndarray) -> SmoothingState:
+        """What stands when a window is refused: the published genre, the average untouched."""
+        previous, self._published = self._published, self._published or UNKNOWN
+        genre = self._published
+        smoothed = np.full_like(instant, np.nan) if self._average is None else self._average.copy()
+        held = self.genres.index(genre) if genre in self.genres else None
+        confidence = 0.0 if held is None else float(smoothed[self._genre_index[held]])
+        return SmoothingState(genre=genre, confidence=confidence, raw_genre=UNKNOWN, silence=False,
+                              changed=genre != previous, previous=previous, candidates=None,
                               instant=instant, smoothed=smoothed)
 
     def _decide(self, instant: np.ndarray, t_s: float) -> tuple[str, float, str, list | None]:

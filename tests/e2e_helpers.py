@@ -2,15 +2,39 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import socket
 import subprocess
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "streamclf" / "data" / "clip.ogg"
+GENRES = REPO / "datasets" / "genres"
+
+
+def genre_sample(dest: Path, *, per_split: int = 4) -> Path:
+    """A folder whose manifest.csv lists the first `per_split` clips of each family and split of
+    datasets/genres (absolute paths), so that the training tests' time stays put as the set grows.
+    """
+    with open(GENRES / "manifest.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields, rows = reader.fieldnames, list(reader)
+    taken: Counter = Counter()
+    keep = []
+    for row in rows:
+        taken[row["label"], row["split"]] += 1
+        if taken[row["label"], row["split"]] <= per_split:
+            keep.append({**row, "path": str(GENRES / row["path"])})
+    dest.mkdir(parents=True, exist_ok=True)
+    with open(dest / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(keep)
+    return dest
 
 
 def streamclf_cmd(*args: str) -> list[str]:

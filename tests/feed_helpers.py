@@ -6,7 +6,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from streamclf.feed.schema import ChangeMessage, GenreMessage, Message, StatusMessage, decode_frames
+from streamclf.feed.schema import (
+    AlarmMessage,
+    ChangeMessage,
+    GenreMessage,
+    Message,
+    StatusMessage,
+    decode_frames,
+)
 from streamclf.feed.subscriber import Subscriber
 
 LABELS = ["rock", "pop", "jazz", "guitar"]
@@ -33,6 +40,12 @@ def status_message(stream: str = "main", **overrides) -> StatusMessage:
               "labels": LABELS, "genres": ["rock", "pop", "jazz"], "model": "MSD_musicnn",
               "engine": "onnxruntime", "final": False}
     return StatusMessage(**(fields | overrides))
+
+
+def alarm_message(stream: str = "main", **overrides) -> AlarmMessage:
+    fields = {"stream": stream, "seq": 0, "wall": 1.7e9, "alarm": "loudness", "active": True,
+              "value": -14.2, "threshold": -23.0, "detail": "above target"}
+    return AlarmMessage(**(fields | overrides))
 
 
 def assert_round_trips(message: Message) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +153,17 @@ class TestBadModels:
         """The checks above fail for the shape, not because the hand-made graph is broken."""
         engine = load_engine(_write_model(tmp_path / "ok.onnx"), "onnxruntime")
         assert engine.infer(np.zeros((2, 187, 96), np.float32))["tags"].shape == (2, 50)
+
+
+def test_interrupt_ends_the_running_call_and_every_later_one() -> None:
+    """Pipeline.stop() interrupts the engine, so that its worker leaves a long call at once."""
+    engine = load_engine(card(), "onnxruntime", max_batch=8)
+    windows = music_windows(8)
+    interrupter = threading.Timer(0.05, engine.interrupt)
+    interrupter.start()
+    with pytest.raises(Exception, match="terminate flag"):
+        for _ in range(1000):  # far longer than 0.05 s: the interrupt lands in one of these
+            engine.infer(windows)
+    interrupter.join()
+    with pytest.raises(Exception, match="terminate flag"):
+        engine.infer(windows[:1])

@@ -151,3 +151,10 @@ class TestWriteReport:
         path.write_text(f"# Title\nintro\n{BEGIN_MARK}\nold\n{END_MARK}\n## Reading\nnotes\n")
         write_report(path, "new\n")
         assert path.read_text() == f"# Title\nintro\n{BEGIN_MARK}\nnew\n{END_MARK}\n## Reading\nnotes\n"
+
+    def test_onair_stage_cost(self, bench: tuple[dict, str]) -> None:
+        """The loudness stage's CPU per stream is measured and set beside a whole stream's."""
+        onair = bench[0]["onair"]
+        assert 0 < onair["loudness_cpu_percent"] < 100
+        assert onair["stream_cpu_percent"] > 0 and onair["share_of_stream"] > 0
+        assert "onair_share_of_stream" in bench[0]["checks"]

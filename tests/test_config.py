@@ -75,6 +75,12 @@ class TestErrors:
         ("streams = []\n", "streams: at least one stream is needed"),
         ("streams = 'x'\n", "streams: expected an array of tables"),
         ("[service]\nlog_level = 'loud'\n", "service.log_level: expected"),
+        ("[alarms]\nsilence_s = -1\n", "alarms.silence_s: must be 0..86400 s, got -1.0"),
+        ("[alarms]\nloudness_tolerance_lu = 0\n", "alarms.loudness_tolerance_lu: must be 0.1..40"),
+        ("[alarms]\nsilence_lfs = -5\n", "alarms.silence_lfs: unknown key (did you mean 'silence_"),
+        ("[loudness]\nenabled = 1\n", "loudness.enabled: expected true or false, got 1"),
+        ("[metrics]\nlisten = '9108'\n", "metrics.listen: expected HOST:PORT"),
+        ("[metrics]\nlisten = '[::]:9108'\n", "metrics.listen: :: is not loopback"),
         ("[engine\n", "invalid TOML"),
         # integers beyond TOML's 64 bits (tomllib reads any size), a key holding a newline
         ("[framing]\nhop_s = 1" + "0" * 400, "framing.hop_s: expected a finite number, got 1000"),

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 
-from e2e_helpers import REPO, assert_one_line_error, run_cli
-
-GENRES = REPO / "datasets" / "genres"
+from e2e_helpers import GENRES, assert_one_line_error, genre_sample, run_cli
 
 
 def test_evaluate_fused_default_json(tmp_path):
@@ -24,12 +22,12 @@ def test_evaluate_fused_default_json(tmp_path):
 
 def test_train_then_evaluate_the_head(tmp_path):
     """A small head trains, exports one ONNX, and evaluates on held-out files via the CLI."""
-    out = tmp_path / "head.onnx"
-    proc = run_cli("train", str(GENRES), "--out", str(out), "--head", "linear", "--epochs", "15",
+    out, genres = tmp_path / "head.onnx", genre_sample(tmp_path / "genres")
+    proc = run_cli("train", str(genres), "--out", str(out), "--head", "linear", "--epochs", "15",
                    "--augment", "0", "--cache-dir", str(tmp_path / "cache"), timeout=600)
     assert proc.returncode == 0, proc.stderr.decode()
     assert out.is_file() and out.with_suffix(".json").is_file()
-    proc = run_cli("evaluate", str(out), str(GENRES), "--json",
+    proc = run_cli("evaluate", str(out), str(genres), "--json",
                    "--cache-dir", str(tmp_path / "cache"), timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()
     doc = json.loads(proc.stdout)

@@ -7,7 +7,13 @@ import math
 
 import msgpack
 import pytest
-from feed_helpers import assert_round_trips, change_message, genre_message, status_message
+from feed_helpers import (
+    alarm_message,
+    assert_round_trips,
+    change_message,
+    genre_message,
+    status_message,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +27,7 @@ from streamclf.feed.schema import (
     StatusMessage,
     decode_frames,
 )
+from streamclf.feed.subscriber import format_message
 
 
 def _frames(topic: str, payload: dict) -> list[bytes]:
@@ -42,6 +49,10 @@ class TestRoundTrip:
         change_message(),
         change_message(previous=""),
         status_message(final=True),
+        status_message(alarms=["silence"], momentary_lufs=-70.5, short_term_lufs=-31.0,
+                       integrated_lufs=-23.4, loudness_range_lu=6.1, true_peak_dbtp=-1.5),
+        alarm_message(),
+        alarm_message(alarm="input", active=False, value=2.5, threshold=2.0, detail="running"),
     ])
     def test_round_trip(self, message):
         frames = message.to_frames()
@@ -178,3 +189,11 @@ def test_status_carries_labels():
     message = StatusMessage.from_frames(status_message().to_frames())
     assert message.labels == ["rock", "pop", "jazz", "guitar"]
     assert isinstance(GenreMessage.from_frames(genre_message().to_frames()).top[0], list)
+
+
+def test_alarm_reads_as_one_line():
+    """`streamclf subscribe` shows an alarm's start and end, its value and its limit."""
+    assert format_message(alarm_message()).endswith(
+        "alarm loudness START (above target): -14.2 (limit -23.0)")
+    assert "alarm silence end: -inf (limit -60.0)" in format_message(
+        alarm_message(alarm="silence", active=False, value=-math.inf, threshold=-60.0, detail=""))

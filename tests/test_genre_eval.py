@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import importlib.util
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from streamclf.evaluate import (
     UNKNOWN,
@@ -139,28 +141,60 @@ class TestTaxonomy:
         assert (probs.argmax(1) == scores.argmax(1)).all()
 
 
+@pytest.fixture(scope="module")
+def rows():
+    with open(DATASET / "manifest.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 class TestGenreSet:
-    """The shipped set: real clips, provenance per row, split by track, deterministic."""
+    """The shipped set: complete rows, real 16 kHz mono clips, evidence, nothing reserved."""
 
-    def test_manifest_rows_have_provenance_and_files(self):
-        with open(DATASET / "manifest.csv", newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        assert len(rows) >= 30
-        for row in rows:
-            assert (DATASET / row["path"]).is_file()
-            assert row["package"] and row["version"] and row["license"] and row["reason"]
-            assert (DATASET / "copyright" / f"{row['package']}.txt").is_file()
-            assert row["label_source"] in ("genre_tag", "credits", "title", "curator")
-
-    def test_split_is_by_track_and_reproducible(self):
-        clips = load_manifest(DATASET)
-        assert len({c.path for c in clips}) == len(clips)
+    def test_every_row_is_complete_and_its_clip_decodes_at_16k_mono(self, rows):
         tool = _make_genre_set()
-        assert tool.assign_splits(tool.TRACKS) == {c.extra["id"]: c.split for c in clips}
-        labels = {c.label for c in clips}
+        assert len(rows) >= 30 and tuple(rows[0]) == tool.MANIFEST_FIELDS
+        for row in rows:
+            assert all(row[field].strip() for field in tool.MANIFEST_FIELDS), row["id"]
+            assert row["label"] in FAMILIES and row["split"] in ("calib", "test")
+            assert row["label_source"] in tool.LABEL_SOURCES
+            assert (DATASET / "copyright" / f"{row['package']}.txt").is_file()
+            audio, rate = sf.read(DATASET / row["path"], dtype="float32")
+            assert rate == 16000 and audio.ndim == 1, row["path"]
+            assert 20 * rate <= len(audio) <= 30.1 * rate, row["path"]
+            assert np.sqrt(np.mean(audio**2)) > 1e-3, f"{row['path']} is silent"
+
+    def test_no_reserved_package_anywhere(self, rows):
+        tool = _make_genre_set()
+        assert len(tool.RESERVED_PACKAGES) == 15
+        used = {row["package"] for row in rows} | set(tool.load_packages())
+        used |= {p.stem for p in (DATASET / "copyright").iterdir()}
+        assert not used & set(tool.RESERVED_PACKAGES)
+
+    def test_manifest_is_what_the_build_tool_writes_from_tracks_csv(self, rows):
+        tool = _make_genre_set()
+        tracks, packages = tool.load_tracks(), tool.load_packages()
+        tool.check(tracks, packages)
+        assert [r["id"] for r in rows] == [t.id for t in tracks]
+        for row, track in zip(rows, tracks, strict=True):
+            package = packages[track.package]
+            assert (row["label"], row["split"], row["artist"], row["package"]) == (
+                track.label, track.split, track.artist, track.package)
+            assert (row["version"], row["license"]) == (package.version, package.license)
+            assert row["path"] == f"clips/{track.label}/{track.id}.ogg"
+            assert row["source_file"] == " + ".join(track.files)
+        assert {p.stem for p in (DATASET / "copyright").iterdir()} == {r["package"] for r in rows}
+
+    def test_one_spelling_per_artist(self, rows):
+        spellings = defaultdict(set)
+        for row in rows:
+            spellings[" ".join(row["artist"].casefold().split())].add(row["artist"])
+        assert all(len(names) == 1 for names in spellings.values()), spellings
+
+    def test_both_splits_hold_every_family(self, rows):
+        labels = {row["label"] for row in rows}
         assert len(labels) >= 6
         for label in labels:
-            assert {c.split for c in clips if c.label == label} == {"calib", "test"}
+            assert {r["split"] for r in rows if r["label"] == label} == {"calib", "test"}
 
 
 class TestFusedModel:

@@ -196,3 +196,11 @@ def test_memory_stays_where_warmup_left_it(card, logmel, rng):
         if batch % 20 == 19:
             samples.append(rss_mb(os.getpid()))
     assert max(samples) - min(samples) < 2.0, [round(s, 1) for s in samples]
+
+
+def test_interrupt_ends_every_later_call(card):
+    """As the full-window engine's: Pipeline.stop() gets the worker out of the runner at once."""
+    runner = IncrementalRunner(card, max_batch=2)
+    runner.interrupt()
+    with pytest.raises(Exception, match="terminate flag"):
+        runner.warmup()

@@ -134,6 +134,14 @@ class TestLiveViewRender:
         assert "unknown 0.71 (rock?, jazz?)" in text
         assert "-inf dBFS  silence" in text
 
+    def test_loudness_and_alarms(self):
+        text = recorded([status_msg(momentary_lufs=-14.25, short_term_lufs=-15.0,
+                                    integrated_lufs=float("-inf"), loudness_range_lu=3.1,
+                                    true_peak_dbtp=-0.5, alarms=["silence", "input"])])
+        assert "loudness M -14.2  S -15.0  I -inf LUFS  LRA 3.1 LU  true peak -0.5 dBTP" in text
+        assert "ALARM silence, input" in text
+        assert "loudness" not in recorded([status_msg()])  # a daemon without [loudness]
+
     def test_before_any_message(self):
         assert "waiting for audio" in recorded([])
 

@@ -54,6 +54,8 @@ def test_sigterm_during_engine_warmup(tmp_path, request):
     assert rc == 0 and took_s < EXIT_PROMISE_S, took_s
     assert "stopped_during_startup" in names and "pipeline_started" not in names
     assert not any(m.startswith("READY=1") for m in notify.received)
+    # start-up asked systemd for more time before it began loading (docs/engines.md)
+    assert notify.received[0] == "EXTEND_TIMEOUT_USEC=30000000"
 
 
 def test_sigterm_under_overload(tmp_path, request):

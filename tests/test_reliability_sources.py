@@ -6,8 +6,10 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import time
 
 import soundfile as sf
+from e2e_helpers import NotifySocket
 from reliability_helpers import (
     CLIP,
     EXIT_PROMISE_S,
@@ -21,6 +23,7 @@ from reliability_helpers import (
 )
 
 from streamclf.feed.schema import GenreMessage
+from streamclf.pipeline import STALL_S
 
 
 def source_states(daemon: Daemon) -> list[str]:
@@ -56,6 +59,92 @@ class TestFfmpegDies:
         assert server.connections >= 3
         assert feed.seq_gaps() == {} and feed.lost == 0
         assert feed.final_status("net").dropped_windows == 0
+
+
+class TestStuckReader:
+    """A source reader that blocks (its ffmpeg frozen with SIGSTOP: the pipe stays open, nothing
+    comes) marks the stream `stalled: source` in its status and withholds the watchdog, since the
+    daemon's only stream cannot work; once it moves again, both come back."""
+
+    def test_frozen_ffmpeg_withholds_the_watchdog(self, tmp_path):
+        server = PacedWavServer()
+        server.start()
+        cfg = write_config(tmp_path, streams=[{"id": "net", "source": "url", "url": server.url}],
+                           service={"watchdog": True})
+        notify = NotifySocket(tmp_path / "notify.sock")
+        env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"}
+        try:
+            with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg.path, env=env) as daemon:
+                assert feed.wait(lambda: feed.genre_count("net") >= 2, timeout_s=START_TIMEOUT_S)
+                assert feed.last_status("net").stalled is None
+                (reader,) = children_named(daemon.pid, "ffmpeg")
+                os.kill(reader, signal.SIGSTOP)
+                assert feed.wait(lambda: feed.last_status("net").stalled == "source",
+                                 timeout_s=STALL_S + 10)  # fmt: skip
+                time.sleep(0.5)  # a ping already on its way lands first
+                pings = notify.lines().count("WATCHDOG=1")
+                time.sleep(2.0)  # four ping periods (WATCHDOG_USEC / 2)
+                assert notify.lines().count("WATCHDOG=1") == pings, "pinged while stuck"
+                assert any(line.startswith("STATUS=net: stalled (source)")
+                           for line in notify.lines())
+                os.kill(reader, signal.SIGCONT)
+                assert feed.wait(lambda: feed.last_status("net").stalled is None, timeout_s=10)
+                assert wait_for(lambda: notify.lines().count("WATCHDOG=1") > pings, timeout_s=5)
+                # the audio that queued up while it was frozen is worked off before the stop
+                resumed = feed.genre_count("net")
+                assert feed.wait(lambda: feed.genre_count("net") >= resumed + 3 and all(
+                    m.latency_ms < 1000 for m in feed.of(GenreMessage, "net")[-2:]),
+                    timeout_s=60)  # fmt: skip
+                rc, _ = daemon.terminate()
+                events = daemon.events()
+        finally:
+            server.stop()
+            notify.close()
+        assert rc == 0
+        transitions = [(e["event"], e.get("stalled", e.get("was"))) for e in events
+                       if e.get("event") in ("pipeline_stalled", "pipeline_recovered")]
+        assert transitions == [("pipeline_stalled", "net: source"),
+                               ("pipeline_recovered", "net: source")]
+
+    def test_one_stuck_stream_of_two_keeps_the_watchdog(self, tmp_path):
+        """The daemon still works for the other stream: the stuck one shows in its status and
+        in STATUS=, but the watchdog goes on (a restart would interrupt the working stream)."""
+        server = PacedWavServer()
+        server.start()
+        cfg = write_config(tmp_path, streams=[
+            {"id": "net", "source": "url", "url": server.url},
+            {"id": "clip", "source": "file", "path": CLIP, "loop": True, "realtime": True},
+        ], service={"watchdog": True})  # fmt: skip
+        notify = NotifySocket(tmp_path / "notify.sock")
+        env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"}
+        try:
+            with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg.path, env=env) as daemon:
+                assert feed.wait(lambda: min(feed.genre_count("net"), feed.genre_count("clip"))
+                                 >= 2, timeout_s=START_TIMEOUT_S)  # fmt: skip
+                (reader,) = children_named(daemon.pid, "ffmpeg")
+                os.kill(reader, signal.SIGSTOP)
+                assert feed.wait(lambda: feed.last_status("net").stalled == "source",
+                                 timeout_s=STALL_S + 10)  # fmt: skip
+                pings = notify.lines().count("WATCHDOG=1")
+                clip_windows = feed.genre_count("clip")
+                time.sleep(2.0)  # four ping periods
+                assert notify.lines().count("WATCHDOG=1") >= pings + 2
+                assert feed.genre_count("clip") > clip_windows
+                assert feed.last_status("clip").stalled is None
+                assert any("net: stalled (source)" in line for line in notify.lines())
+                os.kill(reader, signal.SIGCONT)
+                assert feed.wait(lambda: feed.last_status("net").stalled is None, timeout_s=10)
+                resumed = feed.genre_count("net")
+                assert feed.wait(lambda: feed.genre_count("net") >= resumed + 3 and all(
+                    m.latency_ms < 1000 for m in feed.of(GenreMessage, "net")[-2:]),
+                    timeout_s=60)  # fmt: skip
+                rc, _ = daemon.terminate()
+                events = daemon.event_names()
+        finally:
+            server.stop()
+            notify.close()
+        assert rc == 0
+        assert "pipeline_stalled" not in events
 
 
 class TestUnreachableStream:

@@ -252,3 +252,29 @@ class TestContract:
     def test_wrong_vector_size(self):
         with pytest.raises(ModelError, match="tag probabilities"):
             smoother().update(np.zeros(3, np.float32), 0.0, LOUD_DBFS)
+
+
+class TestNonFiniteProbabilities:
+    """A window with NaN or infinite probabilities (an FP16 overflow in the engine) is counted
+    and refused: the average, the held genre and later windows are as if it never came."""
+
+    @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+    def test_refused_and_counted(self, bad):
+        s, clean = smoother(time_constant_s=2.0), smoother(time_constant_s=2.0)
+        for t in (0.0, 1.0):
+            s.update(probs(rock=0.9), t, LOUD_DBFS)
+            clean.update(probs(rock=0.9), t, LOUD_DBFS)
+        broken = probs(rock=0.9)
+        broken[LABELS.index("pop")] = bad
+        held = s.update(broken, 2.0, LOUD_DBFS)
+        assert (held.genre, held.changed, s.non_finite) == ("rock", False, 1)
+        assert np.isfinite(held.smoothed).all() and np.isfinite(held.confidence)
+        after = s.update(probs(pop=0.9), 3.0, LOUD_DBFS)
+        expected = clean.update(probs(pop=0.9), 3.0, LOUD_DBFS)
+        np.testing.assert_array_equal(after.smoothed, expected.smoothed)
+
+    def test_first_window_refused(self):
+        s = smoother()
+        state = s.update(np.full(len(LABELS), np.nan, np.float32), 0.0, LOUD_DBFS)
+        assert (state.genre, state.confidence, s.non_finite) == (UNKNOWN, 0.0, 1)
+        assert s.update(probs(jazz=0.9), 1.0, LOUD_DBFS).genre == "jazz"

@@ -1,6 +1,7 @@
 """`streamclf train` end to end on real music (datasets/genres: Debian game soundtracks).
 
-One module-scoped run embeds the set with the frozen MSD musicnn (cached in a temporary
+One module-scoped run embeds a sample of the set (`genre_sample`: 4 clips per family and
+split, so the time stays put as the set grows) with the frozen MSD musicnn (cached in a temporary
 folder), trains an MLP head on the calib split and exports musicnn + head as one ONNX file.
 The checks are about learning, not one number: held-out accuracy far above chance and above
 the zero-shot baseline, the exported file equal to the torch model, and the daemon's own
@@ -21,6 +22,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from e2e_helpers import genre_sample
+
 from streamclf.backends.base import load_engine
 from streamclf.models.card import load_model_card
 from streamclf.train.augment import AugmentConfig
@@ -38,7 +41,6 @@ from streamclf.train.trainer import TrainConfig
 pytestmark = [pytest.mark.torch, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parent.parent
-GENRES_CSV = ROOT / "datasets" / "genres" / "manifest.csv"
 CONFIG = TrainConfig(head="mlp", hidden=64, epochs=40, patience=8, seed=7)
 SPLITS = SplitOptions(val_share=0.25, seed=7)
 
@@ -49,9 +51,14 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(workdir: Path):
+def genres_csv(workdir: Path) -> Path:
+    return genre_sample(workdir / "genres") / "manifest.csv"
+
+
+@pytest.fixture(scope="module")
+def trained(workdir: Path, genres_csv: Path):
     card, report = train_model(
-        GENRES_CSV,
+        genres_csv,
         out=workdir / "genres-mlp.onnx",
         config=CONFIG,
         augment=AugmentConfig(copies=1),
@@ -62,14 +69,14 @@ def trained(workdir: Path):
 
 
 @pytest.fixture(scope="module")
-def evaluation(trained, workdir: Path):
+def evaluation(trained, workdir: Path, genres_csv: Path):
     card, _ = trained
-    return evaluate_model(card.onnx_path, GENRES_CSV, split="test", cache_dir=workdir / "cache")
+    return evaluate_model(card.onnx_path, genres_csv, split="test", cache_dir=workdir / "cache")
 
 
-def test_card_is_a_model_card_with_the_classes(trained) -> None:
+def test_card_is_a_model_card_with_the_classes(trained, genres_csv: Path) -> None:
     card, report = trained
-    classes = tuple(sorted(split_dataset(GENRES_CSV, SPLITS).classes))
+    classes = tuple(sorted(split_dataset(genres_csv, SPLITS).classes))
     assert card.labels == card.genres == classes
     assert card.document["outputs"]["tags"]["shape"] == ["batch", len(classes)]
     assert card.document["base_model"]["name"] == "MSD_musicnn"
@@ -94,13 +101,13 @@ def test_held_out_accuracy_far_above_chance_and_the_zero_shot_baseline(trained, 
 
 
 def test_evaluate_command_writes_tables_pngs_and_json(
-    trained, evaluation, workdir: Path, capsys
+    trained, evaluation, workdir: Path, genres_csv: Path, capsys
 ) -> None:
     card, _ = trained
     assert is_trained_head(card.onnx_path) and not is_trained_head("MSD_musicnn")
     args = argparse.Namespace(
         model=card.onnx_path,
-        dataset=GENRES_CSV,
+        dataset=genres_csv,
         split="test",
         engine=None,
         cache_dir=workdir / "cache",
@@ -170,11 +177,13 @@ def test_classify_command_accepts_the_custom_model(trained) -> None:
     assert doc["files"][0]["summary"]["genre"] in card.labels
 
 
-def test_cached_embeddings_make_a_second_run_reproducible(trained, workdir: Path) -> None:
+def test_cached_embeddings_make_a_second_run_reproducible(
+    trained, workdir: Path, genres_csv: Path
+) -> None:
     """Same seed, warm cache: the same head, bit for bit, without recomputing an embedding."""
     card, report = trained
     again, report_again = train_model(
-        GENRES_CSV,
+        genres_csv,
         out=workdir / "again.onnx",
         config=CONFIG,
         augment=AugmentConfig(copies=1),
@@ -190,10 +199,10 @@ def test_cached_embeddings_make_a_second_run_reproducible(trained, workdir: Path
     assert report_again["window_accuracy"] == report["window_accuracy"]
 
 
-def test_attention_head_trains_and_exports(trained, workdir: Path) -> None:
+def test_attention_head_trains_and_exports(trained, workdir: Path, genres_csv: Path) -> None:
     card, _ = trained
     attention, report = train_model(
-        GENRES_CSV,
+        genres_csv,
         out=workdir / "genres-attention.onnx",
         config=replace(CONFIG, head="attention", segment_windows=4),
         augment=AugmentConfig(copies=1),

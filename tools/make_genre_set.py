@@ -13,12 +13,22 @@ track's label comes with its evidence, strongest first:
 - ``curator``: the same artist and soundtrack as a tagged track, judged by ear by the curator —
   the weakest evidence, marked so that it can be left out.
 
-The split is by track, deterministic: within each label the tracks are ordered by the sha1 of
-their id and every second one is held out (``test``); the rest (``calib``) is the only part
-calibration may be fitted on. Fret-on-Fire songs ship the guitar as its own stem; the two stems
-are mixed back into the song (as the game plays them), nothing is synthesised.
+What to cut is data, not code: ``datasets/genres/tracks.csv`` has one row per recording (id,
+label, split, package, artist, files, label_source, reason) and ``packages.csv`` pins each
+package's exact Debian version and licence; this tool downloads those versions
+(``apt-get download NAME=VERSION``, ``dpkg-deb -x``, never installed), cuts a 30 s excerpt a
+third into each track, and writes the clips, the manifest and each package's copyright file.
+Fret-on-Fire songs ship the guitar as its own stem; the two stems are mixed back into the song
+(as the game plays them), nothing is synthesised.
 
-Usage (root, Debian mirrors reachable; ~1.1 GB of packages are downloaded to --work):
+The ``split`` column (calib/test) is for the older tools that fit on ``calib`` and score
+``test``. It is by track: within each label and each batch of added tracks, ids in sha1 order,
+every second one held out. The first 40 tracks keep the split the fused default's calibration
+was fitted on (its calib rows).
+Evaluations across packages and artists ignore it and group by ``package`` and ``artist``.
+Reserved packages (kept for an independent evaluation) are refused.
+
+Usage (root, Debian mirrors reachable; ~1.2 GB of packages are downloaded to --work):
 
     python tools/make_genre_set.py --out datasets/genres --work /tmp/genres
 """
@@ -27,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import shutil
 import subprocess
 import zipfile
@@ -39,27 +48,25 @@ CLIP_RATE_HZ = 16000
 VORBIS_QUALITY = 4
 MANIFEST_FIELDS = ("path", "label", "split", "artist", "id", "package", "version", "source_file",
                    "start_s", "duration_s", "license", "label_source", "reason")
-FOF = "usr/share/games/fretsonfire/data/songs"
-WESNOTH = "usr/share/games/wesnoth/1.16/data/core/music"
-OPENCLONK = "usr/share/games/openclonk/Music.ocg"
-FREEDROID = "usr/share/freedroidrpg/data/sound/music"
-STK = "usr/share/games/supertuxkart/data/music"
-WARMUX = "usr/share/games/warmux/music"
+TRACKS_CSV = Path(__file__).resolve().parent.parent / "datasets" / "genres" / "tracks.csv"
+PACKAGES_CSV = TRACKS_CSV.with_name("packages.csv")
+RESERVED_PACKAGES = (  # kept for an independent evaluation (issue 14): never used here
+    "naev-data", "widelands-data", "freedink-data", "supertux-data", "bomberclone-data",
+    "trackballs-data", "brainparty-data", "lincity-ng-data", "starfighter-data",
+    "colobot-common-sounds", "renpy-demo", "pachi-data", "freeciv-data", "heroes-sound-tracks",
+    "open-invaders-data",
+)
+LABEL_SOURCES = ("genre_tag", "credits", "title", "curator")
 NEXUIZ_PK3 = "usr/share/games/nexuiz/data/music.pk3"
 
-LICENSES = {
-    "wesnoth-1.16-music": "GPL-2+",
-    "openclonk-data": "ISC / CC-BY-3.0 (game content, see copyright)",
-    "megaglest-data": "CC-BY-SA-3.0",
-    "warmux-data": "GPL-2+",
-    "hedgewars-data": "GPL-2",
-    "fretsonfire-songs-muldjord": "CC-BY-SA-3.0",
-    "fretsonfire-songs-sectoid": "GPL (see copyright)",
-    "nexuiz-music": "GPL-2+",
-    "supertuxkart-data": "CC-BY-SA-3.0",
-    "freedroidrpg-data": "GPL-2+",
-    "flare-game": "CC-BY-SA-3.0+",
-}
+
+@dataclass(frozen=True)
+class Package:
+    """One Debian package pinned to the version the clips were cut from."""
+
+    name: str
+    version: str
+    license: str
 
 
 @dataclass(frozen=True)
@@ -67,123 +74,49 @@ class Track:
     """One source recording: where it is, what it is, and why we say so."""
 
     id: str
-    package: str
-    files: tuple[str, ...]  # paths inside the package; several stems are mixed
     label: str
+    split: str
+    package: str
+    artist: str
+    files: tuple[str, ...]  # paths inside the package; several stems are mixed
     label_source: str
     reason: str
-    artist: str
 
 
-def _t(id_: str, package: str, files: str | tuple[str, ...], label: str, source: str, reason: str,
-       artist: str) -> Track:
-    return Track(id_, package, (files,) if isinstance(files, str) else files, label, source, reason,
-                 artist)
+def load_packages(path: Path = PACKAGES_CSV) -> dict[str, Package]:
+    """packages.csv (package,version,license) → {name: Package}."""
+    with open(path, newline="") as fh:
+        return {r["package"]: Package(r["package"], r["version"], r["license"])
+                for r in csv.DictReader(fh)}
 
 
-def _fof(package: str, song: str, label: str, source: str, reason: str, artist: str) -> Track:
-    folder = f"{FOF}/{package.rsplit('-', 1)[1]}/{song}"
-    ident = f"fof-{song.lower().replace(' ', '_')}"
-    return _t(ident, package, (f"{folder}/song.ogg", f"{folder}/guitar.ogg"), label, source, reason,
-              artist)
-
-
-_WESNOTH = {  # file stem: composer (GENRE=Romantic Classical in every file)
-    "battle": "Aleksi Aubry-Carlson", "breaking_the_chains": "Mattias Westlund",
-    "casualties_of_war": "Tyler Johnson", "elvish-theme": "Doug Kaufman",
-    "heroes_rite": "Doug Kaufman", "knolls": "Timothy Pinkham", "loyalists": "Joseph G. Toscano",
-    "northerners": "Stephen Rozanc", "nunc_dimittis": "Jeremy Nicoll",
-    "the_dangerous_symphony": "Gianmarco Leone",
-}
-_MULDJORD = ("chaos_god", "internal_degeneration", "mutilated_mime", "armygeddon")
-_SECTOID = ("Escape from chaosland", "Feelings", "War of freedom")
-_ELYSIS = ("brainsukker", "chaos-fog", "infight", "neuronal-diving")
-
-TRACKS: tuple[Track, ...] = (
-    *(_t(f"wesnoth-{stem}", "wesnoth-1.16-music", f"{WESNOTH}/{stem}.ogg", "classical",
-         "genre_tag", "GENRE=Romantic Classical", artist) for stem, artist in _WESNOTH.items()),
-    _t("megaglest-romans", "megaglest-data",
-       "usr/share/games/megaglest/techs/megapack/factions/romans/music/romans.ogg", "classical",
-       "genre_tag", "GENRE=Classical", "Eliminator"),
-    _t("warmux-divertissement", "warmux-data", f"{WARMUX}/menu/Divertissement_pour_flute.ogg",
-       "classical", "genre_tag", "GENRE=Classique (flute divertimento)", "Azzoug Lawrence"),
-    _t("openclonk-urbanbolero", "openclonk-data", f"{OPENCLONK}/UrbanBolero.ogg", "classical",
-       "genre_tag", "GENRE=Orchestral", "Martin Strohmeier"),
-    *(_fof("fretsonfire-songs-muldjord", song, "metal", "credits",
-           "readme: composed by El Senator of the danish metal band Muldjord", "Muldjord")
-      for song in _MULDJORD),
-    _fof("fretsonfire-songs-sectoid", "Metal madness", "metal", "title",
-         "title 'Metal madness'", "Sectoid"),
-    *(_fof("fretsonfire-songs-sectoid", song, "metal", "curator",
-           "same artist and guitar-game song pack as 'Metal madness'", "Sectoid")
-      for song in _SECTOID),
-    _t("hedgewars-rock", "hedgewars-data", "usr/share/games/hedgewars/Data/Music/Rock.ogg", "rock",
-       "title", "file name Rock.ogg", "Hedgewars team"),
-    _t("openclonk-motorway", "openclonk-data", f"{OPENCLONK}/Motorway.ogg", "rock", "genre_tag",
-       "GENRE=Rock", "Martin Strohmeier"),
-    _t("openclonk-skylands", "openclonk-data", f"{OPENCLONK}/TheSkylands.ogg", "rock", "genre_tag",
-       "GENRE=Rock", "Martin Strohmeier"),
-    _t("warmux-like_a_rock", "warmux-data", f"{WARMUX}/ingame/Olivier_Militon.-.Like_a_rock.ogg",
-       "rock", "title", "title 'Like a rock'", "Olivier Militon"),
-    _t("nexuiz-digital_pursuit", "nexuiz-music", "pk3:sound/cdtracks/digital-pursuit.ogg",
-       "electronic", "genre_tag", "GENRE=Electronic", "Parapraxis"),
-    _t("stk-valley", "supertuxkart-data", f"{STK}/valley.ogg", "electronic", "genre_tag",
-       "GENRE=Electronic", "DJ Helium"),
-    *(_t(f"nexuiz-{stem}", "nexuiz-music", f"pk3:sound/cdtracks/{stem}.ogg", "electronic",
-         "curator", "elysis' electronic score for the Nexuiz soundtrack", "elysis")
-      for stem in _ELYSIS),
-    _t("openclonk-crushedice", "openclonk-data", f"{OPENCLONK}/@CrushedIceCocktail.ogg", "dance",
-       "genre_tag", "GENRE=House", "Martin Strohmeier"),
-    _t("freedroid-temple", "freedroidrpg-data", f"{FREEDROID}/temple.ogg", "dance", "genre_tag",
-       "GENRE=dnb (drum and bass)", "Arvid Picciani"),
-    _t("stk-skyvibe", "supertuxkart-data", f"{STK}/SkyVibe-HighFrequency.ogg", "dance",
-       "genre_tag", "GENRE=Psychedelic (psytrance)", "Speedsound"),
-    _t("flare-wind_ambient", "flare-game",
-       "usr/share/games/flare/mods/fantasycore/music/wind_ambient.ogg", "ambient", "genre_tag",
-       "GENRE=Ambient", "Luke.RUSTLTD"),
-    _t("openclonk-luciddream", "openclonk-data", f"{OPENCLONK}/LucidDream.ogg", "ambient",
-       "genre_tag", "GENRE=Ambient", "Martin Strohmeier"),
-    _t("freedroid-thebeginning", "freedroidrpg-data", f"{FREEDROID}/TheBeginning.ogg", "ambient",
-       "genre_tag", "GENRE=ambient", "4T Thieves"),
-    _t("warmux-construction", "warmux-data", f"{WARMUX}/ingame/construction.ogg", "ambient",
-       "genre_tag", "GENRE=Ambiance", "WarMUX team"),
-    _t("freedroid-ambience", "freedroidrpg-data", f"{FREEDROID}/Ambience.ogg", "ambient", "title",
-       "title 'Ambience'", "FreedroidRPG team"),
-    _t("freedroid-ambientbattle", "freedroidrpg-data", f"{FREEDROID}/AmbientBattle.ogg", "ambient",
-       "title", "title 'AmbientBattle'", "FreedroidRPG team"),
-)
-
-
-def assign_splits(tracks: tuple[Track, ...] | list[Track]) -> dict[str, str]:
-    """Track id → 'calib' | 'test': per label, sha1 order, every second track held out."""
-    splits: dict[str, str] = {}
-    for label in sorted({t.label for t in tracks}):
-        ids = sorted((t.id for t in tracks if t.label == label),
-                     key=lambda i: hashlib.sha1(i.encode()).hexdigest())
-        splits.update({i: ("test" if k % 2 else "calib") for k, i in enumerate(ids)})
-    return splits
+def load_tracks(path: Path = TRACKS_CSV) -> tuple[Track, ...]:
+    """tracks.csv: one row per recording, its label, split and evidence (see the README)."""
+    with open(path, newline="") as fh:
+        return tuple(Track(r["id"], r["label"], r["split"], r["package"], r["artist"],
+                           tuple(r["files"].split(" + ")), r["label_source"], r["reason"])
+                     for r in csv.DictReader(fh))
 
 
 def _run(*cmd: str, cwd: Path | None = None) -> str:
     return subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
-def fetch_package(package: str, work: Path) -> tuple[Path, str]:
-    """apt-get download + dpkg-deb -x into work/x/<package>; returns (root, version)."""
-    debs, root = work / "debs", work / "x" / package
+def fetch_package(package: Package, work: Path) -> Path:
+    """apt-get download of the pinned version + dpkg-deb -x into work/x/<name>; returns the root."""
+    debs, root = work / "debs", work / "x" / package.name
     debs.mkdir(parents=True, exist_ok=True)
-    found = sorted(debs.glob(f"{package}_*.deb"))
-    if not found:
-        _run("apt-get", "download", package, cwd=debs)
-        found = sorted(debs.glob(f"{package}_*.deb"))
-    deb = found[-1]
+    pattern = f"{package.name}_{package.version.replace(':', '%3a')}_*.deb"
+    if not any(debs.glob(pattern)):
+        _run("apt-get", "download", f"{package.name}={package.version}", cwd=debs)
+    deb = next(debs.glob(pattern))
     if not root.is_dir():
         root.mkdir(parents=True)
         _run("dpkg-deb", "-x", str(deb), str(root))
-    if package == "nexuiz-music" and not (root / "pk3").is_dir():
+    if package.name == "nexuiz-music" and not (root / "pk3").is_dir():
         with zipfile.ZipFile(root / NEXUIZ_PK3) as pk3:
             pk3.extractall(root / "pk3")
-    return root, _run("dpkg-deb", "-f", str(deb), "Version").strip()
+    return root
 
 
 def _source(root: Path, name: str) -> Path:
@@ -209,29 +142,44 @@ def cut_excerpt(sources: list[Path], start_s: float, out: Path) -> None:
          "-c:a", "libvorbis", "-q:a", str(VORBIS_QUALITY), "-map_metadata", "-1", str(out))
 
 
-def build(out: Path, work: Path) -> list[dict[str, str]]:
-    """Write out/clips/<label>/<id>.ogg, out/copyright/<package>, out/manifest.csv."""
-    splits = assign_splits(TRACKS)
-    rows, versions = [], {}
-    for track in TRACKS:
-        root, versions[track.package] = fetch_package(track.package, work)
-        sources = [_source(root, f) for f in track.files]
+def check(tracks: tuple[Track, ...], packages: dict[str, Package]) -> None:
+    """Refuse a reserved or unpinned package, an unknown evidence kind, a repeated id."""
+    ids = [t.id for t in tracks]
+    bad = sorted({t.package for t in tracks} & set(RESERVED_PACKAGES))
+    bad += sorted({t.package for t in tracks} - set(packages))
+    bad += sorted({t.id for t in tracks if t.label_source not in LABEL_SOURCES})
+    bad += sorted({i for i in ids if ids.count(i) > 1})
+    bad += sorted({t.id for t in tracks if t.split not in ("calib", "test") or not t.artist})
+    if bad:
+        msg = f"tracks.csv: reserved, unpinned, repeated or incomplete: {', '.join(dict.fromkeys(bad))}"
+        raise SystemExit(msg)
+
+
+def build(out: Path, work: Path, tracks: tuple[Track, ...],
+          packages: dict[str, Package]) -> list[dict[str, str]]:
+    """Write out/clips/<label>/<id>.ogg, out/copyright/<package>.txt, out/manifest.csv."""
+    check(tracks, packages)
+    rows, roots = [], {}
+    for track in tracks:
+        package = packages[track.package]
+        if package.name not in roots:
+            roots[package.name] = fetch_package(package, work)
+        sources = [_source(roots[package.name], f) for f in track.files]
         start = excerpt_start_s(min(duration_s(s) for s in sources))
         clip = Path("clips") / track.label / f"{track.id}.ogg"
         cut_excerpt(sources, start, out / clip)
         rows.append({
-            "path": clip.as_posix(), "label": track.label, "split": splits[track.id],
-            "artist": track.artist, "id": track.id, "package": track.package,
-            "version": versions[track.package], "source_file": " + ".join(track.files),
+            "path": clip.as_posix(), "label": track.label, "split": track.split,
+            "artist": track.artist, "id": track.id, "package": package.name,
+            "version": package.version, "source_file": " + ".join(track.files),
             "start_s": f"{start:g}", "duration_s": f"{EXCERPT_S:g}",
-            "license": LICENSES[track.package], "label_source": track.label_source,
+            "license": package.license, "label_source": track.label_source,
             "reason": track.reason,
         })
-        print(f"{track.label:10s} {splits[track.id]:5s} {track.id}")
+        print(f"{track.label:10s} {track.split:5s} {track.id}")
     (out / "copyright").mkdir(parents=True, exist_ok=True)
-    for package in versions:
-        shutil.copyfile(work / "x" / package / "usr/share/doc" / package / "copyright",
-                        out / "copyright" / f"{package}.txt")
+    for name, root in roots.items():
+        shutil.copyfile(root / "usr/share/doc" / name / "copyright", out / "copyright" / f"{name}.txt")
     with open(out / "manifest.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS)
         writer.writeheader()
@@ -243,8 +191,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("datasets/genres"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/genres"))
+    parser.add_argument("--tracks", type=Path, default=TRACKS_CSV)
+    parser.add_argument("--packages", type=Path, default=PACKAGES_CSV)
     args = parser.parse_args()
-    rows = build(args.out, args.work)
+    try:
+        rows = build(args.out, args.work, load_tracks(args.tracks), load_packages(args.packages))
+    except subprocess.CalledProcessError as exc:
+        msg = f"{' '.join(exc.cmd)}: {exc.stderr.strip().splitlines()[-1] if exc.stderr else exc}"
+        raise SystemExit(msg) from None
     print(f"{len(rows)} clips in {args.out}")
 
 

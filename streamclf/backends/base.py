@@ -64,6 +64,10 @@ class Engine(Protocol):
 
     def warmup(self) -> None: ...
 
+    def interrupt(self) -> None:
+        """Make a call in progress, and every later one, end early: the pipeline is stopping."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -87,6 +91,9 @@ class InfoFields:
     @property
     def max_batch(self) -> int:
         return self.info.max_batch
+
+    def interrupt(self) -> None:
+        """Nothing to do for an engine whose calls are short (a GPU's); ONNX Runtime's are not."""
 
     def warmup(self) -> None:
         """Run a few full and single batches so the first real window pays no set-up cost."""

@@ -191,6 +191,8 @@ class WindowRunner(Protocol):
 
     def warmup(self) -> None: ...
 
+    def interrupt(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -214,6 +216,9 @@ class FullWindowRunner:
 
     def warmup(self) -> None:
         self.engine.warmup()
+
+    def interrupt(self) -> None:
+        self.engine.interrupt()
 
     def close(self) -> None:
         self.engine.close()
@@ -246,7 +251,7 @@ class IncrementalRunner:
         max_streams: int = MAX_STREAMS,
         reason: str = "",
     ) -> None:
-        from streamclf.backends.onnx import default_threads, open_session
+        from streamclf.backends.onnx import default_threads, new_run_options, open_session
 
         card = model if isinstance(model, ModelCard) else load_model_card(model)
         self.split = load_split_card(card, split_dir=split_dir)
@@ -255,6 +260,7 @@ class IncrementalRunner:
         # grow: flat RSS, ~100 MiB less than re-allocating per batch shape (docs/engines.md).
         self._frame = open_session(self.split.frame_path, threads=threads, mem_pattern=True)
         self._window = open_session(self.split.window_path, threads=threads, mem_pattern=True)
+        self._run_options = new_run_options()
         self.info = EngineInfo(
             name="onnxruntime", device=f"cpu ({threads} threads)", precision="fp32",
             max_batch=max_batch, model=card.name, embedding_dim=card.embedding_dim,
@@ -300,6 +306,9 @@ class IncrementalRunner:
             for i in ids:
                 self.reset(i)
         self.counters = IncrementalCounters()
+
+    def interrupt(self) -> None:
+        self._run_options.terminate = True
 
     def close(self) -> None:
         self._frame = self._window = None
@@ -347,7 +356,7 @@ class IncrementalRunner:
             for at in range(0, n_patches, FRAME_CALL):
                 stop = min(at + FRAME_CALL, n_patches)
                 call = self._patches[at : at + FRAME_CALL]
-                (timbral,) = self._frame.run(["timbral"], {"context": call})
+                (timbral,) = self._frame.run(["timbral"], {"context": call}, self._run_options)
                 self._computed[at:stop] = timbral[: stop - at, 0]  # [n, 1, dim]: a frame a patch
             for i, ((_, window), (ring, first_new, n_new, at)) in enumerate(zip(items, plans, strict=True)):
                 ring.store(first_new, self._computed[at : at + n_new])
@@ -363,7 +372,8 @@ class IncrementalRunner:
         names = list(OUTPUT_NAMES)
         for i in range(n):
             tags[i : i + 1], embedding[i : i + 1] = self._window.run(
-                names, {"logmel": self._logmel[i : i + 1], "core": self._core[i : i + 1]})
+                names, {"logmel": self._logmel[i : i + 1], "core": self._core[i : i + 1]},
+                self._run_options)
         self.counters.windows += n
         self.counters.frames_computed += n_patches
         self.counters.frames_reused += n * core - n_patches

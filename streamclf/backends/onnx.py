@@ -52,6 +52,14 @@ def session_options(*, threads: int, spin: bool = False, arena: bool = True,
     return options
 
 
+def new_run_options():
+    """Run options of one engine: setting `terminate` on them ends its call in progress (a
+    stopping pipeline) and every later one, with an error, between two nodes."""
+    import onnxruntime as ort
+
+    return ort.RunOptions()
+
+
 def open_session(path: Path, *, threads: int, spin: bool = False, arena: bool = True,
                  mem_pattern: bool = False):
     """An InferenceSession on the CPU; an unreadable model raises ModelError with one line."""
@@ -86,6 +94,7 @@ class OnnxEngine(InfoFields):
         path = Path(path)
         threads = threads or default_threads()
         self._session = open_session(path, threads=threads, spin=spin, arena=arena)
+        self._run_options = new_run_options()
         n_tags, embedding_dim = check_model_io(
             source=str(path),
             inputs=[(i.name, i.shape) for i in self._session.get_inputs()],
@@ -107,8 +116,11 @@ class OnnxEngine(InfoFields):
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         batch = check_batch(batch, self.info.max_batch)
-        outputs = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+        outputs = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch}, self._run_options)
         return dict(zip(OUTPUT_NAMES, outputs, strict=True))
+
+    def interrupt(self) -> None:
+        self._run_options.terminate = True
 
     def close(self) -> None:
         self._session = None

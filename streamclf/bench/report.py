@@ -32,6 +32,7 @@ import numpy as np
 import structlog
 
 from streamclf.audio.sources import BUNDLED_CLIP as CLIP
+from streamclf.bench.onair import bench_onair, render_onair
 from streamclf.config import EngineConfig
 from streamclf.errors import StreamclfError
 from streamclf.features.mel import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE_HZ, frames_for_seconds
@@ -682,6 +683,9 @@ SECTIONS: list[Section] = [
     Section("incremental", "Incremental inference", bench_incremental, render_incremental),
     Section("end_to_end", "End to end: ring → subscriber", bench_end_to_end, render_end_to_end),
     Section("capacity", "Capacity: concurrent real-time streams", bench_capacity, render_capacity),
+    Section("onair", "On-air stages: loudness and alarms per stream",
+            lambda ctx: bench_onair(ctx, block_s=BLOCK_S, repeats=1 if ctx.quick else 3,
+                                    check=_check), render_onair),
     Section("daemon", "Memory and start-up", bench_daemon, render_daemon),
 ]
 

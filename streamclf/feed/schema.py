@@ -120,10 +120,48 @@ class StatusMessage(_Message):
     model: str
     engine: str
     final: bool
+    stalled: str | None = None  # "worker" or "source" while that part of the stream is stuck
+    alarms: list[str] | None = None
+    momentary_lufs: float | None = None
+    short_term_lufs: float | None = None
+    integrated_lufs: float | None = None
+    loudness_range_lu: float | None = None
+    true_peak_dbtp: float | None = None
+    outputs: list[tuple[str, str, int, int, int]] | None = None  # docs/feed.md: status
 
 
-Message = GenreMessage | ChangeMessage | StatusMessage
-KINDS: dict[str, type[_Message]] = {m.KIND: m for m in (GenreMessage, ChangeMessage, StatusMessage)}
+@dataclass(frozen=True, kw_only=True)
+class AlarmMessage(_Message):
+    """An alarm of one stream started (`active`) or ended (topic `alarm.<stream>`)."""
+
+    KIND: ClassVar[str] = "alarm"
+    wall: float
+    alarm: str
+    active: bool
+    value: float
+    threshold: float
+    detail: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackMessage(_Message):
+    """A track of a stream started or ended (topic `track.<stream>`); docs/feed.md."""
+
+    KIND: ClassVar[str] = "track"
+    event: str  # "start" or "end"
+    wall: float
+    t: float  # stream time of the boundary, s
+    title: str  # "" when the source gives none
+    source: str  # what found the boundary: "icy" (the stream's own metadata)
+    genre: str | None = None  # end only: the track's genre over its windows
+    confidence: float | None = None
+    duration_s: float | None = None
+    windows: int | None = None
+
+
+Message = GenreMessage | ChangeMessage | StatusMessage | AlarmMessage | TrackMessage
+KINDS: dict[str, type[_Message]] = {
+    m.KIND: m for m in (GenreMessage, ChangeMessage, StatusMessage, AlarmMessage, TrackMessage)}
 _HINTS = {cls: typing.get_type_hints(cls) for cls in KINDS.values()}
 # Field names once per kind: `dataclasses.fields()` builds a new tuple on every call, and those
 # tuples filled CPython's tuple free list, ~1 MiB of the daemon's early memory growth.

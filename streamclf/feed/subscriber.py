@@ -23,11 +23,13 @@ import zmq.auth
 from streamclf.errors import FeedError
 from streamclf.feed.schema import (
     MAX_PAYLOAD_BYTES,
+    AlarmMessage,
     ChangeMessage,
     GenreMessage,
     Message,
     MessageError,
     StatusMessage,
+    TrackMessage,
     decode_frames,
 )
 
@@ -166,6 +168,16 @@ def format_message(message: Message) -> str:
     if isinstance(message, ChangeMessage):
         return (f"{head} change {message.previous or '-'} -> {message.genre} "
                 f"({message.confidence:.2f}) at {message.t1:.1f} s")
+    if isinstance(message, AlarmMessage):
+        state = "START" if message.active else "end"
+        detail = f" ({message.detail})" if message.detail else ""
+        return (f"{head} alarm {message.alarm} {state}{detail}: {message.value:.1f} "
+                f"(limit {message.threshold:.1f})")
+    if isinstance(message, TrackMessage):
+        if message.event == "start":
+            return f"{head} track start at {message.t:.1f} s: {message.title or '(no title)'}"
+        return (f"{head} track end at {message.t:.1f} s: {message.title or '(no title)'}, "
+                f"{message.genre} ({message.confidence:.2f}), {message.duration_s:.0f} s")
     assert isinstance(message, StatusMessage)
     final = " final" if message.final else ""
     return (f"{head} status {message.device_state}{final} up {message.uptime_s:.0f} s, "

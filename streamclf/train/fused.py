@@ -9,6 +9,9 @@ Calibration (docs/model-quality.md): per family, z = a·logit(MTT score) + b·lo
 over the zero-shot family scores, softmax over the families; a, b, c are fitted (class-balanced
 log-loss, light L2) on the `calib` split of the genre set only. A family with no calib clips
 keeps the mean fitted a, b, c; a family a tagger has no tag for gets weight 0 from it.
+A head chosen by `streamclf.train.select` may add a linear correction over the 100 tag
+probabilities or the 400-d embedding (the card's `calibration.residual`); `write_default`
+exports either, and `streamclf.train.split` rebuilds its split graphs from the card.
 
     python -m streamclf.train.fused --dataset datasets/genres --out engines
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +50,15 @@ class FusedMusicnn(nn.Module):
     """Both taggers, the family mapping and the calibration as one graph."""
 
     def __init__(self, mtt: nn.Module, msd: nn.Module, *, weight_mtt: np.ndarray,
-                 weight_msd: np.ndarray, bias: np.ndarray) -> None:
+                 weight_msd: np.ndarray, bias: np.ndarray, residual: dict | None = None) -> None:
         super().__init__()
         self.mtt, self.msd = mtt, msd
-        for name, value in (("map_mtt", vocabulary_matrix("MTT")), ("map_msd", vocabulary_matrix("MSD")),
-                            ("weight_mtt", weight_mtt), ("weight_msd", weight_msd), ("bias", bias)):
+        self.residual_input = residual["input"] if residual else None
+        buffers = [("map_mtt", vocabulary_matrix("MTT")), ("map_msd", vocabulary_matrix("MSD")),
+                   ("weight_mtt", weight_mtt), ("weight_msd", weight_msd), ("bias", bias)]
+        if residual:
+            buffers += [(f"residual_{k}", residual[k]) for k in ("weight", "mean", "scale")]
+        for name, value in buffers:
             self.register_buffer(name, torch.as_tensor(np.asarray(value, np.float32)))
 
     def forward(self, logmel: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -62,9 +70,14 @@ class FusedMusicnn(nn.Module):
                 msd_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(family distribution, joint embedding) from the two taggers' outputs (the split
         graphs' per-window part reuses it)."""
+        embedding = torch.cat([mtt_emb, msd_emb], dim=1)
         z = (self.weight_mtt * self._logit_scores(mtt_tags, self.map_mtt)
              + self.weight_msd * self._logit_scores(msd_tags, self.map_msd) + self.bias)
-        return torch.softmax(z, dim=1), torch.cat([mtt_emb, msd_emb], dim=1)
+        if self.residual_input is not None:
+            tags = torch.cat([mtt_tags, msd_tags], dim=1)
+            x = tags if self.residual_input == "tags" else embedding
+            z = z + ((x - self.residual_mean) / self.residual_scale) @ self.residual_weight.T
+        return torch.softmax(z, dim=1), embedding
 
     @staticmethod
     def _logit_scores(tags: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
@@ -117,17 +130,19 @@ def export_fused(model: nn.Module, path: Path) -> None:
                           dynamic_axes={n: {0: "batch"} for n in (card.INPUT_NAME, *OUTPUTS)})
 
 
-def fused_card(*, onnx_path: Path, calibration: dict, engines: Path) -> dict:
-    """The model card: the single models' input spec and licence, families as labels and genres."""
+def fused_card(*, onnx_path: Path, calibration: dict, engines: Path, trained_on: str,
+               builder: str, genres: Sequence[str] = FAMILIES,
+               validation: dict | None = None) -> dict:
+    """The model card: the single models' input spec and licence, the families as labels, the
+    families it may publish as genres (`validation` says how they were chosen)."""
     parts = {n: json.loads((engines / f"{n}.json").read_text()) for n in ("MTT_musicnn", "MSD_musicnn")}
     base = parts["MSD_musicnn"]
-    return {
+    document = {
         "schema": card.CARD_SCHEMA, "name": FUSED_MODEL, "architecture": "fused musicnn",
         "training_data": {"dataset": "MagnaTagATune + Million Song Dataset (Last.fm tags); "
-                                     "calibration on datasets/genres (calib split)", "tags": len(FAMILIES)},
+                                     f"head fitted on {trained_on}", "tags": len(FAMILIES)},
         "source": {"parts": {n: {"onnx_sha256": d["onnx"]["sha256"]} for n, d in parts.items()},
-                   "package": "musicnn", "version": card.MUSICNN_VERSION,
-                   "builder": "python -m streamclf.train.fused"},
+                   "package": "musicnn", "version": card.MUSICNN_VERSION, "builder": builder},
         "license": base["license"], "input": base["input"],
         "outputs": {
             "tags": {"dtype": "float32", "shape": ["batch", len(FAMILIES)], "activation": "softmax",
@@ -137,27 +152,41 @@ def fused_card(*, onnx_path: Path, calibration: dict, engines: Path) -> dict:
             "mtt_tags": {"dtype": "float32", "shape": ["batch", 50], "labels": list(card.MTT_LABELS)},
             "msd_tags": {"dtype": "float32", "shape": ["batch", 50], "labels": list(card.MSD_LABELS)},
         },
-        "labels": list(FAMILIES), "genres": list(FAMILIES),
+        "labels": list(FAMILIES), "genres": list(genres),
         "taxonomy": {"MTT": MTT_FAMILY_TAGS, "MSD": MSD_FAMILY_TAGS},
         "calibration": calibration,
         "onnx": {"file": onnx_path.name, "sha256": card.sha256_file(onnx_path),
                  "bytes": onnx_path.stat().st_size},
     }
+    if validation is not None:
+        document["validation"] = validation
+    return document
+
+
+def write_default(out: Path, *, params: dict[str, np.ndarray], calibration: dict,
+                  residual: dict | None = None, **card_fields) -> dict:
+    """Export the fused graph with these head parameters to `out` and write its card."""
+    engines = card.ENGINES_DIR
+    model = FusedMusicnn(load_torch_from_onnx(engines / "MTT_musicnn.onnx"),
+                         load_torch_from_onnx(engines / "MSD_musicnn.onnx"), **params,
+                         residual=residual)
+    onnx_path = out / f"{FUSED_MODEL}.onnx"
+    export_fused(model, onnx_path)
+    document = fused_card(onnx_path=onnx_path, calibration=calibration, engines=engines,
+                          **card_fields)
+    (out / f"{FUSED_MODEL}.json").write_text(json.dumps(document, indent=2) + "\n")
+    return document
 
 
 def build(dataset: Path, out: Path, *, unknown_threshold: float) -> dict:
     """Fit the calibration on the calib split, export the graph and write its card."""
-    engines = card.ENGINES_DIR
     clips = [c for c in load_manifest(dataset) if c.split == "calib"]
     frames, truth, _ = clip_windows(clips)
-    tags = {n: run_outputs(engines / f"{n}_musicnn.onnx", frames)["tags"] for n in ("MTT", "MSD")}
+    tags = {n: run_outputs(card.ENGINES_DIR / f"{n}_musicnn.onnx", frames)["tags"]
+            for n in ("MTT", "MSD")}
     scores = {n: family_scores(tags=t, mapping=vocabulary_matrix(n)) for n, t in tags.items()}
     params = fit_calibration(mtt_scores=scores["MTT"], msd_scores=scores["MSD"], truth=truth)
     calib_probs = calibrated_probs(mtt_scores=scores["MTT"], msd_scores=scores["MSD"], **params)
-    model = FusedMusicnn(load_torch_from_onnx(engines / "MTT_musicnn.onnx"),
-                         load_torch_from_onnx(engines / "MSD_musicnn.onnx"), **params)
-    onnx_path = out / f"{FUSED_MODEL}.onnx"
-    export_fused(model, onnx_path)
     calibration = {
         "method": "per-family Platt scaling of the two taggers' zero-shot family logits, softmax",
         "fitted_on": f"{dataset.name} split calib: {len(clips)} clips, {len(frames)} windows",
@@ -165,9 +194,9 @@ def build(dataset: Path, out: Path, *, unknown_threshold: float) -> dict:
         "unknown_threshold": unknown_threshold,
         **{k: [round(float(v), 6) for v in vals] for k, vals in params.items()},
     }
-    document = fused_card(onnx_path=onnx_path, calibration=calibration, engines=engines)
-    (out / f"{FUSED_MODEL}.json").write_text(json.dumps(document, indent=2) + "\n")
-    return document
+    return write_default(out, params=params, calibration=calibration,
+                         trained_on=f"{dataset.name} (calib split)",
+                         builder="python -m streamclf.train.fused")
 
 
 def main() -> None:

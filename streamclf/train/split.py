@@ -152,7 +152,8 @@ def load_source(name: str, engines_dir: Path) -> tuple[nn.Module, list[Musicnn]]
     """The shipped model `name` in torch with the weights of its ONNX file, and its musicnn parts.
 
     The fused model is rebuilt from the MTT and MSD files its card names (sha256 checked) and
-    the calibration its card records; `check_split` then compares with the fused file itself.
+    the head its card records (calibration and, where chosen, a residual over the tags or
+    embeddings); `check_split` then compares with the fused file itself.
     """
     if name != FUSED:
         model = load_torch_from_onnx(engines_dir / f"{name}.onnx")
@@ -169,7 +170,8 @@ def load_source(name: str, engines_dir: Path) -> tuple[nn.Module, list[Musicnn]]
         parts.append(load_torch_from_onnx(path))
     calibration = {k: np.asarray(document["calibration"][k], np.float32)
                    for k in ("weight_mtt", "weight_msd", "bias")}
-    return FusedMusicnn(*parts, **calibration).eval(), parts
+    residual = document["calibration"].get("residual")  # a head chosen by streamclf.train.select
+    return FusedMusicnn(*parts, **calibration, residual=residual).eval(), parts
 
 
 def export_split(model: nn.Module, parts: list[Musicnn], frame_path: Path, window_path: Path) -> None:

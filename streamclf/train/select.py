@@ -1,0 +1,600 @@
+"""Choose the default genre head by group cross-validation on unseen packages and artists.
+
+    python -m streamclf.train.select DATASET [--k 5] [--vgg] [--augment N] [--json OUT]
+                                     [--ship ENGINES]
+
+The taggers' outputs (50 MTT + 50 MSD tags and the 200-d penultimate embeddings of each,
+optionally the VGG pair's) are computed once per clip with the real ONNX models and cached
+(`streamclf.train.features.EmbeddingCache`); every candidate is then fitted on the training
+folds and scored on the held-out fold, on the same folds (`streamclf.train.folds`).
+
+Candidates are softmax heads over the genre families whose logits are
+
+    z = Σ_taggers a_t ⊙ logit(zero-shot family score_t) + c + V · standardise(x)
+
+with x the taggers' tag probabilities or embeddings.
+
+- the zero-shot taggers alone (MTT, MSD) and their zero-shot fusion (a = 1, c = 0, no V);
+- today's fused calibration (`streamclf.train.fused.fit_calibration`: a, c fitted, no V);
+- heads pulled toward the tag→family map: start at the zero-shot fusion and pay
+  λ·(|a − 1|² + |c|² + |V|²) for leaving it; λ is chosen inside the training folds (an inner
+  group k-fold), never on the held-out fold; optionally also trained on augmented copies;
+- a free logistic head on the embeddings (no map), and ensembles (mean of probabilities).
+
+Each fit minimises the class-balanced log-loss over the families present in its training
+folds (with optional label smoothing); a family the training folds lack keeps the mean a, c
+and V = 0 there. Decisions are the argmax over the families of the training folds (what a
+model fitted on them can publish). Per window (3 s) the macro-F1 and accuracy; per track the
+argmax of an aggregate of the track's windows (mean of probabilities, mean of log-probabilities,
+or the majority of window decisions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import structlog
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from streamclf.backends.base import load_engine
+from streamclf.errors import StreamclfError
+from streamclf.evaluate import Clip, confusion_matrix, load_manifest, macro_f1
+from streamclf.models.card import dataset_of, load_model_card
+from streamclf.models.taxonomy import FAMILIES, family_scores, logit, vocabulary_matrix
+from streamclf.train.augment import AugmentConfig, draw
+from streamclf.train.features import EmbeddingCache
+from streamclf.train.folds import Track, family_groups, group_folds, link_groups
+
+log = structlog.get_logger(__name__)
+
+MUSICNN = ("MTT_musicnn", "MSD_musicnn")
+VGG = ("MTT_vgg", "MSD_vgg")
+LAMBDAS = (1e-2, 1e-1, 1.0, 10.0)  # strengths of the pull toward the map, chosen inside the folds
+INNER_K = 3
+AGGREGATES = ("mean", "logmean", "vote")
+TODAY = "today's fused calibration"
+MIN_FAMILY_F1 = 0.5  # out-of-fold window F1 a family needs to be published as a genre
+MIN_FAMILY_GROUPS = 2  # independent groups a family needs to be measured on unseen music at all
+TARGET_PRECISION = 2 / 3  # unknown threshold: the smallest with 2 published genres in 3 right
+
+
+# -- the windows of a dataset, with every tagger's outputs --------------------------------------
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Per window: true family, owning clip, and each tagger's tags and embedding; windows of
+    augmented copies of a clip are marked (they may train, never test)."""
+
+    truth: np.ndarray  # int [N] index into FAMILIES
+    clip: np.ndarray  # int [N] index into the clips
+    tags: dict[str, np.ndarray]  # tagger → float32 [N, 50]
+    embedding: dict[str, np.ndarray]  # tagger → float32 [N, D]
+    augmented: np.ndarray | None = None  # bool [N]; None: no augmented copies
+    _family_logits: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+
+    def family_logits(self, tagger: str) -> np.ndarray:
+        """[N, F]: logit of the tagger's zero-shot family scores; 0 where it has no tag."""
+        if tagger not in self._family_logits:
+            mapping = vocabulary_matrix(dataset_of(tagger))
+            scores = family_scores(tags=self.tags[tagger], mapping=mapping)
+            self._family_logits[tagger] = logit(scores) * mapping.any(1)
+        return self._family_logits[tagger]
+
+
+def extract(clips: Sequence[Clip], taggers: Sequence[str], *, cache_dir: Path | None,
+            copies: int = 0) -> Windows:
+    """Every tagger over every clip's non-overlapping 3 s windows (cached on disk), and over
+    `copies` augmented copies of each clip (gain, shift, noise, speed: streamclf.train.augment)."""
+    rng = np.random.default_rng(0)
+    jobs = [(i, None) for i in range(len(clips))]
+    jobs += [(i, draw(rng, AugmentConfig())) for i in range(len(clips)) for _ in range(copies)]
+    tags, embedding = {}, {}
+    for name in taggers:
+        card = load_model_card(name)
+        cache = EmbeddingCache(card, load_engine(card, "onnxruntime", max_batch=16), root=cache_dir)
+        outputs = cache.get_many([(clips[i].path, aug) for i, aug in jobs], description=name)
+        tags[name] = np.concatenate([o.tags for o in outputs])
+        embedding[name] = np.concatenate([o.embedding for o in outputs])
+        counts = [len(o.tags) for o in outputs]
+    owner = np.repeat([i for i, _ in jobs], counts)
+    return Windows(truth=np.array([FAMILIES.index(clips[i].label) for i in owner]), clip=owner,
+                   tags=tags, embedding=embedding,
+                   augmented=np.repeat([aug is not None for _, aug in jobs], counts))
+
+
+def clean(windows: Windows, rows: np.ndarray) -> np.ndarray:
+    """The rows of original (not augmented) windows."""
+    return rows if windows.augmented is None else rows[~windows.augmented[rows]]
+
+
+# -- the heads --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One candidate head: which taggers' family logits it starts from, what V sees."""
+
+    taggers: tuple[str, ...]
+    residual: str | None = None  # None, "tags" or "embedding"
+    prior: bool = True  # False: a free logistic head on the residual features alone
+    fixed: bool = False  # True: the zero-shot fusion itself (a = 1, c = 0), nothing fitted
+    augmented: bool = False  # also train on the augmented copies of the training clips
+    balanced: bool = True
+    smoothing: float = 0.0
+
+
+@dataclass
+class FittedHead:
+    """A fitted head's parameters (numpy), enough to predict and to export."""
+
+    spec: HeadSpec
+    weight: np.ndarray  # [T, F] per tagger, on its family logits
+    bias: np.ndarray  # [F]
+    residual_weight: np.ndarray | None = None  # [F, D]
+    mean: np.ndarray | None = None  # [D]
+    scale: np.ndarray | None = None  # [D]
+    strength: float | None = None  # the λ chosen
+    trained_families: np.ndarray = field(default_factory=lambda: np.ones(len(FAMILIES), bool))
+
+    def logits(self, windows: Windows, rows: np.ndarray) -> np.ndarray:
+        z = np.zeros((len(rows), len(FAMILIES))) + self.bias
+        for t, name in enumerate(self.spec.taggers):
+            z += self.weight[t] * windows.family_logits(name)[rows]
+        if self.residual_weight is not None:
+            x = (residual_features(windows, self.spec, rows) - self.mean) / self.scale
+            z += x @ self.residual_weight.T
+        return z
+
+
+def head_from_calibration(calibration: dict) -> FittedHead:
+    """The numpy head of a default model's card (the reference its graph is tested against)."""
+    residual = calibration.get("residual")
+    spec = HeadSpec(MUSICNN, residual["input"] if residual else None)
+    weight = np.array([calibration["weight_mtt"], calibration["weight_msd"]], np.float64)
+    if not residual:
+        return FittedHead(spec, weight, np.asarray(calibration["bias"], np.float64))
+    return FittedHead(spec, weight, np.asarray(calibration["bias"], np.float64),
+                      *(np.asarray(residual[k], np.float64) for k in ("weight", "mean", "scale")))
+
+
+def residual_features(windows: Windows, spec: HeadSpec, rows: np.ndarray) -> np.ndarray:
+    """[n, D]: the taggers' tag probabilities or embeddings side by side (probabilities, not
+    logits: a logit near 0 or 1 magnifies float differences between the full and split graphs)."""
+    if spec.residual == "tags":
+        return np.concatenate([windows.tags[t][rows] for t in spec.taggers], axis=1)
+    return np.concatenate([windows.embedding[t][rows] for t in spec.taggers], axis=1)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_head(spec: HeadSpec, windows: Windows, rows: np.ndarray, *, strength: float) -> FittedHead:
+    """Minimise the (balanced, smoothed) log-loss over the present families plus the pulls."""
+    truth = windows.truth[rows]
+    present = np.bincount(truth, minlength=len(FAMILIES)) > 0
+    reach = np.stack([vocabulary_matrix(dataset_of(t)).any(1) for t in spec.taggers])
+    if spec.fixed:
+        return FittedHead(spec, reach.astype(np.float64), np.zeros(len(FAMILIES)),
+                          trained_families=present)
+    n_present = int(present.sum())
+    target_index = torch.as_tensor(np.cumsum(present)[truth] - 1)
+    counts = np.bincount(truth, minlength=len(FAMILIES)).astype(np.float64)
+    w = 1.0 / counts[truth] if spec.balanced else np.ones(len(rows))
+    sample_weight = torch.as_tensor(w / w.sum())
+    fam = torch.as_tensor(np.stack([windows.family_logits(t)[rows] for t in spec.taggers]),
+                          dtype=torch.float64)
+    reach = torch.as_tensor(reach)
+    keep = torch.as_tensor(present)
+    use_map = spec.prior
+    start = torch.where(reach, 1.0, 0.0).double() * float(use_map)
+    params = [start.requires_grad_(use_map),
+              torch.zeros(len(FAMILIES), dtype=torch.float64, requires_grad=True)]
+    mean = scale = None
+    if spec.residual:
+        x = residual_features(windows, spec, rows).astype(np.float64)
+        mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+        xs = torch.as_tensor((x - mean) / scale)
+        correction = torch.zeros(len(FAMILIES), x.shape[1], dtype=torch.float64)
+        params.append(correction.requires_grad_(True))
+    trainable = [p for p in params if p.requires_grad]
+    optimiser = torch.optim.LBFGS(trainable, max_iter=100, line_search_fn="strong_wolfe")
+    target = torch.full((len(rows), n_present), spec.smoothing / n_present, dtype=torch.float64)
+    target[torch.arange(len(rows)), target_index] += 1.0 - spec.smoothing
+
+    def loss_fn() -> torch.Tensor:
+        optimiser.zero_grad()
+        a, c = params[0], params[1]
+        z = (a[:, None, :] * fam).sum(0) + c
+        if spec.residual:
+            z = z + xs @ params[2].T
+        logp = torch.log_softmax(z[:, keep], dim=1)
+        loss = -(sample_weight[:, None] * target * logp).sum()
+        if use_map:
+            loss = loss + strength * (((a - 1.0) * reach)[:, keep] ** 2).sum()
+        loss = loss + strength * (c[keep] ** 2).sum()
+        if spec.residual:
+            loss = loss + strength * (params[2][keep] ** 2).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(loss_fn)
+    a, c = (p.detach().numpy().copy() for p in params[:2])
+    for values in (a, c):
+        values[..., ~present] = values[..., present].mean(axis=-1, keepdims=True)
+    a = a * reach.numpy()
+    residual = params[2].detach().numpy().copy() if spec.residual else None
+    if residual is not None:
+        residual[~present] = 0.0
+    return FittedHead(spec, a, c, residual, mean, scale, strength, present)
+
+
+def choose_strength(spec: HeadSpec, windows: Windows, tracks: Sequence[Track],
+                    rows: np.ndarray) -> float:
+    """The λ of LAMBDAS with the best inner group-CV macro-F1 on `rows` (ties: the stronger)."""
+    if spec.fixed:
+        return float("inf")
+    clips = np.unique(windows.clip[rows])
+    inner_tracks = [tracks[i] for i in clips]
+    k = min(INNER_K, len(set(link_groups(inner_tracks))))
+    if k < 2:
+        return LAMBDAS[-1]  # one group: nothing to validate on, stay near the map
+    inner = dict(zip(clips, group_folds(inner_tracks, k=k), strict=True))
+    fold_of_row = np.array([inner[c] for c in windows.clip[rows]])
+    best = (-1.0, 0.0)
+    for strength in LAMBDAS:
+        f1s = []
+        for fold in range(k):
+            fit_rows = rows[fold_of_row != fold]
+            test_rows = clean(windows, rows[fold_of_row == fold])
+            head = fit_head(spec, windows, fit_rows, strength=strength)
+            pred = decide_among(softmax(head.logits(windows, test_rows)), head.trained_families)
+            f1s.append(macro_f1(confusion_matrix(truth=windows.truth[test_rows], pred=pred,
+                                                 n_classes=len(FAMILIES))))
+        best = max(best, (float(np.mean(f1s)), strength))
+    return best[1]
+
+
+def decide_among(probs: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    return np.where(allowed[None, :], probs, -np.inf).argmax(axis=1)
+
+
+# -- candidates and the cross-validation -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A name and how it turns training rows into a predictor of family probabilities."""
+
+    name: str
+    fit: Callable[[Windows, Sequence[Track], np.ndarray], Callable[[np.ndarray], np.ndarray]]
+    taggers: tuple[str, ...] = MUSICNN
+    spec: HeadSpec | None = None  # a head the default graph can carry (musicnn taggers only)
+    parts: tuple[str, ...] = ()  # an ensemble's members, fitted before it in each fold
+
+
+def zero_shot(tagger: str) -> Candidate:
+    def fit(windows, tracks, rows):
+        reach = vocabulary_matrix(dataset_of(tagger)).any(1)
+        mapping = vocabulary_matrix(dataset_of(tagger))
+        scores = family_scores(tags=windows.tags[tagger], mapping=mapping)
+        return lambda test: np.where(reach, scores[test], 0.0)
+    return Candidate(f"{tagger} zero-shot", fit, (tagger,))
+
+
+def fixed_fusion(taggers: tuple[str, ...]) -> Candidate:
+    return head(f"zero-shot fusion ({' + '.join(taggers)})", HeadSpec(taggers, fixed=True))
+
+
+def todays_calibration() -> Candidate:
+    from streamclf.models.taxonomy import calibrated_probs
+    from streamclf.train.fused import fit_calibration
+
+    def fit(windows, tracks, rows):
+        scores = {t: family_scores(tags=windows.tags[t], mapping=vocabulary_matrix(dataset_of(t)))
+                  for t in MUSICNN}
+        params = fit_calibration(mtt_scores=scores["MTT_musicnn"][rows],
+                                 msd_scores=scores["MSD_musicnn"][rows], truth=windows.truth[rows])
+        return lambda test: calibrated_probs(mtt_scores=scores["MTT_musicnn"][test],
+                                             msd_scores=scores["MSD_musicnn"][test], **params)
+    return Candidate(TODAY, fit)
+
+
+def head(name: str, spec: HeadSpec) -> Candidate:
+    def fit(windows, tracks, rows):
+        if spec.augmented and windows.augmented is not None:  # every copy of the training clips
+            rows = np.flatnonzero(np.isin(windows.clip, windows.clip[rows]))
+        strength = choose_strength(spec, windows, tracks, rows)
+        fitted = fit_head(spec, windows, rows, strength=strength)
+        return lambda test: softmax(fitted.logits(windows, test))
+    return Candidate(name, fit, spec.taggers, spec if spec.taggers == MUSICNN else None)
+
+
+def ensemble(name: str, parts: Sequence[Candidate]) -> Candidate:
+    """The mean of the parts' probabilities. Fitted on the same rows as its parts, so within a
+    fold the parts' own fits are reused (`cross_validate` passes them in `fitted`)."""
+    def fit(windows, tracks, rows, fitted=None):
+        fitted = fitted or {}
+        predictors = [fitted.get(p.name) or p.fit(windows, tracks, rows) for p in parts]
+        return lambda test: np.mean([p(test) for p in predictors], axis=0)
+    return Candidate(name, fit, tuple(dict.fromkeys(t for p in parts for t in p.taggers)),
+                     parts=tuple(p.name for p in parts))
+
+
+def candidates(*, vgg: bool, augmented: bool = False) -> list[Candidate]:
+    tags_head = head("tags head → map", HeadSpec(MUSICNN, "tags"))
+    emb_head = head("embedding head → map", HeadSpec(MUSICNN, "embedding"))
+    found = [
+        zero_shot("MTT_musicnn"), zero_shot("MSD_musicnn"), fixed_fusion(MUSICNN),
+        todays_calibration(), tags_head, emb_head,
+        head("map head (a, c pulled toward the map)", HeadSpec(MUSICNN)),
+        head("embedding head, free", HeadSpec(MUSICNN, "embedding", prior=False)),
+        head("tags head → map, unbalanced", HeadSpec(MUSICNN, "tags", balanced=False)),
+        head("tags head → map, label smoothing 0.1", HeadSpec(MUSICNN, "tags", smoothing=0.1)),
+        ensemble("ensemble: zero-shot fusion + tags head", [fixed_fusion(MUSICNN), tags_head]),
+        ensemble("ensemble: tags head + embedding head", [tags_head, emb_head]),
+    ]
+    if augmented:
+        found += [head("tags head → map, augmented", HeadSpec(MUSICNN, "tags", augmented=True)),
+                  head("embedding head → map, augmented",
+                       HeadSpec(MUSICNN, "embedding", augmented=True))]
+    if vgg:
+        both = MUSICNN + VGG
+        found += [zero_shot("MTT_vgg"), zero_shot("MSD_vgg"), fixed_fusion(both),
+                  head("tags head → map, + VGG", HeadSpec(both, "tags"))]
+    return found
+
+
+def aggregate(probs: np.ndarray, owners: np.ndarray, allowed: np.ndarray, how: str) -> tuple:
+    """Per track (sorted owner ids): the argmax of the mean, log-mean or the vote of windows."""
+    ids = np.unique(owners)
+    preds = []
+    for i in ids:
+        p = probs[owners == i]
+        if how == "mean":
+            score = p.mean(axis=0)
+        elif how == "logmean":
+            score = np.log(np.clip(p, 1e-9, None)).mean(axis=0)
+        else:
+            score = np.bincount(decide_among(p, allowed), minlength=len(FAMILIES)).astype(float)
+        preds.append(decide_among(score[None, :], allowed)[0])
+    return ids, np.array(preds)
+
+
+@dataclass
+class Result:
+    """One candidate's figures per fold, and its out-of-fold probabilities."""
+
+    name: str
+    window_f1: list[float] = field(default_factory=list)
+    window_acc: list[float] = field(default_factory=list)
+    track_acc: dict[str, list[float]] = field(default_factory=lambda: {a: [] for a in AGGREGATES})
+    oof: np.ndarray | None = None
+
+    def summary(self) -> dict:
+        def ms(values):
+            return {"mean": float(np.mean(values)), "sd": float(np.std(values)),
+                    "folds": [round(float(v), 4) for v in values]}
+        return {"name": self.name, "window_macro_f1": ms(self.window_f1),
+                "window_accuracy": ms(self.window_acc),
+                "track_accuracy": {a: ms(v) for a, v in self.track_acc.items()}}
+
+
+def beats(result: Result, other: Result) -> bool:
+    """Higher mean window macro-F1, and better on more folds than worse: with a spread of
+    ±0.2 over folds, a higher mean alone can be one lucky fold."""
+    diff = np.subtract(result.window_f1, other.window_f1)
+    return bool(diff.mean() > 0 and (diff > 0).sum() > (diff < 0).sum())
+
+
+def cross_validate(windows: Windows, tracks: Sequence[Track], folds: Sequence[int],
+                   chosen: Sequence[Candidate]) -> list[Result]:
+    """Fit every candidate on k − 1 folds and score it on the held-out one, fold by fold."""
+    fold_of_row = np.asarray(folds)[windows.clip]
+    k = max(folds) + 1
+    results = [Result(c.name, oof=np.zeros((len(windows.truth), len(FAMILIES)))) for c in chosen]
+    progress = Progress(TextColumn("cross-validating"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("fits"), TimeElapsedColumn(), console=Console(stderr=True),
+                        transient=True, disable=not sys.stderr.isatty())
+    with progress:
+        task = progress.add_task("cv", total=k * len(chosen))
+        for fold in range(k):
+            train_rows = clean(windows, np.flatnonzero(fold_of_row != fold))
+            test_rows = clean(windows, np.flatnonzero(fold_of_row == fold))
+            allowed = np.bincount(windows.truth[train_rows], minlength=len(FAMILIES)) > 0
+            truth = windows.truth[test_rows]
+            fitted = {}
+            for candidate, result in zip(chosen, results, strict=True):
+                if candidate.parts:
+                    predict = candidate.fit(windows, tracks, train_rows, fitted)
+                else:
+                    predict = candidate.fit(windows, tracks, train_rows)
+                fitted[candidate.name] = predict
+                probs = predict(test_rows)
+                result.oof[test_rows] = probs
+                pred = decide_among(probs, allowed)
+                cm = confusion_matrix(truth=truth, pred=pred, n_classes=len(FAMILIES))
+                result.window_f1.append(macro_f1(cm))
+                log.info("fold_scored", fold=fold, candidate=candidate.name,
+                         window_macro_f1=round(result.window_f1[-1], 3))
+                result.window_acc.append(float((pred == truth).mean()))
+                for how in AGGREGATES:
+                    ids, track_pred = aggregate(probs, windows.clip[test_rows], allowed, how)
+                    track_truth = np.array([FAMILIES.index(tracks[i].family) for i in ids])
+                    result.track_acc[how].append(float((track_pred == track_truth).mean()))
+                progress.advance(task)
+    return results
+
+
+def render(results: Sequence[Result], baseline: str) -> str:
+    """Markdown: mean ± sd over folds, and on how many folds a candidate beats `baseline`."""
+    base = next(r for r in results if r.name == baseline)
+    header = ("| candidate | window macro-F1 | window accuracy | track accuracy (mean) | "
+              "track accuracy (log-mean) | track accuracy (vote) | folds > today's |")
+    lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in sorted(results, key=lambda r: -np.mean(r.window_f1)):
+        wins = sum(a > b for a, b in zip(r.window_f1, base.window_f1, strict=True))
+        cells = [r.window_f1, r.window_acc, *r.track_acc.values()]
+        figures = " | ".join(f"{np.mean(v):.3f} ± {np.std(v):.3f}" for v in cells)
+        lines.append(f"| {r.name} | {figures} | {wins}/{len(r.window_f1)} |")
+    return "\n".join(lines)
+
+
+def tracks_of(clips: Sequence[Clip]) -> list[Track]:
+    return [Track(c.extra.get("id") or str(c.path), c.label, c.extra.get("package", ""), c.artist)
+            for c in clips]
+
+
+# -- shipping the winner ------------------------------------------------------------------------
+
+
+def per_family_f1(probs: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    from streamclf.evaluate import per_class_prf
+
+    present = np.bincount(truth, minlength=len(FAMILIES)) > 0
+    f1 = per_class_prf(confusion_matrix(truth=truth, pred=decide_among(probs, present),
+                                        n_classes=len(FAMILIES)))[2]
+    return {f: round(float(f1[i]), 4) for i, f in enumerate(FAMILIES) if present[i]}
+
+
+def unknown_threshold(probs: np.ndarray, truth: np.ndarray, genres: np.ndarray) -> float:
+    """Smallest threshold (0.05 steps) at which TARGET_PRECISION of the published genres are
+    right, when the genre is the best of `genres` and is published only above the threshold."""
+    pred = decide_among(probs, genres)
+    confidence = probs[np.arange(len(pred)), pred]
+    for threshold in np.round(np.arange(0.0, 0.95, 0.05), 2):
+        published = confidence >= threshold
+        if published.any() and (pred[published] == truth[published]).mean() >= TARGET_PRECISION:
+            return round(float(threshold), 2)
+    return 0.9
+
+
+def ship(result: Result, spec: HeadSpec, windows: Windows, tracks: Sequence[Track], *,
+         out: Path, dataset: Path, summary: list[dict], k: int) -> dict:
+    """Fit the winner on every track (λ by group CV on all of them), export it with its card
+    and rebuild the split graphs; the card lists the validated families and how."""
+    from streamclf.train.fused import write_default
+    from streamclf.train.split import split_models
+
+    rows = np.arange(len(windows.truth))
+    if not spec.augmented:
+        rows = clean(windows, rows)
+    strength = choose_strength(spec, windows, tracks, rows)
+    fitted = fit_head(spec, windows, rows, strength=strength)
+    groups = family_groups(tracks)
+    measured = clean(windows, np.arange(len(windows.truth)))
+    f1 = per_family_f1(result.oof[measured], windows.truth[measured])
+    validated = [f for f in FAMILIES if groups.get(f, 0) >= MIN_FAMILY_GROUPS
+                 and f1.get(f, 0.0) >= MIN_FAMILY_F1]
+    genre_mask = np.array([f in validated for f in FAMILIES])
+    threshold = unknown_threshold(result.oof[measured], windows.truth[measured], genre_mask)
+
+    def rounded(values: np.ndarray) -> np.ndarray:
+        return np.round(np.asarray(values, np.float64), 6).astype(np.float32)
+
+    params = {"weight_mtt": rounded(fitted.weight[0]), "weight_msd": rounded(fitted.weight[1]),
+              "bias": rounded(fitted.bias)}
+    residual = None
+    if spec.residual:
+        residual = {"input": spec.residual, "weight": rounded(fitted.residual_weight),
+                    "mean": rounded(fitted.mean), "scale": rounded(fitted.scale)}
+    calibration = {
+        "method": f"{result.name}: softmax of per-family weights on the two taggers' zero-shot "
+                  "family logits" + (f", plus a linear correction on the {spec.residual}" if
+                                     spec.residual else "") + " (docs/model-selection.md)",
+        "fitted_on": f"{dataset.name}: {len(tracks)} tracks, {len(rows)} windows",
+        "strength": None if spec.fixed else strength, "unknown_threshold": threshold,
+        **{key: value.tolist() for key, value in params.items()},
+    }
+    if residual:
+        calibration["residual"] = {key: v if isinstance(v, str) else v.tolist()
+                                   for key, v in residual.items()}
+    validation = {
+        "method": f"group {k}-fold cross-validation over packages and artists "
+                  "(python -m streamclf.train.select)",
+        "rule": f"a genre is published only for a family found in >= {MIN_FAMILY_GROUPS} "
+                f"independent groups with out-of-fold window F1 >= {MIN_FAMILY_F1}",
+        "validated_families": validated, "groups_per_family": groups,
+        "out_of_fold_window_f1": f1,
+        "cross_validation": [s for s in summary if s["name"] in (result.name, TODAY)],
+    }
+    document = write_default(out, params=params, calibration=calibration, residual=residual,
+                             genres=validated, validation=validation,
+                             trained_on=f"{dataset.name} (all tracks)",
+                             builder="python -m streamclf.train.select --ship")
+    split_models(["fused_musicnn"], engines_dir=out, out_dir=out / "split")
+    return document
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m streamclf.train.select",
+        description="Compare genre heads by group k-fold cross-validation over packages and "
+                    "artists (docs/model-selection.md); optionally ship the winner.")
+    parser.add_argument("dataset", type=Path,
+                        help="folder with manifest.csv (path,label,artist,package,…)")
+    parser.add_argument("--k", type=int, default=5, help="folds (default 5)")
+    parser.add_argument("--vgg", action="store_true", help="also the VGG pair (slower)")
+    parser.add_argument("--augment", type=int, default=0, metavar="N",
+                        help="also heads trained on N augmented copies of each training clip")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="tagger outputs cache (default ~/.cache/streamclf/embeddings)")
+    parser.add_argument("--json", type=Path, default=None, help="write every figure here")
+    parser.add_argument("--ship", type=Path, default=None, metavar="ENGINES",
+                        help="export the best head there as fused_musicnn (with its split "
+                             "graphs) if it beats today's calibration: a higher mean window "
+                             "macro-F1 and more folds won than lost")
+    args = parser.parse_args(argv)
+    try:
+        clips = load_manifest(args.dataset)
+        tracks = tracks_of(clips)
+        folds = group_folds(tracks, k=args.k)
+        chosen = candidates(vgg=args.vgg, augmented=args.augment > 0)
+        taggers = tuple(dict.fromkeys(t for c in chosen for t in c.taggers))
+        windows = extract(clips, taggers, cache_dir=args.cache_dir, copies=args.augment)
+    except (StreamclfError, ValueError) as exc:
+        parser.exit(2, f"streamclf: {exc}\n")
+    torch.set_num_threads(1)  # small full-batch fits: threads only contend on a shared machine
+    results = cross_validate(windows, tracks, folds, chosen)
+    groups = family_groups(tracks)
+    print(f"{args.dataset}: {len(clips)} tracks, "
+          f"{len(clean(windows, np.arange(len(windows.truth))))} windows, "
+          f"{len(set(folds))} folds; independent groups per family: "
+          + ", ".join(f"{f} {n}" for f, n in groups.items()) + "\n")
+    print(render(results, "today's fused calibration"))
+    summary = [r.summary() for r in results]
+    if args.ship:
+        shippable = [(r, c.spec) for r, c in zip(results, chosen, strict=True) if c.spec]
+        best, spec = max(shippable, key=lambda rs: np.mean(rs[0].window_f1))
+        today = next(r for r in results if r.name == TODAY)
+        if not beats(best, today):
+            print(f"\nnot shipped: the best head ({best.name}) does not beat {TODAY} "
+                  "(higher mean macro-F1 and better on more folds than worse)")
+        else:
+            document = ship(best, spec, windows, tracks, out=args.ship, dataset=args.dataset,
+                            summary=summary, k=args.k)
+            print(f"\nshipped {best.name} to {args.ship}: genres "
+                  f"{', '.join(document['genres'])}; unknown threshold "
+                  f"{document['calibration']['unknown_threshold']}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "dataset": str(args.dataset), "tracks": len(clips),
+            "windows": len(clean(windows, np.arange(len(windows.truth)))),
+            "k": args.k, "groups_per_family": groups,
+            "folds": {t.id: f for t, f in zip(tracks, folds, strict=True)},
+            "results": summary}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

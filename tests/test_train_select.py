@@ -1,0 +1,219 @@
+"""Heads pulled toward the tag→family map, their cross-validation, and their graph form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from streamclf.models.card import MSD_LABELS, MTT_LABELS
+from streamclf.models.taxonomy import FAMILIES
+from streamclf.train.folds import Track, group_folds
+from streamclf.train.fused import FusedMusicnn
+from streamclf.train.select import (
+    MUSICNN,
+    HeadSpec,
+    Result,
+    Windows,
+    aggregate,
+    beats,
+    cross_validate,
+    fit_head,
+    fixed_fusion,
+    head,
+    head_from_calibration,
+    main,
+    softmax,
+    unknown_threshold,
+)
+
+TRACKS_PER_FAMILY = 6
+WINDOWS_PER_TRACK = 8
+CLASSES = ("rock", "classical", "jazz")
+GENRES = Path(__file__).resolve().parent.parent / "datasets" / "genres"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The fits are tiny full-batch problems: a second thread only contends (as in `main`)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def synthetic(rng: np.random.Generator) -> tuple[Windows, list[Track]]:
+    """Three families; the map's own tags are noise, but MTT 'piano' (unmapped) marks jazz and
+    MSD 'rock' marks rock, so a head that may use every tag can beat the zero-shot map."""
+    tracks, truth, clip = [], [], []
+    for family in CLASSES:
+        for i in range(TRACKS_PER_FAMILY):
+            tracks.append(Track(f"{family}{i}", family, f"{family}-pkg{i}", f"{family}-artist{i}"))
+            truth += [FAMILIES.index(family)] * WINDOWS_PER_TRACK
+            clip += [len(tracks) - 1] * WINDOWS_PER_TRACK
+    truth, clip = np.array(truth), np.array(clip)
+    n = len(truth)
+    mtt = rng.uniform(0.05, 0.3, (n, 50)).astype(np.float32)
+    msd = rng.uniform(0.05, 0.3, (n, 50)).astype(np.float32)
+    jazz, rock = truth == FAMILIES.index("jazz"), truth == FAMILIES.index("rock")
+    mtt[jazz, MTT_LABELS.index("piano")] += 0.6
+    msd[rock, MSD_LABELS.index("rock")] += 0.6
+    msd[~jazz, MSD_LABELS.index("jazz")] += 0.3  # the mapped jazz tag misleads
+    embedding = {t: rng.standard_normal((n, 200)).astype(np.float32) for t in MUSICNN}
+    return Windows(truth, clip, {"MTT_musicnn": mtt, "MSD_musicnn": msd}, embedding), tracks
+
+
+class TestHeads:
+    """A head starts at the map, leaves it only as far as λ allows, and predicts as its graph."""
+
+    def test_strong_pull_keeps_the_map(self, rng):
+        windows, _ = synthetic(rng)
+        rows = np.arange(len(windows.truth))
+        fixed = fit_head(HeadSpec(MUSICNN, fixed=True), windows, rows, strength=0.0)
+        assert set(fixed.weight.ravel()) == {0.0, 1.0} and (fixed.bias == 0).all()
+        fitted = fit_head(HeadSpec(MUSICNN, "tags"), windows, rows, strength=1e4)
+        assert np.abs(fitted.residual_weight).max() < 1e-2
+        loose = fit_head(HeadSpec(MUSICNN, "tags"), windows, rows, strength=1e-3)
+        assert np.abs(loose.residual_weight).max() > 0.1
+
+    def test_families_absent_from_training_keep_the_mean_and_no_correction(self, rng):
+        windows, _ = synthetic(rng)
+        fitted = fit_head(HeadSpec(MUSICNN, "tags"), windows, np.arange(len(windows.truth)),
+                          strength=1e-2)
+        metal = FAMILIES.index("metal")
+        assert not fitted.trained_families[metal]
+        assert (fitted.residual_weight[metal] == 0).all()
+        trained = fitted.trained_families
+        assert fitted.bias[metal] == pytest.approx(fitted.bias[trained].mean())
+
+    def test_cross_validated_head_beats_the_zero_shot_map_here(self, rng):
+        windows, tracks = synthetic(rng)
+        folds = group_folds(tracks, k=3)
+        results = cross_validate(windows, tracks, folds,
+                                 [fixed_fusion(MUSICNN), head("h", HeadSpec(MUSICNN, "tags"))])
+        fusion, fitted = results
+        assert np.mean(fitted.window_f1) > np.mean(fusion.window_f1) + 0.2
+        assert len(fitted.window_f1) == 3
+        assert fitted.oof.shape == (len(windows.truth), len(FAMILIES))
+
+    def test_augmented_windows_train_only_the_heads_that_ask_and_never_test(self, rng):
+        windows, tracks = synthetic(rng)
+        n = len(windows.truth)
+        junk = {k: rng.random(v.shape).astype(np.float32) for k, v in windows.tags.items()}
+        grown = Windows(np.concatenate([windows.truth, windows.truth]),
+                        np.concatenate([windows.clip, windows.clip]),
+                        {k: np.concatenate([v, junk[k]]) for k, v in windows.tags.items()},
+                        {k: np.concatenate([v, v]) for k, v in windows.embedding.items()},
+                        augmented=np.arange(2 * n) >= n)
+        folds = group_folds(tracks, k=3)
+        plain = [head("map", HeadSpec(MUSICNN))]
+        asked = [head("map, augmented", HeadSpec(MUSICNN, augmented=True))]
+        without = cross_validate(windows, tracks, folds, plain)[0]
+        ignoring, using = cross_validate(grown, tracks, folds, plain + asked)
+        assert ignoring.window_f1 == without.window_f1
+        assert ignoring.track_acc == without.track_acc
+        assert using.window_f1 != without.window_f1  # the junk copies did train it
+
+    @pytest.mark.parametrize("residual", ["tags", "embedding"])
+    def test_graph_head_equals_the_numpy_head(self, rng, residual):
+        windows, _ = synthetic(rng)
+        rows = np.arange(len(windows.truth))
+        fitted = fit_head(HeadSpec(MUSICNN, residual), windows, rows, strength=1e-2)
+        calibration = {"weight_mtt": fitted.weight[0].tolist(),
+                       "weight_msd": fitted.weight[1].tolist(),
+                       "bias": fitted.bias.tolist(), "residual": {
+                           "input": residual, "weight": fitted.residual_weight.tolist(),
+                           "mean": fitted.mean.tolist(), "scale": fitted.scale.tolist()}}
+        again = head_from_calibration(calibration)
+        want = softmax(fitted.logits(windows, rows))
+        np.testing.assert_allclose(softmax(again.logits(windows, rows)), want, atol=1e-5)
+        params = {k: np.asarray(calibration[k]) for k in ("weight_mtt", "weight_msd", "bias")}
+        graph = FusedMusicnn(torch.nn.Identity(), torch.nn.Identity(), **params,
+                             residual=calibration["residual"])
+        t = {k: torch.as_tensor(v) for k, v in {**windows.tags, **{
+            f"{k}_emb": v for k, v in windows.embedding.items()}}.items()}
+        probs, _ = graph.combine(t["MTT_musicnn"], t["MTT_musicnn_emb"], t["MSD_musicnn"],
+                                 t["MSD_musicnn_emb"])
+        np.testing.assert_allclose(probs.numpy(), want, atol=1e-4)
+
+
+class TestDecisions:
+    """Track aggregates and the unknown threshold on hand-made cases."""
+
+    def test_aggregates(self):
+        allowed = np.ones(len(FAMILIES), bool)
+        probs = np.zeros((3, len(FAMILIES)))
+        probs[0, 0], probs[0, 1] = 0.9, 0.1  # one confident window for family 0
+        probs[1:, 0], probs[1:, 1] = 0.4, 0.6  # two mild windows for family 1
+        owners = np.zeros(3, int)
+        assert aggregate(probs, owners, allowed, "mean")[1].tolist() == [0]
+        assert aggregate(probs, owners, allowed, "vote")[1].tolist() == [1]
+        # the log-mean favours the family no window rules out
+        probs = np.zeros((2, len(FAMILIES)))
+        probs[:, :3] = [[0.7, 0.01, 0.29], [0.02, 0.69, 0.29]]
+        assert aggregate(probs, owners[:2], allowed, "mean")[1].tolist() == [0]
+        assert aggregate(probs, owners[:2], allowed, "logmean")[1].tolist() == [2]
+
+    def test_unknown_threshold_is_the_smallest_that_reaches_two_in_three(self):
+        probs = np.zeros((4, len(FAMILIES)))
+        probs[:, 0] = [0.9, 0.8, 0.6, 0.6]
+        probs[:, 1] = [0.1, 0.2, 0.4, 0.4]
+        genres = np.ones(len(FAMILIES), bool)
+        truth = np.array([0, 0, 0, 1])  # 3 of 4 right already
+        assert unknown_threshold(probs, truth, genres) == 0.0
+        truth = np.array([0, 0, 1, 1])  # both 0.6 windows wrong: publish only above them
+        assert unknown_threshold(probs, truth, genres) == pytest.approx(0.65)
+        genres[0] = False  # family 0 is not published: every window says 1 (at 0.1 … 0.4),
+        assert unknown_threshold(probs, truth, genres) == pytest.approx(0.15)  # 2 of the top 3
+        truth = np.array([1, 1, 0, 0])  # and the likelier 1s are wrong: nothing reaches 2 in 3
+        assert unknown_threshold(probs, truth, genres) == 0.9
+
+    def test_beating_needs_the_mean_and_more_folds_won_than_lost(self):
+        today = Result("today", window_f1=[0.2, 0.2, 0.2])
+        assert not beats(Result("lucky", window_f1=[0.9, 0.1, 0.1]), today)  # mean up, 1 of 3
+        assert beats(Result("steady", window_f1=[0.3, 0.3, 0.1]), today)
+        assert not beats(Result("same", window_f1=[0.2, 0.2, 0.2]), today)
+
+
+class TestCommand:
+    """Bad input ends in one line, not a traceback."""
+
+    @pytest.mark.parametrize(("argv", "needle"), [
+        (["/nonexistent/set"], "cannot read dataset manifest"),
+        ([str(GENRES), "--k", "40"], "cannot fill 40 folds"),
+    ])
+    def test_one_line_errors(self, capsys, argv, needle):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("residual_input", ["tags", "embedding"])
+def test_split_graphs_carry_the_residual_head(rng, residual_input):
+    """The incremental path's window part computes the same head as the full fused model."""
+    from streamclf.backends.torch import load_torch_from_onnx
+    from streamclf.features.framer import logmel_windows_for_file
+    from streamclf.models.card import ENGINES_DIR
+    from streamclf.train.split import FrameNet, FusedWindowNet
+
+    parts = [load_torch_from_onnx(ENGINES_DIR / f"{n}.onnx") for n in MUSICNN]
+    dim = 100 if residual_input == "tags" else 400
+    residual = {"input": residual_input, "weight": rng.normal(0, 1, (len(FAMILIES), dim)),
+                "mean": rng.random(dim), "scale": 0.1 + rng.random(dim)}
+    half, zeros = np.full(len(FAMILIES), 0.5), np.zeros(len(FAMILIES))  # does not saturate
+    fused = FusedMusicnn(*parts, weight_mtt=half, weight_msd=half, bias=zeros,
+                         residual=residual).eval()
+    plain = FusedMusicnn(*parts, weight_mtt=half, weight_msd=half, bias=zeros).eval()
+    clip = Path(__file__).resolve().parent.parent / "streamclf" / "data" / "clip.ogg"
+    logmel = torch.as_tensor(np.stack([w.frames for w in logmel_windows_for_file(clip)[:2]]))
+    with torch.no_grad():
+        core = FrameNet(parts)(logmel)  # the whole window as context: its 181 core frames
+        got = FusedWindowNet(fused)(logmel, core)[0]
+        want = fused(logmel)[0]
+        without = plain(logmel)[0]
+    assert float((got - want).abs().max()) <= 1e-5
+    assert float((want - without).abs().max()) > 1e-2  # the residual really is in the graph
