@@ -120,18 +120,28 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="measure a model's genre calls on a labelled dataset",
                        description="Accuracy, per-class precision/recall/F1, macro-F1 and a "
-                                   "confusion matrix on a dataset split, beside the zero-shot "
-                                   "baselines (docs/model-quality.md, docs/training.md).")
+                                   "confusion matrix on a dataset, beside the zero-shot "
+                                   "baselines (docs/model-quality.md, docs/training.md). A folder "
+                                   "the model never fitted on is scored whole; files of a class "
+                                   "the model cannot name are reported, not scored.")
     p.add_argument("paths", nargs="+", metavar="[MODEL] DATASET",
-                   help="a trained head (.onnx) or a model name, then a dataset (class folders, "
-                        "a CSV or a manifest); without MODEL the fused default")
-    p.add_argument("--split", default="test", help="which split to score (default test)")
-    p.add_argument("--threshold", type=float, help="unknown threshold (default: the card's)")
-    p.add_argument("--max-windows", type=int, help="at most this many windows per clip")
-    p.add_argument("--engine", choices=["auto", "onnxruntime", "tensorrt", "torch"])
-    p.add_argument("--cache-dir", type=Path, help="embedding cache (trained heads)")
-    p.add_argument("--out-dir", type=Path, help="write confusion PNGs and JSON here (trained heads)")
-    p.add_argument("--plot", type=Path, metavar="PNG", help="confusion matrix picture (fused default)")
+                   help="a trained head (.onnx) or a model name, then a dataset (FOLDER/<class>/"
+                        "*.ogg|flac|wav|mp3, a CSV, or a folder with manifest.csv); without "
+                        "MODEL the fused default")
+    p.add_argument("--split", help="score this split (train, val, test) or 'all' (default: every "
+                                   "file, or the test split of a folder that declares splits or "
+                                   "that the model was fitted on)")
+    p.add_argument("--threshold", type=float,
+                   help="unknown threshold (fused model: default the card's; trained heads: "
+                        "default 0; refused for a single tagger's zero-shot scores)")
+    p.add_argument("--max-windows", type=int, help="at most this many windows per file")
+    p.add_argument("--engine", choices=["auto", "onnxruntime", "tensorrt", "torch"],
+                   help="trained heads: any; stock models: onnxruntime (auto means it)")
+    p.add_argument("--cache-dir", type=Path, help="embedding cache (trained heads only)")
+    p.add_argument("--out-dir", type=Path,
+                   help="write confusion PNGs and JSON here (trained heads only)")
+    p.add_argument("--plot", type=Path, metavar="PNG",
+                   help="confusion matrix picture (fused or trained model, per window)")
     p.add_argument("--json", action="store_true", help="JSON output")
 
     p = sub.add_parser("train", help="train a genre head on your own labelled music",
@@ -223,6 +233,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         msg = "evaluate takes [MODEL] DATASET"
         raise ConfigError(msg)
     args.model, args.dataset = (None, *args.paths) if len(args.paths) == 1 else args.paths
+    if args.max_windows is not None and args.max_windows < 1:
+        msg = f"--max-windows must be at least 1, not {args.max_windows}"
+        raise ConfigError(msg)
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        msg = f"--threshold must be between 0 and 1, not {args.threshold}"
+        raise ConfigError(msg)
     from streamclf.train.commands import is_trained_head
 
     if args.model is not None and is_trained_head(args.model):

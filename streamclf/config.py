@@ -66,9 +66,9 @@ class FramingConfig:
 
 @dataclass(frozen=True)
 class SmoothingConfig:
-    time_constant_s: float = 5.0
-    switch_margin: float = 0.1
-    min_dwell_s: float = 3.0
+    time_constant_s: float = 3.0  # these three: tools/reaction_time.py, docs/live-genre.md
+    switch_margin: float = 0.05
+    min_dwell_s: float = 0.0
     silence_dbfs: float = -55.0
     unknown_threshold: float = 0.35  # chosen on the calibration tracks: docs/model-quality.md
 

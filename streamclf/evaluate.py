@@ -4,8 +4,12 @@ The metrics are pure functions of a confusion matrix (rows: true family, columns
 family, plus a last column for "unknown"), so a trained head is scored the same way.
 `unknown` counts as a miss in accuracy and recall; it never counts as a wrong genre in precision.
 
-For a dataset (`datasets/genres/manifest.csv`: path,label,split,artist,…) every clip of the
-chosen split is cut into musicnn's own non-overlapping 3 s windows and each window is scored:
+A dataset is a folder of family folders (`FOLDER/<family>/*.ogg`), a CSV, or a folder with a
+`manifest.csv` (path,label[,split,artist,…]), as `datasets/genres` is. A folder the model never
+fitted on is scored whole; one that declares its splits, or holds files the model was fitted on,
+is scored on its held-out "test" split unless `--split` says otherwise (`select_files`). Files of
+a class the model cannot name are counted and reported, never silently dropped. Each scored
+clip is cut into musicnn's own non-overlapping 3 s windows and each window is scored:
 
 - each single musicnn model zero-shot: the family whose mapped tags score highest
   (streamclf.models.taxonomy), over the families that model has tags for;
@@ -19,7 +23,8 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,12 +33,15 @@ import structlog
 
 from streamclf.errors import ConfigError, ModelError
 from streamclf.models.taxonomy import FAMILIES, family_scores, vocabulary_matrix, zero_shot_family
+from streamclf.train.datasets import SPLIT_ALIASES, Dataset, Item, load_dataset
 
 log = structlog.get_logger(__name__)
 
 UNKNOWN = -1
 BATCH_WINDOWS = 32
 FUSED_MODEL = "fused_musicnn"
+ALL_FILES = "all"
+HELD_OUT_SPLIT = "test"
 
 
 # -- metrics (pure) ---------------------------------------------------------------------------
@@ -198,7 +206,69 @@ def load_manifest(dataset: str | Path) -> list[Clip]:
     return clips
 
 
-def clip_windows(clips: Sequence[Clip], *, max_windows: int | None = None
+@dataclass(frozen=True)
+class Selection:
+    """The files `evaluate` scores, which split they are and why, and those it cannot score."""
+
+    items: list[Item]
+    split: str  # a split name, or "all"
+    reason: str
+    unscored: dict[str, int]  # class the model cannot name -> files of it left out
+
+    def describe(self) -> str:
+        text = f"{len(self.items)} files, split {self.split!r} ({self.reason})"
+        if self.unscored:
+            left = ", ".join(f"{label} {n}" for label, n in sorted(self.unscored.items()))
+            text += f"; not scored, a class the model cannot name: {left}"
+        return text
+
+
+def select_files(dataset: Dataset, *, split: str | None, classes: Collection[str],
+                 fitted_here: bool) -> Selection:
+    """The files of `dataset` to score: as `split` asks, or else by what the folder is.
+
+    Without `split`, a folder holding files the model was fitted on (`fitted_here`) or declaring
+    its own splits is scored on its "test" split, any other folder whole: a held-out folder
+    counts every file. Files whose class is not in `classes` are left out and counted.
+    """
+    if split is None:
+        if fitted_here:
+            split, reason = HELD_OUT_SPLIT, "the model was fitted on part of this folder"
+        elif any(item.split for item in dataset.items):
+            split, reason = HELD_OUT_SPLIT, "the folder's own held-out split"
+        else:
+            split, reason = ALL_FILES, "every file: the model never fitted on this folder"
+    else:
+        split, reason = SPLIT_ALIASES.get(split.lower(), split.lower()), "as asked"
+    items = list(dataset.items) if split == ALL_FILES else dataset.split(split)
+    if not items:
+        msg = f"dataset {dataset.source} has no files in split {split!r}"
+        raise ConfigError(msg)
+    unscored = Counter(item.label for item in items if item.label not in classes)
+    scored = [item for item in items if item.label in classes]
+    if not scored:
+        msg = (f"none of the {len(items)} files of {dataset.source} is of a class the model "
+               f"names ({', '.join(classes)})")
+        raise ConfigError(msg)
+    return Selection(scored, split, reason, dict(unscored))
+
+
+def stock_classes(card) -> list[str]:
+    """The families a stock model names: the fused model's labels, a tagger's mapped families."""
+    if "mtt_tags" in card.document.get("outputs", {}):
+        return list(card.labels)
+    named = vocabulary_matrix(card.name.split("_", 1)[0]).any(axis=1)
+    return [family for family, yes in zip(FAMILIES, named, strict=True) if yes]
+
+
+def spread_windows(n: int, max_windows: int | None) -> np.ndarray:
+    """Indices of at most `max_windows` of `n` windows, evenly spread (all when None)."""
+    if max_windows is None or n <= max_windows:
+        return np.arange(n)
+    return np.linspace(0, n - 1, max_windows).round().astype(int)
+
+
+def clip_windows(clips: Sequence[Clip | Item], *, max_windows: int | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Frames [N, 187, 96], family index [N], clip index [N] of musicnn's 3 s windows.
 
@@ -209,9 +279,7 @@ def clip_windows(clips: Sequence[Clip], *, max_windows: int | None = None
     frames, labels, owners = [], [], []
     for k, clip in enumerate(clips):
         windows = logmel_windows_for_file(clip.path)
-        if max_windows is not None and len(windows) > max_windows:
-            pick = np.linspace(0, len(windows) - 1, max_windows).round().astype(int)
-            windows = [windows[i] for i in pick]
+        windows = [windows[i] for i in spread_windows(len(windows), max_windows)]
         frames += [w.frames for w in windows]
         labels += [FAMILIES.index(clip.label)] * len(windows)
         owners += [k] * len(windows)
@@ -241,7 +309,7 @@ def zero_shot_score(name: str, tags: np.ndarray, truth: np.ndarray) -> Score:
                                                        n_classes=len(FAMILIES)))
 
 
-def evaluate(model: str | Path, clips: Sequence[Clip], *, threshold: float | None = None,
+def evaluate(model: str | Path, clips: Sequence[Clip | Item], *, threshold: float | None = None,
              max_windows: int | None = None) -> list[Score]:
     """Scores of `model` on `clips`: single models zero-shot; a fused model also its parts.
 
@@ -276,24 +344,44 @@ def score_outputs(card, out: dict[str, np.ndarray], truth: np.ndarray, *,
     return scores
 
 
-def run_evaluate(args) -> int:
-    """CLI: args.model (None → fused default), args.dataset, args.split ("test"),
-    args.threshold (None → the card's), args.max_windows (None → all), args.json, args.plot."""
-    clips = [c for c in load_manifest(args.dataset) if c.split == args.split]
-    if not clips:
-        msg = f"dataset {args.dataset} has no clips in split {args.split!r}"
+def check_stock_flags(args, card) -> None:
+    """Refuse, in one line, the options that a stock model's evaluation cannot honour."""
+    if args.engine not in (None, "auto", "onnxruntime"):
+        msg = (f"--engine {args.engine}: {card.name} is scored with ONNX Runtime on the CPU "
+               "(it needs every output of the graph); use --engine onnxruntime or leave it out")
         raise ConfigError(msg)
-    scores = evaluate(args.model or FUSED_MODEL, clips, threshold=args.threshold,
+    for flag, value in (("--cache-dir", args.cache_dir), ("--out-dir", args.out_dir)):
+        if value is not None:
+            msg = f"{flag} is for trained heads; {card.name} is a stock model"
+            raise ConfigError(msg)
+    if args.threshold is not None and "mtt_tags" not in card.document.get("outputs", {}):
+        msg = (f"--threshold: {card.name} is scored zero-shot (forced choice, its tags are not a "
+               "family distribution); the unknown threshold applies to the fused model")
+        raise ConfigError(msg)
+
+
+def run_evaluate(args) -> int:
+    """CLI: args.model (None → fused default), args.dataset, args.split (None → by the folder),
+    args.threshold (None → the card's), args.max_windows (None → all), args.json, args.plot."""
+    from streamclf.models.card import load_model_card
+
+    card = load_model_card(args.model or FUSED_MODEL)
+    check_stock_flags(args, card)
+    selection = select_files(load_dataset(args.dataset, min_classes=1), split=args.split,
+                             classes=stock_classes(card), fitted_here=False)
+    scores = evaluate(args.model or FUSED_MODEL, selection.items, threshold=args.threshold,
                       max_windows=args.max_windows)
     if args.plot:
         plot_confusion(scores[-1].cm, FAMILIES, Path(args.plot),
-                       title=f"{scores[-1].name} on {args.split} (threshold {scores[-1].threshold:.2f})")
+                       title=f"{scores[-1].name} on {selection.split} "
+                             f"(threshold {scores[-1].threshold:.2f})")
     if args.json:
-        json.dump({"split": args.split, "clips": len(clips),
+        json.dump({"split": selection.split, "clips": len(selection.items),
+                   "unscored_files": selection.unscored,
                    "scores": [s.to_dict(FAMILIES) for s in scores]}, sys.stdout, indent=1)
         print()
         return 0
-    print(f"{len(clips)} clips, split {args.split!r}\n")
+    print(selection.describe() + "\n")
     print(render_table(scores))
     for score in scores:
         print(f"\n{score.name} (threshold {score.threshold:.2f})\n")

@@ -7,8 +7,13 @@ through a bridge and changes when the music does. Three small pieces, one state 
   stream-time step between windows, so a 0.5 s hop and a 3 s hop smooth alike.
 - Silence gate: a window under `silence_dbfs` is published as "silence" and never enters the EMA
   (the model's opinion of silence is noise).
-- Hysteresis on the genre subset of the smoothed tags: the published genre changes only when
+- Hysteresis on the genre subset of the smoothed tags: the held genre changes only when
   another genre leads it by `switch_margin` for at least `min_dwell_s` of stream time.
+- A confidence gate with the same margin and dwell on the held genre's own score: it is published
+  only while that score is at least `unknown_threshold`, so a genre under the threshold is never
+  published (it turns "unknown" in the window it falls under); back from "unknown" it needs
+  `unknown_threshold + switch_margin` for `min_dwell_s`, so a score hovering near the threshold
+  does not flip between "unknown" and the genre.
 
 `confidence` is the smoothed probability of the published genre (musicnn's tags are independent
 sigmoids, so genre probabilities need not sum to 1); for "unknown" it is that of the best
@@ -82,6 +87,38 @@ class Hysteresis:
         return self.held
 
 
+class ConfidenceGate:
+    """Whether the held genre may be published: closes at once when its score falls under
+    `threshold`, opens again only on `threshold + margin` held for `dwell_s`.
+
+    A genre that has just become the held one (or the first) is judged on `threshold` alone: it
+    already earned its place through the genre hysteresis, and a second dwell would only delay it.
+    """
+
+    def __init__(self, *, threshold: float, margin: float, dwell_s: float) -> None:
+        self.threshold = threshold
+        self.margin = margin
+        self.dwell_s = dwell_s
+        self.reset()
+
+    def reset(self) -> None:
+        self.open = False
+        self._since_s: float | None = None
+
+    def step(self, score: float, t_s: float, *, new_genre: bool) -> bool:
+        """Feed the held genre's score at stream time `t_s`; return whether it may be published."""
+        if new_genre or self.open:
+            self.open, self._since_s = score >= self.threshold, None
+        elif score < self.threshold + self.margin:
+            self._since_s = None
+        else:
+            if self._since_s is None or t_s < self._since_s:
+                self._since_s = t_s
+            if t_s - self._since_s >= self.dwell_s:
+                self.open, self._since_s = True, None
+        return self.open
+
+
 class Smoother:
     """EMA + silence gate + hysteresis + unknown threshold for one stream (engine worker thread)."""
 
@@ -95,20 +132,24 @@ class Smoother:
         self.genres = tuple(genres)
         self._genre_index = np.array([self.labels.index(g) for g in genres], dtype=np.intp)
         self._hysteresis = Hysteresis(margin=config.switch_margin, dwell_s=config.min_dwell_s)
+        self._gate = ConfidenceGate(threshold=config.unknown_threshold,
+                                    margin=config.switch_margin, dwell_s=config.min_dwell_s)
         self.config = config
         self.reset()
 
     def reconfigure(self, config: SmoothingConfig) -> None:
         """Apply new settings (SIGHUP reload); the average and the held genre carry on."""
         self.config = config
-        self._hysteresis.margin = config.switch_margin
-        self._hysteresis.dwell_s = config.min_dwell_s
+        self._hysteresis.margin = self._gate.margin = config.switch_margin
+        self._hysteresis.dwell_s = self._gate.dwell_s = config.min_dwell_s
+        self._gate.threshold = config.unknown_threshold
 
     def reset(self) -> None:
         self._average: np.ndarray | None = None
         self._last_t_s = 0.0
         self._published = ""
         self._hysteresis.reset()
+        self._gate.reset()
         self.windows = 0
         self.non_finite = 0  # windows refused for NaN or infinite probabilities
 
@@ -160,11 +201,11 @@ class Smoother:
             self._average += np.float32(alpha) * instant
         self._last_t_s = t_s
         scores = self._average[self._genre_index]
+        held_before = self._hysteresis.held
         held = self._hysteresis.step(scores, t_s)
         raw = self.genres[int(np.argmax(instant[self._genre_index]))]
-        best = float(scores.max())
-        if best < self.config.unknown_threshold:
+        if not self._gate.step(float(scores[held]), t_s, new_genre=held != held_before):
             order = np.argsort(scores)[::-1][:N_CANDIDATES]
             candidates = [[self.genres[i], float(scores[i])] for i in order]
-            return UNKNOWN, best, raw, candidates
+            return UNKNOWN, float(scores.max()), raw, candidates
         return self.genres[held], float(scores[held]), raw, None

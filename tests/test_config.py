@@ -43,7 +43,7 @@ class TestShippedConfigs:
     def test_dj_reacts_quickly(self):
         cfg = load_config(CONFIGS / "dj.toml")
         assert cfg.framing.hop_s == 0.5
-        assert cfg.smoothing.min_dwell_s < default_config().smoothing.min_dwell_s
+        assert cfg.smoothing.time_constant_s < default_config().smoothing.time_constant_s
 
     def test_config_is_frozen(self):
         with pytest.raises(dataclasses.FrozenInstanceError):

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from streamclf.config import SmoothingConfig
 from streamclf.errors import ModelError
-from streamclf.smoothing import SILENCE, UNKNOWN, Hysteresis, Smoother, ema_alpha
+from streamclf.smoothing import (
+    SILENCE,
+    UNKNOWN,
+    ConfidenceGate,
+    Hysteresis,
+    Smoother,
+    ema_alpha,
+)
 
 LABELS = ("rock", "pop", "jazz", "guitar", "female vocalists", "techno")
 GENRES = ("rock", "pop", "jazz", "techno")
@@ -177,6 +184,64 @@ class TestUnknown:
     def test_confident_genre_has_no_candidates(self):
         state = smoother(unknown_threshold=0.5).update(probs(rock=0.8), 0.0, LOUD_DBFS)
         assert (state.genre, state.candidates) == ("rock", None)
+
+    def test_held_genre_under_threshold_turns_unknown_at_once(self):
+        """The held genre fades under the threshold while the next has not yet earned the switch:
+        "unknown", never the old genre at a confidence under the threshold."""
+        s = smoother(unknown_threshold=0.35, time_constant_s=0.0, switch_margin=0.1,
+                     min_dwell_s=3.0)
+        assert s.update(probs(techno=0.8), 0.0, LOUD_DBFS).genre == "techno"
+        states = [s.update(probs(techno=0.15, jazz=0.7), float(t), LOUD_DBFS) for t in (1, 2, 3)]
+        assert [x.genre for x in states] == [UNKNOWN, UNKNOWN, UNKNOWN]
+        assert states[0].changed and not states[1].changed
+        assert states[0].candidates[0] == ["jazz", pytest.approx(0.7)]
+        assert s.update(probs(techno=0.15, jazz=0.7), 4.0, LOUD_DBFS).genre == "jazz"
+
+    def test_score_hovering_near_threshold_does_not_flip(self):
+        """Around the threshold the genre drops to unknown once and stays there until it clears
+        threshold + margin for the dwell time."""
+        s = smoother(unknown_threshold=0.35, time_constant_s=0.0, switch_margin=0.1,
+                     min_dwell_s=2.0)
+        hovering = [0.38, 0.33, 0.37, 0.31, 0.36, 0.34, 0.38, 0.32, 0.37, 0.33]
+        genres = [s.update(probs(techno=p), float(t), LOUD_DBFS).genre
+                  for t, p in enumerate(hovering)]
+        assert genres == ["techno"] + [UNKNOWN] * (len(hovering) - 1)
+        t0 = len(hovering)
+        back = [s.update(probs(techno=0.5), float(t0 + k), LOUD_DBFS).genre for k in range(4)]
+        assert back == [UNKNOWN, UNKNOWN, "techno", "techno"]  # 0.5 >= 0.45 from t0, dwell 2 s
+
+    def test_threshold_zero_never_gates(self):
+        s = smoother(unknown_threshold=0.0, time_constant_s=0.0, switch_margin=0.1)
+        assert {s.update(probs(rock=p), float(t), LOUD_DBFS).genre
+                for t, p in enumerate([0.9, 0.01, 0.0, 0.2])} == {"rock"}
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.lists(st.floats(0, 1), min_size=4, max_size=4), min_size=2, max_size=60),
+           st.floats(0.05, 0.6), st.floats(0.0, 0.3), st.floats(0.0, 5.0),
+           st.sampled_from([0.5, 1.0, 3.0]))
+    def test_published_genre_never_under_threshold(self, rows, threshold, margin, dwell_s, hop_s):
+        """Whatever the music, a published genre has a confidence of at least the threshold."""
+        s = smoother(unknown_threshold=threshold, time_constant_s=2.0, switch_margin=margin,
+                     min_dwell_s=dwell_s)
+        for i, row in enumerate(rows):
+            state = s.update(probs(rock=row[0], pop=row[1], jazz=row[2], techno=row[3]),
+                             i * hop_s, LOUD_DBFS)
+            assert state.genre == UNKNOWN or state.confidence >= threshold
+
+
+class TestConfidenceGate:
+    """The gate alone: closes at once under the threshold, reopens on threshold + margin held."""
+
+    def test_reopens_after_dwell(self):
+        gate = ConfidenceGate(threshold=0.3, margin=0.1, dwell_s=2.0)
+        scores = [0.5, 0.2, 0.45, 0.45, 0.39, 0.41, 0.41, 0.41, 0.31, 0.29]
+        opened = [gate.step(x, float(t), new_genre=t == 0) for t, x in enumerate(scores)]
+        assert opened == [True, False, False, False, False, False, False, True, True, False]
+
+    def test_new_genre_judged_on_threshold_alone(self):
+        gate = ConfidenceGate(threshold=0.3, margin=0.1, dwell_s=5.0)
+        assert not gate.step(0.2, 0.0, new_genre=True)
+        assert gate.step(0.31, 1.0, new_genre=True)
 
 
 class TestContract:

@@ -112,6 +112,9 @@ def test_evaluate_command_writes_tables_pngs_and_json(
         engine=None,
         cache_dir=workdir / "cache",
         out_dir=workdir / "report",
+        threshold=None,
+        max_windows=None,
+        plot=None,
         json=False,
     )
     assert run_evaluate_head(args) == 0

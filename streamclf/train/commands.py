@@ -22,12 +22,17 @@ import structlog
 from streamclf.backends.base import load_engine
 from streamclf.errors import ConfigError
 from streamclf.evaluate import (
+    ALL_FILES,
     Score,
+    Selection,
     confusion_matrix,
+    decide,
     per_class_prf,
     plot_confusion,
     render_confusion,
     render_table,
+    select_files,
+    spread_windows,
 )
 from streamclf.features.mel import frames_for_seconds
 from streamclf.models.card import MODEL_NAMES, ModelCard, dataset_of, load_model_card
@@ -188,13 +193,17 @@ def baseline_mapping(classes: tuple[str, ...], base: ModelCard) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Scores of a custom model and its baseline on one split, per window and per file."""
+    """Scores of a custom model and its baseline on the selected files, per window and per file."""
 
     classes: tuple[str, ...]
     scores: list[Score]
     mapped_classes: list[str]
-    files: int
+    selection: Selection
     seen_in_training: int
+
+    @property
+    def files(self) -> int:
+        return len(self.selection.items)
 
     def to_dict(self) -> dict[str, Any]:
         rows = []
@@ -215,7 +224,9 @@ class Evaluation:
                 }
             )
         return {
+            "split": self.selection.split,
             "files": self.files,
+            "unscored_files": self.selection.unscored,
             "seen_in_training": self.seen_in_training,
             "baseline_classes": self.mapped_classes,
             "scores": rows,
@@ -228,11 +239,15 @@ def _scores(
     truth: np.ndarray,
     n_classes: int,
     reachable: np.ndarray | None = None,
+    threshold: float = 0.0,
 ) -> list[Score]:
-    """Per-window and per-file scores of window probabilities, one array [n_i, C] per file."""
+    """Per-window and per-file scores of window probabilities, one array [n_i, C] per file;
+    "unknown" where the best probability is under `threshold` (a zero-shot baseline: none)."""
 
     def pred(p: np.ndarray) -> np.ndarray:
-        return p.argmax(axis=1) if reachable is None else zero_shot_family(p, mapping=reachable)
+        if reachable is None:
+            return decide(p, threshold=threshold)
+        return zero_shot_family(p, mapping=reachable)
 
     windows = np.concatenate(probs)
     window_truth = np.repeat(truth, [len(p) for p in probs])
@@ -241,10 +256,12 @@ def _scores(
         Score(
             f"{name} (windows)",
             confusion_matrix(truth=window_truth, pred=pred(windows), n_classes=n_classes),
+            threshold=threshold,
         ),
         Score(
             f"{name} (files)",
             confusion_matrix(truth=truth, pred=pred(per_file), n_classes=n_classes),
+            threshold=threshold,
         ),
     ]
 
@@ -258,14 +275,17 @@ def evaluate_model(
     model: str | Path,
     source: str | Path,
     *,
-    split: str = "test",
+    split: str | None = None,
     engine: str | None = None,
     cache_dir: str | Path | None = None,
+    threshold: float = 0.0,
+    max_windows: int | None = None,
 ) -> Evaluation:
-    """Score a custom model on `split` ("train", "val", "test" or "all") of a dataset.
+    """Score a custom model on a dataset: every file of a folder it never trained on, else
+    `split` ("train", "val", "test" or "all"; default "test") split as the card records.
 
-    The dataset is split as the model's card records; files the model was trained or
-    validated on are counted and logged (evaluate on held-out files only).
+    Files the model was trained or validated on are counted and logged; files of a class the
+    model does not have are left out and reported (`Selection`).
     """
     card = load_model_card(model)
     training = card.document.get("training")
@@ -275,36 +295,40 @@ def evaluate_model(
             "models use the genre-family evaluation"
         )
         raise ConfigError(msg)
-    dataset = split_dataset(source, SplitOptions(**training["splits"]))
-    items = list(dataset.items) if split == "all" else dataset.split(split)
-    if not items:
-        msg = f"dataset {source} has no files in split {split!r}"
-        raise ConfigError(msg)
-    unknown = sorted({item.label for item in items} - set(card.labels))
-    if unknown:
-        msg = f"dataset class {unknown[0]!r} is not one of the model's classes"
-        raise ConfigError(msg)
+    dataset = load_dataset(source, min_classes=1)
+    seen = set(training.get("train_files_sha256", ()))
+    sha = {item.path: file_sha256(item.path)[:SHA_PREFIX] for item in dataset.items}
+    fitted_here = not seen.isdisjoint(sha.values())
+    if fitted_here or split not in (None, ALL_FILES):
+        options = SplitOptions(**training["splits"])
+        dataset = assign_splits(dataset, val_share=options.val_share,
+                                test_share=options.test_share, seed=options.seed,
+                                use_given=options.use_given)
+    selection = select_files(dataset, split=split, classes=card.labels, fitted_here=fitted_here)
+    items = selection.items
     base = load_model_card(card.document["base_model"]["name"])
     hop = _hop_frames(training.get("hop_s", 3.0))
     custom_out = _outputs(card, items, engine=engine, hop=hop, cache_dir=cache_dir)
-    seen = set(training.get("train_files_sha256", ()))
-    reused = sum(file_sha256(item.path)[:SHA_PREFIX] in seen for item in items)
+    reused = sum(sha[item.path] in seen for item in items)
     if reused:
         log.warning("evaluated_on_training_files", files=reused, of=len(items))
     truth = np.array([card.labels.index(item.label) for item in items])
     n = len(card.labels)
-    scores = _scores(card.name, [o.tags for o in custom_out], truth, n)
+    picks = [spread_windows(len(o.tags), max_windows) for o in custom_out]
+    probs = [o.tags[pick] for o, pick in zip(custom_out, picks, strict=True)]
+    scores = _scores(card.name, probs, truth, n, threshold=threshold)
     mapping = baseline_mapping(card.labels, base)
     mapped = [c for c, row in zip(card.labels, mapping, strict=True) if row.any()]
     if mapped:
         base_out = _outputs(base, items, engine=engine, hop=hop, cache_dir=cache_dir)
-        zero_shot = [family_scores(tags=o.tags, mapping=mapping) for o in base_out]
+        zero_shot = [family_scores(tags=o.tags[pick], mapping=mapping)
+                     for o, pick in zip(base_out, picks, strict=True)]
         scores += _scores(f"{base.name} zero-shot", zero_shot, truth, n, reachable=mapping)
     return Evaluation(
         classes=card.labels,
         scores=scores,
         mapped_classes=mapped,
-        files=len(items),
+        selection=selection,
         seen_in_training=reused,
     )
 
@@ -397,9 +421,19 @@ def run_train(args) -> int:
 def run_evaluate_head(args) -> int:
     """CLI `streamclf evaluate MODEL DATASET` for a trained head."""
     evaluation = evaluate_model(
-        args.model, args.dataset, split=args.split, engine=args.engine, cache_dir=args.cache_dir
+        args.model,
+        args.dataset,
+        split=args.split,
+        engine=args.engine,
+        cache_dir=args.cache_dir,
+        threshold=args.threshold or 0.0,
+        max_windows=args.max_windows,
     )
     classes = evaluation.classes
+    split = evaluation.selection.split
+    if args.plot:
+        score = evaluation.scores[0]
+        plot_confusion(score.cm, classes, Path(args.plot), title=f"{score.name}, {split}")
     if args.out_dir:
         out_dir = Path(args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -409,15 +443,15 @@ def run_evaluate_head(args) -> int:
                 score.cm,
                 classes,
                 out_dir / f"confusion-{stem}.png",
-                title=f"{score.name}, {args.split}",
+                title=f"{score.name}, {split}",
             )
         (out_dir / "evaluation.json").write_text(json.dumps(evaluation.to_dict(), indent=1) + "\n")
     if args.json:
-        json.dump({"split": args.split, **evaluation.to_dict()}, sys.stdout, indent=1)
+        json.dump(evaluation.to_dict(), sys.stdout, indent=1)
         print()
         return 0
     print(
-        f"{evaluation.files} files, split {args.split!r}; zero-shot baseline covers "
+        f"{evaluation.selection.describe()}; zero-shot baseline covers "
         f"{', '.join(evaluation.mapped_classes) or 'no class'}\n"
     )
     print(render_table(evaluation.scores))

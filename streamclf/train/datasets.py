@@ -119,10 +119,11 @@ def _read_folder(root: Path) -> list[Item]:
 MANIFEST_NAME = "manifest.csv"
 
 
-def load_dataset(source: str | Path) -> Dataset:
+def load_dataset(source: str | Path, *, min_classes: int = 2) -> Dataset:
     """Read a class-folder tree or a CSV; ConfigError if it is empty, missing or inconsistent.
 
     A folder holding a `manifest.csv` (as datasets/genres does) is read through its manifest.
+    Training needs two classes; a held-out folder of one class can still be evaluated.
     """
     source = Path(source)
     if source.is_dir() and (source / MANIFEST_NAME).is_file():
@@ -144,7 +145,7 @@ def load_dataset(source: str | Path) -> Dataset:
         msg = f"dataset {source}: {twice[0]} is listed {seen[twice[0]]} times"
         raise ConfigError(msg)
     dataset = Dataset(source=source, items=tuple(items))
-    if len(dataset.classes) < 2:
+    if len(dataset.classes) < min_classes:
         msg = f"dataset {source} has {len(dataset.classes)} class(es); training needs at least 2"
         raise ConfigError(msg)
     return dataset
