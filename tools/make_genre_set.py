@@ -273,6 +273,8 @@ def main() -> None:
     except subprocess.CalledProcessError as exc:
         msg = f"{' '.join(exc.cmd)}: {exc.stderr.strip().splitlines()[-1] if exc.stderr else exc}"
         raise SystemExit(msg) from None
+    except FileNotFoundError as exc:  # a program not installed (fluidsynth for MIDI, ffmpeg)
+        raise SystemExit(f"{exc.filename}: not found") from None
     print(f"{len(rows)} clips in {args.out}")
 
 
