@@ -19,7 +19,11 @@ package's exact Debian version and licence; this tool downloads those versions
 (``apt-get download NAME=VERSION``, ``dpkg-deb -x``, never installed), cuts a 30 s excerpt a
 third into each track, and writes the clips, the manifest and each package's copyright file.
 Fret-on-Fire songs ship the guitar as its own stem; the two stems are mixed back into the song
-(as the game plays them), nothing is synthesised.
+(as the game plays them). MIDI files (OpenTTD's OpenMSX) hold notes, not sound: they are
+played through Debian's fluidsynth with the FluidR3 General MIDI soundfont
+(``apt-get install fluidsynth fluid-soundfont-gm``), and the manifest's ``rendered_with`` names
+both versions; every other clip is a decoded recording. GCompris keeps its recordings in Qt
+resource files; a file named ``<file.rcc>!<path>`` is read out of one.
 
 The ``split`` column (calib/test) is for the older tools that fit on ``calib`` and score
 ``test``. It is by track: within each label and each batch of added tracks, ids in sha1 order,
@@ -38,8 +42,10 @@ from __future__ import annotations
 import argparse
 import csv
 import shutil
+import struct
 import subprocess
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +53,7 @@ EXCERPT_S = 30.0
 CLIP_RATE_HZ = 16000
 VORBIS_QUALITY = 4
 MANIFEST_FIELDS = ("path", "label", "split", "artist", "id", "package", "version", "source_file",
-                   "start_s", "duration_s", "license", "label_source", "reason")
+                   "start_s", "duration_s", "license", "label_source", "reason", "rendered_with")
 TRACKS_CSV = Path(__file__).resolve().parent.parent / "datasets" / "genres" / "tracks.csv"
 PACKAGES_CSV = TRACKS_CSV.with_name("packages.csv")
 RESERVED_PACKAGES = (  # kept for an independent evaluation (issue 14): never used here
@@ -58,6 +64,9 @@ RESERVED_PACKAGES = (  # kept for an independent evaluation (issue 14): never us
 )
 LABEL_SOURCES = ("genre_tag", "credits", "title", "curator")
 NEXUIZ_PK3 = "usr/share/games/nexuiz/data/music.pk3"
+RCC_SEPARATOR = "!"  # "<Qt .rcc file in the package>!<path inside it>"
+SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")  # Debian fluid-soundfont-gm
+RECORDED = "recording (decoded by ffmpeg)"
 
 
 @dataclass(frozen=True)
@@ -119,8 +128,70 @@ def fetch_package(package: Package, work: Path) -> Path:
     return root
 
 
+def rcc_entries(path: Path) -> dict[str, bytes]:
+    """{path: bytes} of a Qt resource file (.rcc, format 1-3, zlib or stored entries).
+
+    GCompris ships its activities' sounds inside .rcc files; Debian has no tool to unpack
+    them, and the format is small: a header, a tree of fixed-size nodes, a name table
+    (UTF-16), a data table of length-prefixed blobs.
+    """
+    blob = path.read_bytes()
+    version, tree, data, names = struct.unpack(">IIII", blob[4:20])
+    node_size = 22 if version >= 2 else 14
+
+    def name(offset: int) -> str:
+        length = struct.unpack(">H", blob[names + offset:names + offset + 2])[0]
+        return blob[names + offset + 6:names + offset + 6 + 2 * length].decode("utf-16-be")
+
+    def walk(index: int, prefix: str):
+        node = tree + index * node_size
+        name_offset, flags = struct.unpack(">IH", blob[node:node + 6])
+        here = prefix + (name(name_offset) if index else "")
+        if flags & 2:  # directory
+            count, first = struct.unpack(">II", blob[node + 6:node + 14])
+            for child in range(first, first + count):
+                yield from walk(child, here + "/" if index else "")
+            return
+        start = data + struct.unpack(">I", blob[node + 10:node + 14])[0]
+        size = struct.unpack(">I", blob[start:start + 4])[0]
+        payload = blob[start + 4:start + 4 + size]
+        yield here, zlib.decompress(payload[4:]) if flags & 1 else payload
+
+    return dict(walk(0, ""))
+
+
 def _source(root: Path, name: str) -> Path:
-    return root / "pk3" / name[4:] if name.startswith("pk3:") else root / name
+    """A file of the unpacked package, out of nexuiz's pk3 or a GCompris .rcc where named so."""
+    if name.startswith("pk3:"):
+        return root / "pk3" / name[4:]
+    if RCC_SEPARATOR in name:
+        rcc, inner = name.split(RCC_SEPARATOR)
+        target = root / "rcc" / inner
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(rcc_entries(root / rcc)[inner])
+        return target
+    return root / name
+
+
+def renderer() -> str:
+    """fluidsynth and the soundfont package, versions as installed, for the manifest."""
+    versions = _run("dpkg-query", "-W", "-f", "${Package} ${Version}\\n", "fluidsynth",
+                    "fluid-soundfont-gm").strip().splitlines()
+    return f"{' + '.join(versions)} ({SOUNDFONT.name}, 44.1 kHz)"
+
+
+def render_midi(midi: Path, work: Path) -> Path:
+    """A General MIDI file played through fluidsynth with the FluidR3 GM soundfont, as WAV.
+
+    MIDI holds notes, not sound: the timbre is the soundfont's, the same for every MIDI track,
+    which is why the manifest names the renderer.
+    """
+    wav = work / "midi" / f"{midi.stem}.wav"
+    if not wav.is_file():
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        _run("fluidsynth", "-ni", "-q", "-r", "44100", "-F", str(wav), str(SOUNDFONT), str(midi))
+    return wav
 
 
 def duration_s(path: Path) -> float:
@@ -165,6 +236,9 @@ def build(out: Path, work: Path, tracks: tuple[Track, ...],
         if package.name not in roots:
             roots[package.name] = fetch_package(package, work)
         sources = [_source(roots[package.name], f) for f in track.files]
+        midi = all(s.suffix == ".mid" for s in sources)
+        if midi:
+            sources = [render_midi(s, work) for s in sources]
         start = excerpt_start_s(min(duration_s(s) for s in sources))
         clip = Path("clips") / track.label / f"{track.id}.ogg"
         cut_excerpt(sources, start, out / clip)
@@ -174,7 +248,7 @@ def build(out: Path, work: Path, tracks: tuple[Track, ...],
             "version": package.version, "source_file": " + ".join(track.files),
             "start_s": f"{start:g}", "duration_s": f"{EXCERPT_S:g}",
             "license": package.license, "label_source": track.label_source,
-            "reason": track.reason,
+            "reason": track.reason, "rendered_with": renderer() if midi else RECORDED,
         })
         print(f"{track.label:10s} {track.split:5s} {track.id}")
     (out / "copyright").mkdir(parents=True, exist_ok=True)
@@ -199,6 +273,8 @@ def main() -> None:
     except subprocess.CalledProcessError as exc:
         msg = f"{' '.join(exc.cmd)}: {exc.stderr.strip().splitlines()[-1] if exc.stderr else exc}"
         raise SystemExit(msg) from None
+    except FileNotFoundError as exc:  # a program not installed (fluidsynth for MIDI, ffmpeg)
+        raise SystemExit(f"{exc.filename}: not found") from None
     print(f"{len(rows)} clips in {args.out}")
 
 
