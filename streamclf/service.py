@@ -24,8 +24,9 @@ from streamclf.config import (
     default_config,
     load_config,
     parse_stream_spec,
+    split_reload,
 )
-from streamclf.errors import StreamclfError
+from streamclf.errors import EXIT_INTERRUPTED, StreamclfError
 from streamclf.logs import configure_logging
 from streamclf.pipeline import Pipeline
 from streamclf.sdnotify import Notifier
@@ -105,7 +106,7 @@ class Runner:
             if self._stop_signal is None:
                 raise
             log.info("stopped_during_startup", signal=self._stop_signal)
-            return 0
+            return self._exit_code()
         self.notifier.ready(status="running")
         try:
             self._loop()
@@ -115,7 +116,11 @@ class Runner:
             self._drain_view()
             if self.view is not None:
                 self.view.close()
-        return 0
+        return self._exit_code()
+
+    def _exit_code(self) -> int:
+        """130 after Ctrl-C (SIGINT), 0 after SIGTERM or a normal end: one rule for every command."""
+        return EXIT_INTERRUPTED if self._stop_signal == signal.SIGINT else 0
 
     def _loop(self) -> None:
         ping_period = self.notifier.watchdog_ping_period_s if self.config.service.watchdog else None
@@ -172,13 +177,13 @@ class Runner:
         except StreamclfError as exc:
             log.error("reload_failed", error=str(exc), keeping="the running config")
         else:
-            if (new.streams, new.engine, new.outputs) != (self.config.streams, self.config.engine,
-                                                           self.config.outputs):
-                log.warning("reload_partial",
-                            detail="streams, engine and outputs changes need a restart; smoothing "
-                                   "and feed options were applied")
-            self.pipeline.reload(new)
-            self.config = new
+            running, applied, needs_restart = split_reload(self.config, new)
+            self.pipeline.reload(running)
+            self.config = running
+            log.info("config_reloaded", applied=applied, needs_restart=needs_restart)
+            if needs_restart:
+                log.warning("reload_needs_restart", keys=needs_restart,
+                            detail="these changes take effect at the next start")
         self.notifier.ready(status="reloaded")
 
 
