@@ -39,10 +39,11 @@ def _interrupt_when(args: list[str], *, stdout_has: str = "", stderr_has: str = 
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
     try:
         out, err = OutputWatcher(proc.stdout), OutputWatcher(proc.stderr)
-        if notify is not None:
-            ready = lambda: "STATUS=loading engine" in notify.poll()  # noqa: E731
-        else:
-            ready = lambda: out.saw(stdout_has) if stdout_has else err.saw(stderr_has)  # noqa: E731
+        def ready() -> bool:
+            if notify is not None:
+                return "STATUS=loading engine" in notify.poll()
+            return out.saw(stdout_has) if stdout_has else err.saw(stderr_has)
+
         assert wait_for(ready, timeout_s=START_TIMEOUT_S), err.lines
         proc.send_signal(signal.SIGINT)
         return proc.wait(15)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -139,7 +140,7 @@ class TestServe:
         assert reloaded["needs_restart"] == ["framing.hop_s"]
         assert "reload_needs_restart" in events
         starts = [m.t0 for m in messages if isinstance(m, GenreMessage)]  # the hop stayed 1 s
-        assert all(b - a == pytest.approx(1.0, abs=0.01) for a, b in zip(starts, starts[1:]))
+        assert all(b - a == pytest.approx(1.0, abs=0.01) for a, b in itertools.pairwise(starts))
         assert "pipeline_stopped" in events
 
 
