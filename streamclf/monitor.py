@@ -128,7 +128,7 @@ def _genre_rows(msg: GenreMessage) -> list[RenderableType]:
 
 
 def milliseconds(value_ms: float) -> str:
-    """A timing figure, or "–" until there is one (the daemon sends NaN before the first batch)."""
+    """A timing figure, or "–" until there is one (NaN before the engine's first batch)."""
     return f"{value_ms:.1f} ms" if math.isfinite(value_ms) else "– ms"
 
 

@@ -119,7 +119,7 @@ class Runner:
         return self._exit_code()
 
     def _exit_code(self) -> int:
-        """130 after Ctrl-C (SIGINT), 0 after SIGTERM or a normal end: one rule for every command."""
+        """130 after Ctrl-C (SIGINT), 0 after SIGTERM or a normal end: the rule of every command."""
         return EXIT_INTERRUPTED if self._stop_signal == signal.SIGINT else 0
 
     def _loop(self) -> None:

@@ -150,7 +150,7 @@ class Daemon:
 
     def terminate(self, timeout_s: float = 15.0, *,
                   signum: int = signal.SIGTERM) -> tuple[int, float]:
-        """SIGTERM (or `signum`); returns the exit code and the seconds from the signal to the exit."""
+        """SIGTERM (or `signum`); returns the exit code and the seconds from signal to exit."""
         started = time.monotonic()
         self.proc.send_signal(signum)
         rc = self.proc.wait(timeout_s)

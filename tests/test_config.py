@@ -148,7 +148,7 @@ class TestOverrides:
 
 
 class TestReload:
-    """SIGHUP applies the live keys, names the rest as needing a restart and keeps their old value."""
+    """SIGHUP applies the live keys; the rest keep their old value and are named for a restart."""
 
     OLD = "[framing]\nhop_s = 1.0\n[smoothing]\nmin_dwell_s = 3.0\n[feed]\ntop_k = 5\n"
 

@@ -4,9 +4,13 @@ during start-up as while running; SIGTERM stays a clean stop with 0."""
 from __future__ import annotations
 
 import os
+import pty
+import re
+import select
 import signal
 import subprocess
 import threading
+import time
 
 from e2e_helpers import CLIP, REPO, streamclf_cmd
 from reliability_helpers import START_TIMEOUT_S, Daemon, NotifyListener, wait_for, write_config
@@ -92,7 +96,48 @@ def test_subscribe_and_classify_sigint(tmp_path):
     cfg = write_config(tmp_path, streams=[{"id": "a", "source": "file", "path": str(CLIP),
                                            "loop": True}])
     with Daemon(cfg.path):
-        rc = _interrupt_when(["subscribe", "--endpoint", cfg.endpoint, "--json"], stdout_has='"topic"')
+        rc = _interrupt_when(["subscribe", "--endpoint", cfg.endpoint, "--json"],
+                             stdout_has='"topic"')
     assert rc == EXIT_INTERRUPTED
     rc = _interrupt_when(["-v", "classify", *[str(CLIP)] * 50], stderr_has="runner_selected")
     assert rc == EXIT_INTERRUPTED
+
+
+def test_live_view_after_ctrl_c():
+    """Ctrl-C in the live view on a terminal: 130, and the last frame says the stream stopped
+    rather than leaving it 'running'."""
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "COLUMNS": "120", "LINES": "40", "TERM": "xterm-256color"}
+    proc = subprocess.Popen(streamclf_cmd("listen", "--demo", "--no-publish"), stdin=terminal,
+                            stdout=terminal, stderr=terminal, env=env, cwd=REPO)
+    os.close(terminal)
+    screen = b""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    interrupted_at = None
+    try:
+        while time.monotonic() < deadline:
+            if interrupted_at is None and b"rock" in screen:
+                proc.send_signal(signal.SIGINT)
+                interrupted_at = len(screen)
+            ready, _, _ = select.select([controller], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(controller, 65536)
+                except OSError:  # the terminal closed: the program has ended
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+            elif proc.poll() is not None:
+                break
+        assert interrupted_at is not None, screen.decode(errors="replace")
+        assert proc.wait(15) == EXIT_INTERRUPTED
+    finally:
+        os.close(controller)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    after = screen[interrupted_at:].decode(errors="replace")
+    last_frame = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", after)  # the text without its colours
+    assert "main · stopped" in last_frame
+    assert "Traceback" not in last_frame

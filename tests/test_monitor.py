@@ -125,7 +125,7 @@ class TestLiveViewRender:
     def test_streams_stack_in_arrival_order(self):
         text = recorded([status_msg(stream="b", device_state="lost"), genre_msg(stream="a"),
                          status_msg(stream="a", final=True)])
-        assert text.index("b · lost") < text.index("a · stopped")  # the final status: not "running"
+        assert text.index("b · lost") < text.index("a · stopped")  # final status, not "running"
         assert "running" not in text
         assert "waiting for the first window" in text  # b has no genre yet
 
