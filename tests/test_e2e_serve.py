@@ -159,5 +159,5 @@ class TestServeBadInput:
     def test_missing_file_source(self, tmp_path):
         config = tmp_path / "c.toml"
         config.write_text(CONFIG.format(endpoint=free_tcp_endpoint(), clip=tmp_path / "x.ogg",
-                                        tau=5.0))
+                                        tau=5.0, hop=1.0))
         assert_one_line_error(run_cli("serve", "--config", str(config)), 3)
