@@ -1,8 +1,9 @@
 """`serve` and `listen`: logging, sd_notify, signals, reload and the watchdog around one Pipeline.
 
 The main thread only handles signals, sd_notify, the watchdog and the live view; the work happens
-in the pipeline's threads. SIGTERM/SIGINT stop cleanly (final status message) within 2 s, SIGHUP
-reloads the config file without touching the feed socket, and the watchdog is pinged only while
+in the pipeline's threads. SIGTERM/SIGINT stop cleanly (final status message) within 2 s, exit 0
+and 130; SIGHUP applies the reloadable part of the config file without touching the feed socket
+(`config.split_reload`), and the watchdog is pinged only while
 the daemon as a whole can work (the engine worker makes progress and not every stream is stuck),
 so systemd restarts a stalled pipeline.
 """
