@@ -26,6 +26,8 @@ log = structlog.get_logger(__name__)
 
 SCHEMA_VERSION = 1
 BATCH_WINDOWS = 16  # windows per engine call: large enough to batch, small enough for progress
+TAGGRAM_WIDTH_IN = 14.0  # the --plot picture: wide, one row of tags every TAGGRAM_ROW_IN inches
+TAGGRAM_ROW_IN = 0.16  # 50 tags: 9.5 inches tall, still room for 9-point labels
 
 
 @dataclass(frozen=True)
@@ -110,16 +112,20 @@ def plot_taggram(result: FileTags, card: ModelCard, out: Path) -> None:
     except ImportError as exc:
         msg = "--plot needs matplotlib: pip install 'streamclf[dev]' or matplotlib"
         raise ConfigError(msg) from exc
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * len(result.tags) + 3), 10))
-    ax.imshow(result.tags.T, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0.0, vmax=1.0,
-              extent=(0.0, float(result.ends_s[-1]), len(card.labels) - 0.5, -0.5))
-    ax.set_yticks(range(len(card.labels)), card.labels, fontsize=7)
-    ax.set_xlabel("time (s)")
-    ax.set_title(f"{result.path.name} — {card.name}")
+    # wide and short, whatever the file's length: a timeline a person reads at a glance
+    fig, ax = plt.subplots(figsize=(TAGGRAM_WIDTH_IN, 1.5 + TAGGRAM_ROW_IN * len(card.labels)))
+    image = ax.imshow(result.tags.T, aspect="auto", interpolation="nearest", cmap="viridis",
+                      vmin=0.0, vmax=1.0,
+                      extent=(0.0, float(result.ends_s[-1]), len(card.labels) - 0.5, -0.5))
+    ax.set_yticks(range(len(card.labels)), card.labels, fontsize=9)
+    ax.set_xlabel("time (s)", fontsize=11)
+    ax.set_title(f"{result.path.name} — {card.name}", fontsize=12)
+    fig.colorbar(image, ax=ax, pad=0.01, fraction=0.03).set_label("tag probability", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
     log.info("taggram_written", path=str(out))
+    print(f"streamclf: taggram written to {out}", file=sys.stderr)
 
 
 def _plot_path(plot: Path, audio: Path, several: bool) -> Path:

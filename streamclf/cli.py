@@ -7,17 +7,17 @@ Exit codes (docs/cli.md): 0 ok, 1 internal error, 2 usage or config error, 3 aud
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from streamclf import __version__
-from streamclf.errors import ConfigError, StreamclfError
+from streamclf.errors import EXIT_INTERRUPTED, ConfigError, StreamclfError
 from streamclf.logs import configure_logging
 
 EXIT_INTERNAL = 1
-EXIT_INTERRUPTED = 130
 
 
 def _add_source_args(parser: argparse.ArgumentParser) -> None:
@@ -250,19 +250,39 @@ def _evaluate(args: argparse.Namespace) -> int:
     return run_evaluate(args)
 
 
+class InterruptWatch:
+    """Ctrl-C raised as KeyboardInterrupt, and remembered: an interrupt that lands inside a C
+    extension's import (onnxruntime's) surfaces as `ImportError: initialization failed`, which
+    must still exit 130 rather than read as a bug."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, _signum, _frame) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     configure_logging("info" if args.verbose else "warning")
+    interrupt = InterruptWatch()
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when ignored (`&`)
+        signal.signal(signal.SIGINT, interrupt)
     try:
         return _dispatch(args)
-    except StreamclfError as exc:
-        print(f"streamclf: error: {exc}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except StreamclfError as exc:
+        if interrupt.seen:
+            return EXIT_INTERRUPTED
+        print(f"streamclf: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except BrokenPipeError:
         return 0
     except Exception as exc:  # noqa: BLE001 — a bug: one line for the user, the traceback with -v
+        if interrupt.seen:
+            return EXIT_INTERRUPTED
         if args.verbose:
             traceback.print_exc()
         print(f"streamclf: internal error: {type(exc).__name__}: {exc} "

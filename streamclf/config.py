@@ -593,3 +593,34 @@ def _to_raw(obj: Any) -> Any:
         if key in raw:
             raw[key] = list(raw[key])
     return raw
+
+
+# What SIGHUP can change in a running daemon: read at each use, no socket or source touched.
+LIVE_FEED_KEYS = ("top_k", "publish_probs", "status_interval_s")
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the keys that differ between two configs (a list of tables, `streams` or
+    `outputs`, counts as one key), so a reload can say exactly what it did with each."""
+    keys: list[str] = []
+    for f in dataclasses.fields(old):
+        before, after = getattr(old, f.name), getattr(new, f.name)
+        if before == after:
+            continue
+        if dataclasses.is_dataclass(before):
+            keys += changed_keys(before, after, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def split_reload(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
+    """The config a daemon runs after a reload, the changed keys it applied, and those that need a
+    restart: `[smoothing]`, `[alarms]` and the feed's per-message options are live, the rest stays
+    as it was until the next start, so the running config never claims a value it does not use."""
+    live_feed = {key: getattr(new.feed, key) for key in LIVE_FEED_KEYS}
+    running = dataclasses.replace(old, smoothing=new.smoothing, alarms=new.alarms,
+                                  feed=dataclasses.replace(old.feed, **live_feed))
+    changed = changed_keys(old, new)
+    applied = changed_keys(old, running)
+    return running, applied, [key for key in changed if key not in applied]

@@ -6,6 +6,8 @@ and the documented exit code (docs/cli.md).
 
 from __future__ import annotations
 
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), at start-up or while running: the shell's 128 + 2
+
 
 class StreamclfError(Exception):
     """Base of every expected failure: bad input, bad config, missing device, broken model."""

@@ -119,16 +119,24 @@ def _genre_rows(msg: GenreMessage) -> list[RenderableType]:
         _bar(level_fraction(level_dbfs=msg.level_dbfs), "yellow"),
         Text(f"{msg.level_dbfs:6.1f} dBFS" + ("  silence" if msg.silence else "")),
     )
-    for tag, p in msg.top[:TOP_TAGS_SHOWN]:
-        meter.add_row(Text(tag), _bar(float(p), "cyan"), Text(f"{p:.2f}"))
+    if msg.silence:  # the tags of a silent window say nothing about the music: none shown
+        meter.add_row(Text("no tags during silence", style="dim"))
+    else:
+        for tag, p in msg.top[:TOP_TAGS_SHOWN]:
+            meter.add_row(Text(tag), _bar(float(p), "cyan"), Text(f"{p:.2f}"))
     return [headline, meter]
+
+
+def milliseconds(value_ms: float) -> str:
+    """A timing figure, or "–" until there is one (NaN before the engine's first batch)."""
+    return f"{value_ms:.1f} ms" if math.isfinite(value_ms) else "– ms"
 
 
 def _status_row(msg: StatusMessage) -> Text:
     return Text(
         f"windows {msg.windows}  xruns {msg.xruns}  overruns {msg.ring_overruns}  "
         f"dropped {msg.dropped_windows}  feed drops {msg.feed_drops}  "
-        f"engine p50 {msg.engine_p50_ms:.1f} ms  p99 {msg.engine_p99_ms:.1f} ms",
+        f"engine p50 {milliseconds(msg.engine_p50_ms)}  p99 {milliseconds(msg.engine_p99_ms)}",
         style="dim",
     )
 
@@ -161,13 +169,15 @@ def render_stream(name: str, state: _StreamState) -> Panel:
         ))
     subtitle = None
     device = "starting"
+    ended = state.status is not None and state.status.final
     if state.status is not None:
         rows.extend(_loudness_rows(state.status))
         rows.append(_status_row(state.status))
-        device = state.status.device_state + (" (ended)" if state.status.final else "")
+        device = "stopped" if ended else state.status.device_state
         subtitle = f"{state.status.model} on {state.status.engine}"
+    # a stopped stream's last frame stays on the terminal: dimmed, so it does not read as live
     return Panel(Group(*rows), title=f"[bold]{name}[/] · {device}", title_align="left",
-                 subtitle=subtitle, subtitle_align="right")
+                 subtitle=subtitle, subtitle_align="right", border_style="dim" if ended else "")
 
 
 class LiveView:

@@ -393,14 +393,14 @@ class Pipeline:
         log.info("pipeline_stopped")
 
     def reload(self, config: Config) -> None:
-        """Apply a new config's smoothing and feed options; sources and engine stay as they are."""
+        """Apply a reloaded config (`config.split_reload`): smoothing, alarms and per-message feed
+        options; sources and engine stay as they are."""
         for stream in self.streams:
             stream.smoother.reconfigure(config.smoothing)
             stream.health.reconfigure(config.alarms)
             if stream.levels is not None:
                 stream.levels.alarms.reconfigure(config.alarms)
         self.config = config
-        log.info("config_reloaded")
 
     def status_line(self) -> str:
         """The current genre of each stream (or what is stuck), for systemd's STATUS= line."""

@@ -1,8 +1,9 @@
 """`serve` and `listen`: logging, sd_notify, signals, reload and the watchdog around one Pipeline.
 
 The main thread only handles signals, sd_notify, the watchdog and the live view; the work happens
-in the pipeline's threads. SIGTERM/SIGINT stop cleanly (final status message) within 2 s, SIGHUP
-reloads the config file without touching the feed socket, and the watchdog is pinged only while
+in the pipeline's threads. SIGTERM/SIGINT stop cleanly (final status message) within 2 s, exit 0
+and 130; SIGHUP applies the reloadable part of the config file without touching the feed socket
+(`config.split_reload`), and the watchdog is pinged only while
 the daemon as a whole can work (the engine worker makes progress and not every stream is stuck),
 so systemd restarts a stalled pipeline.
 """
@@ -24,8 +25,9 @@ from streamclf.config import (
     default_config,
     load_config,
     parse_stream_spec,
+    split_reload,
 )
-from streamclf.errors import StreamclfError
+from streamclf.errors import EXIT_INTERRUPTED, StreamclfError
 from streamclf.logs import configure_logging
 from streamclf.pipeline import Pipeline
 from streamclf.sdnotify import Notifier
@@ -105,7 +107,7 @@ class Runner:
             if self._stop_signal is None:
                 raise
             log.info("stopped_during_startup", signal=self._stop_signal)
-            return 0
+            return self._exit_code()
         self.notifier.ready(status="running")
         try:
             self._loop()
@@ -115,7 +117,11 @@ class Runner:
             self._drain_view()
             if self.view is not None:
                 self.view.close()
-        return 0
+        return self._exit_code()
+
+    def _exit_code(self) -> int:
+        """130 after Ctrl-C (SIGINT), 0 after SIGTERM or a normal end: the rule of every command."""
+        return EXIT_INTERRUPTED if self._stop_signal == signal.SIGINT else 0
 
     def _loop(self) -> None:
         ping_period = self.notifier.watchdog_ping_period_s if self.config.service.watchdog else None
@@ -172,13 +178,13 @@ class Runner:
         except StreamclfError as exc:
             log.error("reload_failed", error=str(exc), keeping="the running config")
         else:
-            if (new.streams, new.engine, new.outputs) != (self.config.streams, self.config.engine,
-                                                           self.config.outputs):
-                log.warning("reload_partial",
-                            detail="streams, engine and outputs changes need a restart; smoothing "
-                                   "and feed options were applied")
-            self.pipeline.reload(new)
-            self.config = new
+            running, applied, needs_restart = split_reload(self.config, new)
+            self.pipeline.reload(running)
+            self.config = running
+            log.info("config_reloaded", applied=applied, needs_restart=needs_restart)
+            if needs_restart:
+                log.warning("reload_needs_restart", keys=needs_restart,
+                            detail="these changes take effect at the next start")
         self.notifier.ready(status="reloaded")
 
 

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,28 @@ def write_config(folder: Path, *, streams: list[dict], engine: dict | None = Non
 # -- the daemon -------------------------------------------------------------------------------
 
 
+class NotifyListener:
+    """A $NOTIFY_SOCKET of our own: the datagrams the daemon sends to 'systemd'."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self.path)
+        self._sock.settimeout(0.05)
+        self.received: list[str] = []
+
+    def poll(self) -> list[str]:
+        try:
+            while True:
+                self.received.append(self._sock.recv(4096).decode())
+        except TimeoutError:
+            return self.received
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+
 class Daemon:
     """``streamclf serve`` in a child process; stopped by its own pid, logs kept as JSON lines."""
 
@@ -125,10 +148,11 @@ class Daemon:
     def rss_mb(self) -> float:
         return rss_mb(self.pid)
 
-    def terminate(self, timeout_s: float = 15.0) -> tuple[int, float]:
-        """SIGTERM; returns the exit code and the seconds from the signal to the exit."""
+    def terminate(self, timeout_s: float = 15.0, *,
+                  signum: int = signal.SIGTERM) -> tuple[int, float]:
+        """SIGTERM (or `signum`); returns the exit code and the seconds from signal to exit."""
         started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(signum)
         rc = self.proc.wait(timeout_s)
         return rc, time.monotonic() - started
 

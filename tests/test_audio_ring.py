@@ -101,7 +101,9 @@ class TestConcurrency:
         producer.start()
         out = np.empty((64, 1), dtype=np.float32)
         last, got = -1, 0
+        deadline = time.monotonic() + 60  # a dead producer fails the test instead of hanging it
         while not (done.is_set() and ring.available == 0):
+            assert time.monotonic() < deadline, "the producer never finished"
             n, _ = ring.read(out)
             if n:
                 frames = out[:n, 0]

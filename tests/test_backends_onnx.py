@@ -67,8 +67,15 @@ class TestOnnxEngine:
             tags = engine.infer(fixture["batch"])["tags"]
             np.testing.assert_allclose(tags, ref["taggram"][: len(tags)], atol=1e-3)
 
-    def test_warmup_runs(self, engine: OnnxEngine) -> None:
+    def test_warmup_changes_no_result(self, engine: OnnxEngine) -> None:
+        """Warm-up pushes zero batches of every size the daemon uses through the session; what a
+        caller gets afterwards is what it got before (no state, no buffer left dirty)."""
+        windows = music_windows(2)
+        before = engine.infer(windows)["tags"]
         engine.warmup()
+        after = engine.infer(windows)["tags"]
+        assert after.shape == (2, engine.info.n_tags) and np.all(np.isfinite(after))
+        np.testing.assert_allclose(after, before, rtol=0, atol=1e-6)
 
     @pytest.mark.parametrize("shape", [(0, 187, 96), (33, 187, 96), (2, 96, 187), (187, 96)])
     def test_bad_batch_shape_is_refused(self, engine: OnnxEngine, shape: tuple[int, ...]) -> None:

@@ -94,7 +94,7 @@ class TestEngines:
         assert all(_positive(v) for v in row["windows_per_s"].values())
         assert _positive(engines["flops_per_window"])
         assert _positive(engines["floor_ms_per_window"])
-        assert engines["reference"]["ms_per_patch"] == 28.0
+        assert "reference" not in engines  # no figure without a source in the project
 
 
 class TestDaemon:

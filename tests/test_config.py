@@ -17,6 +17,7 @@ from streamclf.config import (
     load_config,
     parse_config,
     parse_stream_spec,
+    split_reload,
 )
 from streamclf.errors import ConfigError
 
@@ -144,6 +145,28 @@ class TestOverrides:
         base = parse_config("[[streams]]\nid = 'a'\n[[streams]]\nid = 'b'\n")
         cfg = config_with_overrides(base, streams=[parse_stream_spec("file", "x.wav", loop=True)])
         assert cfg.streams == (StreamConfig(source="file", path="x.wav", loop=True),)
+
+
+class TestReload:
+    """SIGHUP applies the live keys; the rest keep their old value and are named for a restart."""
+
+    OLD = "[framing]\nhop_s = 1.0\n[smoothing]\nmin_dwell_s = 3.0\n[feed]\ntop_k = 5\n"
+
+    def test_split(self):
+        old = parse_config(self.OLD)
+        new = parse_config("[framing]\nhop_s = 0.5\n[smoothing]\nmin_dwell_s = 1.0\n"
+                           "[feed]\ntop_k = 3\nendpoint = 'ipc:///tmp/other'\n"
+                           "[[streams]]\nid = 'b'\n")
+        running, applied, needs_restart = split_reload(old, new)
+        assert applied == ["smoothing.min_dwell_s", "feed.top_k"]
+        assert needs_restart == ["framing.hop_s", "feed.endpoint", "streams"]
+        assert running.framing.hop_s == 1.0 and running.feed.endpoint == old.feed.endpoint
+        assert running.smoothing.min_dwell_s == 1.0 and running.feed.top_k == 3
+        assert running.streams == old.streams
+
+    def test_unchanged(self):
+        old = parse_config(self.OLD)
+        assert split_reload(old, parse_config(self.OLD)) == (old, [], [])
 
 
 class TestStreamSpecs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 
 import pytest
@@ -68,6 +69,9 @@ class TestClassify:
             png = tmp_path / f"taggram-{stem}.png"
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             assert png.stat().st_size > 10_000
+            assert f"taggram written to {png}" in proc.stderr.decode()  # says where it went
+            width, height = struct.unpack(">II", png.read_bytes()[16:24])  # the IHDR chunk
+            assert width > height  # time runs along a wide x axis
 
 
 class TestClassifyBadInput:

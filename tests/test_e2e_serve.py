@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -27,7 +28,7 @@ CONFIG = """
 [engine]
 kind = "onnxruntime"
 [framing]
-hop_s = 1.0
+hop_s = {hop}
 [smoothing]
 time_constant_s = {tau}
 [feed]
@@ -44,8 +45,8 @@ realtime = true
 """
 
 
-def _write_config(path, endpoint, tau=5.0):
-    path.write_text(CONFIG.format(endpoint=endpoint, clip=CLIP, tau=tau))
+def _write_config(path, endpoint, tau=5.0, hop=1.0):
+    path.write_text(CONFIG.format(endpoint=endpoint, clip=CLIP, tau=tau, hop=hop))
 
 
 def _collect(sub, messages, seconds, *, genres=None):
@@ -113,8 +114,9 @@ class TestServe:
         records = [json.loads(line) for line in sub_proc.stdout.decode().splitlines()]
         assert len(records) == 2 and all(r["topic"] == "genre.main" for r in records)
 
-        # SIGHUP: new smoothing applied, the feed keeps going without a gap.
-        _write_config(config, endpoint, tau=1.0)
+        # SIGHUP: new smoothing applied, the new hop named as needing a restart, the feed keeps
+        # going without a gap at the old hop.
+        _write_config(config, endpoint, tau=1.0, hop=0.5)
         proc.send_signal(signal.SIGHUP)
         assert wait_for(lambda: "RELOADING=1" in notify.lines(), timeout_s=5)
         _collect(sub, messages, 3.0)
@@ -133,6 +135,12 @@ class TestServe:
                 if line.startswith("{")]
         events = [r["event"] for r in logs]
         assert "runner_selected" in events and "config_reloaded" in events
+        reloaded = next(r for r in logs if r["event"] == "config_reloaded")
+        assert reloaded["applied"] == ["smoothing.time_constant_s"]
+        assert reloaded["needs_restart"] == ["framing.hop_s"]
+        assert "reload_needs_restart" in events
+        starts = [m.t0 for m in messages if isinstance(m, GenreMessage)]  # the hop stayed 1 s
+        assert all(b - a == pytest.approx(1.0, abs=0.01) for a, b in itertools.pairwise(starts))
         assert "pipeline_stopped" in events
 
 
@@ -151,5 +159,5 @@ class TestServeBadInput:
     def test_missing_file_source(self, tmp_path):
         config = tmp_path / "c.toml"
         config.write_text(CONFIG.format(endpoint=free_tcp_endpoint(), clip=tmp_path / "x.ogg",
-                                        tau=5.0))
+                                        tau=5.0, hop=1.0))
         assert_one_line_error(run_cli("serve", "--config", str(config)), 3)

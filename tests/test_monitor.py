@@ -125,7 +125,8 @@ class TestLiveViewRender:
     def test_streams_stack_in_arrival_order(self):
         text = recorded([status_msg(stream="b", device_state="lost"), genre_msg(stream="a"),
                          status_msg(stream="a", final=True)])
-        assert text.index("b · lost") < text.index("a · running (ended)")
+        assert text.index("b · lost") < text.index("a · stopped")  # final status, not "running"
+        assert "running" not in text
         assert "waiting for the first window" in text  # b has no genre yet
 
     def test_silence_and_unknown(self):
@@ -133,6 +134,8 @@ class TestLiveViewRender:
                                    silence=True, level_dbfs=float("-inf"))])
         assert "unknown 0.71 (rock?, jazz?)" in text
         assert "-inf dBFS  silence" in text
+        assert "no tags during silence" in text
+        assert "guitar" not in text and "0.33" not in text  # no stale tag bars under silence
 
     def test_loudness_and_alarms(self):
         text = recorded([status_msg(momentary_lufs=-14.25, short_term_lufs=-15.0,
@@ -141,6 +144,10 @@ class TestLiveViewRender:
         assert "loudness M -14.2  S -15.0  I -inf LUFS  LRA 3.1 LU  true peak -0.5 dBTP" in text
         assert "ALARM silence, input" in text
         assert "loudness" not in recorded([status_msg()])  # a daemon without [loudness]
+
+    def test_engine_timing_before_the_first_batch(self):
+        text = recorded([status_msg(engine_p50_ms=float("nan"), engine_p99_ms=float("nan"))])
+        assert "engine p50 – ms  p99 – ms" in text and "nan" not in text
 
     def test_before_any_message(self):
         assert "waiting for audio" in recorded([])

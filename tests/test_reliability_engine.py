@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -103,7 +104,9 @@ class TestOverload:
             queue = pipeline.streams[0].windows
             longest = 0
             published = feed.genre_count("a")
+            deadline = time.monotonic() + 120  # a feed that stops fails the test, not hangs it
             while feed.genre_count("a") < published + 30:
+                assert time.monotonic() < deadline, "30 more windows never came"
                 longest = max(longest, len(queue))
                 wait_for(lambda: False, timeout_s=0.02)
         assert longest <= self.QUEUE_WINDOWS

@@ -4,54 +4,38 @@ a final status message goes out first."""
 
 from __future__ import annotations
 
-import socket
+import signal
 
+import pytest
 from reliability_helpers import (
     CLIP,
     EXIT_PROMISE_S,
     START_TIMEOUT_S,
     Daemon,
     FeedRecorder,
+    NotifyListener,
     wait_for,
     write_config,
 )
 
 
-class NotifyListener:
-    """A $NOTIFY_SOCKET of our own: the datagrams the daemon sends to 'systemd'."""
-
-    def __init__(self, path) -> None:
-        self.path = str(path)
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(self.path)
-        self._sock.settimeout(0.05)
-        self.received: list[str] = []
-
-    def poll(self) -> list[str]:
-        try:
-            while True:
-                self.received.append(self._sock.recv(4096).decode())
-        except TimeoutError:
-            return self.received
-
-    def close(self) -> None:
-        self._sock.close()
-
-
-def test_sigterm_during_engine_warmup(tmp_path, request):
-    """The signal lands while the engine loads: exit 0 within 2 s, 'stopped_during_startup'."""
+@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)],
+                         ids=["SIGTERM", "SIGINT"])
+def test_sigterm_during_engine_warmup(tmp_path, request, signum, exit_code):
+    """The signal lands while the engine loads: out within 2 s, 'stopped_during_startup'; exit 0
+    for SIGTERM, 130 for Ctrl-C (docs/cli.md)."""
     cfg = write_config(tmp_path, streams=[{"id": "a", "source": "file", "path": str(CLIP)}])
     notify = NotifyListener(tmp_path / "notify")
     try:
         with Daemon(cfg.path, env={"NOTIFY_SOCKET": notify.path}) as daemon:
             assert wait_for(lambda: "STATUS=loading engine" in notify.poll(),
                             timeout_s=START_TIMEOUT_S)  # fmt: skip
-            rc, took_s = daemon.terminate()
+            rc, took_s = daemon.terminate(signum=signum)
             names = daemon.event_names()
     finally:
         notify.close()
     request.node.user_properties.append(("exit_s", round(took_s, 3)))  # docs/reliability.md
-    assert rc == 0 and took_s < EXIT_PROMISE_S, took_s
+    assert rc == exit_code and took_s < EXIT_PROMISE_S, (rc, took_s)
     assert "stopped_during_startup" in names and "pipeline_started" not in names
     assert not any(m.startswith("READY=1") for m in notify.received)
     # start-up asked systemd for more time before it began loading (docs/engines.md)

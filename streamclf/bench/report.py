@@ -53,10 +53,6 @@ MAX_LATENCY_GROWTH = 0.02  # s of latency per s: a backlog growing this fast is 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 5.0
 
-# The original musicnn 0.1.0 (TensorFlow), measured by the project lead (MUSICNN-NOTES.md).
-REFERENCE_MS_PER_PATCH = 28.0
-REFERENCE_PEAK_RSS_MIB = 669.0
-
 TARGET_FRAMER_REALTIME = 1000.0
 TARGET_FRAMER_HOP_SCALING = 0.5  # per-window cost at hop 0.25 s / at 1 s; O(hop) gives 0.25
 TARGET_E2E_VS_ENGINE_P99 = 1.5
@@ -243,9 +239,6 @@ def bench_engines(ctx: Context) -> dict:
         single = run_engine_bench(load_model_card(TORCH_MODEL), quick=False)
         results["torch_model"] = single
         results["checks"] |= {f"{name} ({TORCH_MODEL})": c for name, c in single["checks"].items()}
-    results["reference"] = {"engine": "musicnn 0.1.0 (TensorFlow)",
-                            "ms_per_patch": REFERENCE_MS_PER_PATCH,
-                            "peak_rss_mib": REFERENCE_PEAK_RSS_MIB}
     return results
 
 
@@ -255,16 +248,12 @@ def render_engines(r: dict) -> str:
     text = render_markdown(r)
     if "torch_model" in r:
         text += ("\nThe torch engine builds only the four original models, so onnxruntime and torch "
-                 "side by side on one of them (the reference's own model size):\n\n"
+                 "side by side on one of them:\n\n"
                  + render_markdown(r["torch_model"]))
     floor = r["floor_ms_per_window"]
     if floor:
         text += (f"- floor: {r['flops_per_window'] / 1e9:.2f} GFLOP per window over the measured "
                  f"sgemm rate = {floor:.1f} ms per window (all cores).\n")
-    ref = r["reference"]
-    text += (f"- reference: {ref['engine']} ≈ {ref['ms_per_patch']:.0f} ms per patch at batch 1, "
-             f"{ref['peak_rss_mib']:.0f} MiB peak RSS (measured by the project lead, "
-             "MUSICNN-NOTES.md; not re-run here).\n")
     return text
 
 
@@ -646,8 +635,7 @@ def render_daemon(r: dict) -> str:
         f"{floor['ort_session_rss_bytes'] / MIB:.0f} MiB (numpy + onnxruntime + the session alone, "
         f"batch 1; {floor['ort_session_rss_bytes_max_batch'] / MIB:.0f} MiB once it has run a "
         f"batch of {floor['max_batch']}) |\n"
-        f"| peak RSS | {r['peak_rss_bytes'] / MIB:.0f} MiB | {REFERENCE_PEAK_RSS_MIB:.0f} MiB "
-        "(original musicnn, reference) |\n"
+        f"| peak RSS | {r['peak_rss_bytes'] / MIB:.0f} MiB | – |\n"
         f"| start → READY | {r['ready_s']:.2f} s | {floor['python_start_s']:.2f} s (`python -c pass`) |\n\n"
         f"- READY over all {starts['n']} daemon starts of this run (capacity trials included): "
         f"median {starts['median']:.2f} s, max {starts['max']:.2f} s.\n"
