@@ -247,6 +247,9 @@ class EngineWorker(threading.Thread):
         try:
             outputs = p.runner.run([(stream.stream_id, window) for stream, window in batch])
         except Exception as exc:  # noqa: BLE001 — an engine fault must not stop the daemon: count, carry on
+            if p.stop_event.is_set():  # stop() interrupted the call: the tail of a stop, no fault
+                log.info("engine_call_interrupted_at_stop", windows=len(batch))
+                return
             for stream, _ in batch:
                 stream.engine_failures += 1
             if not self._failure_burst:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import csv
 import os
+import pty
+import select
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +46,39 @@ def streamclf_cmd(*args: str) -> list[str]:
     script = Path(sys.executable).parent / "streamclf"
     head = [str(script)] if script.exists() else [sys.executable, "-m", "streamclf.cli"]
     return [*head, *args]
+
+
+def run_in_pty(args: list[str], *, timeout_s: float,
+               on_screen: Callable[[subprocess.Popen, bytes], None] | None = None,
+               ) -> tuple[subprocess.Popen, bytes]:
+    """Run the CLI on a pseudo-terminal, so that rich draws its live view, and collect what it
+    draws until it ends or `timeout_s` passes; `on_screen(proc, screen)` sees the screen so far
+    after each read (to send a signal at the right moment). The caller waits for the process."""
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "COLUMNS": "120", "LINES": "40", "TERM": "xterm-256color"}
+    proc = subprocess.Popen(streamclf_cmd(*args), stdin=terminal, stdout=terminal,
+                            stderr=terminal, env=env, cwd=REPO)
+    os.close(terminal)
+    screen = b""
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if on_screen is not None:
+                on_screen(proc, screen)
+            ready, _, _ = select.select([controller], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(controller, 65536)
+                except OSError:  # the terminal closed: the program has ended
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(controller)
+    return proc, screen
 
 
 def run_cli(*args: str, timeout: float = 120, env: dict | None = None,

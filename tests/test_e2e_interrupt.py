@@ -4,15 +4,12 @@ during start-up as while running; SIGTERM stays a clean stop with 0."""
 from __future__ import annotations
 
 import os
-import pty
 import re
-import select
 import signal
 import subprocess
 import threading
-import time
 
-from e2e_helpers import CLIP, REPO, streamclf_cmd
+from e2e_helpers import CLIP, REPO, run_in_pty, streamclf_cmd
 from reliability_helpers import START_TIMEOUT_S, Daemon, NotifyListener, wait_for, write_config
 
 EXIT_INTERRUPTED = 130
@@ -106,34 +103,20 @@ def test_subscribe_and_classify_sigint(tmp_path):
 def test_live_view_after_ctrl_c():
     """Ctrl-C in the live view on a terminal: 130, and the last frame says the stream stopped
     rather than leaving it 'running'."""
-    controller, terminal = pty.openpty()
-    env = {**os.environ, "COLUMNS": "120", "LINES": "40", "TERM": "xterm-256color"}
-    proc = subprocess.Popen(streamclf_cmd("listen", "--demo", "--no-publish"), stdin=terminal,
-                            stdout=terminal, stderr=terminal, env=env, cwd=REPO)
-    os.close(terminal)
-    screen = b""
-    deadline = time.monotonic() + START_TIMEOUT_S
     interrupted_at = None
+
+    def interrupt_once_drawn(proc: subprocess.Popen, screen: bytes) -> None:
+        nonlocal interrupted_at
+        if interrupted_at is None and b"rock" in screen:
+            proc.send_signal(signal.SIGINT)
+            interrupted_at = len(screen)
+
+    proc, screen = run_in_pty(["listen", "--demo", "--no-publish"], timeout_s=START_TIMEOUT_S,
+                              on_screen=interrupt_once_drawn)
     try:
-        while time.monotonic() < deadline:
-            if interrupted_at is None and b"rock" in screen:
-                proc.send_signal(signal.SIGINT)
-                interrupted_at = len(screen)
-            ready, _, _ = select.select([controller], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(controller, 65536)
-                except OSError:  # the terminal closed: the program has ended
-                    break
-                if not chunk:
-                    break
-                screen += chunk
-            elif proc.poll() is not None:
-                break
         assert interrupted_at is not None, screen.decode(errors="replace")
         assert proc.wait(15) == EXIT_INTERRUPTED
     finally:
-        os.close(controller)
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)

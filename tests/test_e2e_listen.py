@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import pty
-import select
 import subprocess
 import time
 
-from e2e_helpers import assert_one_line_error, free_tcp_endpoint, run_cli, streamclf_cmd
+from e2e_helpers import (
+    assert_one_line_error,
+    free_tcp_endpoint,
+    run_cli,
+    run_in_pty,
+    streamclf_cmd,
+)
 
 from streamclf.feed.subscriber import Subscriber
 
@@ -61,26 +64,8 @@ class TestListenTerminal:
     """On a terminal, the rich live view draws the genre, tags and counters in place."""
 
     def test_live_view_in_a_pty(self):
-        controller, terminal = pty.openpty()
-        env = {**os.environ, "COLUMNS": "120", "LINES": "40", "TERM": "xterm-256color"}
-        proc = subprocess.Popen(streamclf_cmd("listen", "--demo", "--no-publish", "--duration", "6"),
-                                stdin=terminal, stdout=terminal, stderr=terminal, env=env)
-        os.close(terminal)
-        screen = b""
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([controller], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(controller, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                screen += chunk
-            elif proc.poll() is not None:
-                break
-        os.close(controller)
+        proc, screen = run_in_pty(["listen", "--demo", "--no-publish", "--duration", "6"],
+                                  timeout_s=40)
         assert proc.wait(10) == 0
         text = screen.decode(errors="replace")
         assert "\x1b[" in text  # drawn with terminal control sequences, not plain lines

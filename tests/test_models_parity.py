@@ -24,6 +24,8 @@ from streamclf.models.card import INPUT_NAME, OUTPUT_NAMES, load_model_card
 # Our float32 log-mel and musicnn's differ only where a power lands on the other side of a
 # float16 rounding step: one step is at most ~4.3e-4 in log10(10000 x + 1).
 FLOAT16_STEP_LOG = 1e-3
+# A couple of float32 ulps at the largest log-mel values (~6): summation-order noise.
+FLOAT32_NOISE = 1e-6
 
 
 @functools.cache
@@ -90,13 +92,16 @@ def test_onnx_interface_and_dynamic_batch(name):
 def test_framer_reproduces_musicnns_input_batch(framer_windows):
     """streamclf's file path (soundfile → soxr HQ → framer) gives musicnn's patches.
 
-    They may differ only by one float16 rounding step of the power, in very few cells.
+    They may differ only by one float16 rounding step of the power, in very few cells, and
+    elsewhere by float32 rounding alone. Which float32 noise depends on the machine: on one
+    whose OpenBLAS picks its "Haswell" kernels (threadpoolctl), about half of the cells differ
+    by an ulp or two (≤ 1e-6 at values up to ~6), where an earlier machine matched exactly.
     """
     batch = tf_logmel()
     assert framer_windows.shape == (10, 187, 96)
     diff = np.abs(framer_windows[: len(batch)] - batch)
     assert diff.max() < FLOAT16_STEP_LOG
-    assert (diff > 0).mean() < 1e-3  # only rounding-boundary cells differ
+    assert (diff > FLOAT32_NOISE).mean() < 1e-3  # only rounding-boundary cells differ more
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
