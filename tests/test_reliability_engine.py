@@ -109,6 +109,17 @@ class TestOverload:
                 assert time.monotonic() < deadline, "30 more windows never came"
                 longest = max(longest, len(queue))
                 wait_for(lambda: False, timeout_s=0.02)
+            # no more audio: the engine works off its queue, so that every drop lies before a
+            # published window (a stop interrupts the call in flight; drops behind it would be
+            # counted but invisible in the feed's t1 steps)
+            pipeline.streams[0].source.stop()
+
+            def settled() -> bool:
+                published = feed.genre_count("a")
+                time.sleep(1.5)  # longer than one engine call (4 windows x 0.25 s)
+                return len(queue) == 0 and feed.genre_count("a") == published
+
+            assert wait_for(settled, timeout_s=30)
         assert longest <= self.QUEUE_WINDOWS
         genre = feed.of(GenreMessage, "a")
         final = feed.final_status("a")
