@@ -56,12 +56,15 @@ MANIFEST_FIELDS = ("path", "label", "split", "artist", "id", "package", "version
                    "start_s", "duration_s", "license", "label_source", "reason", "rendered_with")
 TRACKS_CSV = Path(__file__).resolve().parent.parent / "datasets" / "genres" / "tracks.csv"
 PACKAGES_CSV = TRACKS_CSV.with_name("packages.csv")
-RESERVED_PACKAGES = (  # kept for an independent evaluation (issue 14): never used here
-    "naev-data", "widelands-data", "freedink-data", "supertux-data", "bomberclone-data",
-    "trackballs-data", "brainparty-data", "lincity-ng-data", "starfighter-data",
-    "colobot-common-sounds", "renpy-demo", "pachi-data", "freeciv-data", "heroes-sound-tracks",
-    "open-invaders-data",
-)
+RESERVED_TXT = TRACKS_CSV.with_name("reserved-packages.txt")
+
+
+def load_reserved(path: Path = RESERVED_TXT) -> frozenset[str]:
+    """The packages kept for an independent evaluation (one a line, # comments): never used."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return frozenset(line for line in lines if line)
+
+
 LABEL_SOURCES = ("genre_tag", "credits", "title", "curator")
 NEXUIZ_PK3 = "usr/share/games/nexuiz/data/music.pk3"
 RCC_SEPARATOR = "!"  # "<Qt .rcc file in the package>!<path inside it>"
@@ -216,7 +219,7 @@ def cut_excerpt(sources: list[Path], start_s: float, out: Path) -> None:
 def check(tracks: tuple[Track, ...], packages: dict[str, Package]) -> None:
     """Refuse a reserved or unpinned package, an unknown evidence kind, a repeated id."""
     ids = [t.id for t in tracks]
-    bad = sorted({t.package for t in tracks} & set(RESERVED_PACKAGES))
+    bad = sorted({t.package for t in tracks} & load_reserved())
     bad += sorted({t.package for t in tracks} - set(packages))
     bad += sorted({t.id for t in tracks if t.label_source not in LABEL_SOURCES})
     bad += sorted({i for i in ids if ids.count(i) > 1})
