@@ -517,12 +517,20 @@ def _check_stream(s: StreamConfig, where: str) -> None:
              f"must be 1..64, got {s.stdin_channels}")
     _require(s.source != "file" or bool(s.path), f"{where}.path", "is required for source = \"file\"")
     _require(s.source != "url" or bool(s.url), f"{where}.url", "is required for source = \"url\"")
-    defaults = StreamConfig()
-    for source, keys in SOURCE_KEYS.items():
+    _require_keys_of_own_kind(s, "source", SOURCE_KEYS, where, owner="stream")
+
+
+def _require_keys_of_own_kind(section, field: str, keys_by_kind: dict[str, tuple[str, ...]],
+                              where: str, *, owner: str) -> None:
+    """A key that belongs to another kind (a file's `path` on a url stream) must stay at its
+    default: set, it would be silently ignored."""
+    defaults = type(section)()
+    own = getattr(section, field)
+    for kind, keys in keys_by_kind.items():
         for key in keys:
-            _require(source == s.source or getattr(s, key) == getattr(defaults, key),
-                     f"{where}.{key}", f"only applies to source = \"{source}\", "
-                                       f"this stream's source is \"{s.source}\"")
+            _require(kind == own or getattr(section, key) == getattr(defaults, key),
+                     f"{where}.{key}", f"only applies to {field} = \"{kind}\", "
+                                       f"this {owner}'s {field} is \"{own}\"")
 
 
 def _check_output(o: OutputConfig, where: str) -> None:
@@ -548,12 +556,7 @@ def _check_output(o: OutputConfig, where: str) -> None:
              f"the id of a Liquidsoap server.insert_metadata, got {_show(o.source_id)}")
     _require(o.kind != "rds" or bool(o.pipe_path), f"{where}.pipe_path",
              "is required for kind = \"rds\"")
-    defaults = OutputConfig()
-    for kind, keys in OUTPUT_KEYS.items():
-        for key in keys:
-            _require(kind == o.kind or getattr(o, key) == getattr(defaults, key),
-                     f"{where}.{key}", f"only applies to kind = \"{kind}\", "
-                                       f"this output's kind is \"{o.kind}\"")
+    _require_keys_of_own_kind(o, "kind", OUTPUT_KEYS, where, owner="output")
 
 
 def _check_config(cfg: Config) -> None:
