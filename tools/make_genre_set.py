@@ -30,7 +30,8 @@ The ``split`` column (calib/test) is for the older tools that fit on ``calib`` a
 every second one held out. The first 40 tracks keep the split the fused default's calibration
 was fitted on (its calib rows).
 Evaluations across packages and artists ignore it and group by ``package`` and ``artist``.
-Reserved packages (kept for an independent evaluation) are refused.
+Reserved packages (kept for an independent evaluation; listed in
+datasets/genres/reserved-packages.txt) are refused.
 
 Usage (root, Debian mirrors reachable; ~1.2 GB of packages are downloaded to --work):
 
