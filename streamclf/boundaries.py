@@ -20,6 +20,11 @@ import collections
 import numpy as np
 
 WINDOW_HOPS = 3  # windows that overlap a point: 3 s window / 1 s hop
+CONTEXT_WINDOWS = 6  # the daemon's detector: the look measured in docs/tracks.md
+RADIUS_WINDOWS = 4
+# The best mean F on the calib split per model (tools/track_boundaries.py --model NAME); the
+# cosine distances of another model's embeddings are on another scale.
+THRESHOLDS = {"MSD_musicnn": 0.42}
 
 
 def normalise(features: np.ndarray) -> np.ndarray:
@@ -60,6 +65,14 @@ def pick_peaks(novelty: np.ndarray, *, threshold: float, radius: int) -> np.ndar
                 novelty[max(0, i - radius) : i] == value):
             peaks.append(i)
     return np.array(peaks, dtype=np.intp)
+
+
+def detector_for(model: str) -> BoundaryDetector | None:
+    """The daemon's detector for a model's embeddings; None when no threshold was measured."""
+    threshold = THRESHOLDS.get(model)
+    if threshold is None:
+        return None
+    return BoundaryDetector(context=CONTEXT_WINDOWS, threshold=threshold, radius=RADIUS_WINDOWS)
 
 
 class BoundaryDetector:

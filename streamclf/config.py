@@ -28,13 +28,14 @@ from streamclf.errors import ConfigError
 WINDOW_S = 3.0  # fixed by the model: 187 frames of 256 samples at 16 kHz (2.992 s)
 WINDOW_TOLERANCE_S = 0.01
 MIN_HOP_S = 256 / 16000  # one STFT frame
+AUDIO_BOUNDARIES_HOP_S = 1.0  # streamclf/boundaries.py counts in windows of this hop
 STREAM_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ENDPOINT_PATTERN = re.compile(r"(tcp://.+:[0-9*]+|ipc://.+)")
 OUTPUT_KEYS = {  # the keys that only mean something for one kind of output
     "mqtt": ("topic_prefix", "qos"),
     "osc": ("address_prefix",),
     "liquidsoap": ("socket_path", "source_id"),
-    "rds": ("pipe_path", "pty_table"),
+    "rds": ("pipe_path", "pty_table", "radiotext"),
 }
 OUTPUT_DEFAULT_PORTS = {"mqtt": 1883, "osc": 9000, "liquidsoap": 1234, "rds": 0}
 SOURCE_KEYS = {  # the keys that only mean something for one kind of source
@@ -129,6 +130,7 @@ class StreamConfig:
     realtime: bool = True
     url: str = ""
     track_titles: bool = True  # url over http(s): tracks from the stream's ICY titles
+    audio_boundaries: bool = False  # tracks from the audio (docs/tracks.md: why off by default)
     stdin_format: Literal["s16le", "f32le"] = "s16le"
     stdin_rate: int = 44100
     stdin_channels: int = 2
@@ -154,6 +156,7 @@ class OutputConfig:
     source_id: str = "streamclf"  # liquidsoap: the id of its server.insert_metadata
     pipe_path: str = ""  # rds: the encoder's control pipe (FIFO)
     pty_table: Literal["rds", "rbds"] = "rds"  # rds: Europe's PTY codes or North America's
+    radiotext: bool = False  # rds: also "RT Genre: <genre>" with its RT+ genre tag
 
     @property
     def name(self) -> str:
@@ -518,6 +521,11 @@ def _check_stream(s: StreamConfig, where: str) -> None:
     _require(s.source != "file" or bool(s.path), f"{where}.path", "is required for source = \"file\"")
     _require(s.source != "url" or bool(s.url), f"{where}.url", "is required for source = \"url\"")
     _require_keys_of_own_kind(s, "source", SOURCE_KEYS, where, owner="stream")
+    _require(not (s.audio_boundaries and s.source == "url" and s.track_titles
+                  and s.url.lower().startswith(("http://", "https://"))),
+             f"{where}.audio_boundaries", "an http(s) url stream cuts its tracks at its ICY "
+                                          "titles; set track_titles = false to cut them from "
+                                          "the audio instead")
 
 
 def _require_keys_of_own_kind(section, field: str, keys_by_kind: dict[str, tuple[str, ...]],
@@ -565,6 +573,10 @@ def _check_config(cfg: Config) -> None:
         _require(s.id not in seen, f"streams[{i}].id",
                  f"duplicate stream id {s.id!r} (also streams[{seen.get(s.id)}])")
         seen[s.id] = i
+        _require(not s.audio_boundaries or cfg.framing.hop_s == AUDIO_BOUNDARIES_HOP_S,
+                 f"streams[{i}].audio_boundaries", f"needs framing.hop_s = "
+                 f"{AUDIO_BOUNDARIES_HOP_S} (the hop the detector was measured on), "
+                 f"got {cfg.framing.hop_s}")
     names: dict[str, int] = {}
     for i, o in enumerate(cfg.outputs):
         _require(o.name not in names, f"outputs[{i}].id",

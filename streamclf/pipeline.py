@@ -25,7 +25,9 @@ from streamclf.audio.resample import Resampler
 from streamclf.audio.ring import RingBuffer
 from streamclf.audio.sources import open_source
 from streamclf.backends.incremental import WindowRunner, load_runner
+from streamclf.boundaries import BoundaryDetector, detector_for
 from streamclf.config import Config
+from streamclf.errors import ConfigError
 from streamclf.features.framer import LogMelFramer, Window
 from streamclf.features.mel import SAMPLE_RATE_HZ, WINDOW_FRAMES, frames_for_seconds
 from streamclf.feed.publisher import Publisher
@@ -121,6 +123,7 @@ class Stream:
     alarm_events: collections.deque[AlarmEvent] = field(default_factory=collections.deque)
     titles: IcyTitleWatcher | None = None  # http(s) url streams: the ICY title of the track
     tracks: TrackSegmenter | None = None
+    boundaries: BoundaryDetector | None = None  # audio_boundaries: tracks cut from the audio
 
 
 class StreamWorker(threading.Thread):
@@ -237,8 +240,13 @@ class EngineWorker(threading.Thread):
             if time.monotonic() >= next_status:
                 self._publish_status(final=False)
                 next_status = time.monotonic() + p.config.feed.status_interval_s
+            for stream in p.streams:
+                if stream.finished.is_set() and not len(stream.windows):
+                    p.end_track(stream)
             if all(s.finished.is_set() and not len(s.windows) for s in p.streams):
                 p.all_finished.set()
+        for stream in p.streams:
+            p.end_track(stream)
         self._publish_status(final=True)
 
     def _infer_and_publish(self, batch: list[tuple[Stream, Window]]) -> None:
@@ -263,16 +271,22 @@ class EngineWorker(threading.Thread):
             probs = outputs["tags"][row]
             if stream.titles is not None:
                 p.follow_titles(stream, window)
+            elif stream.boundaries is not None and stream.tracks.title is None:
+                p.cut_track(stream, window.t_start_s, "", source="audio")  # the stream's first
             state = stream.smoother.update(probs, window.t_end_s, window.level_dbfs)
             stream.smoothed = state.smoothed
             if p.metrics is not None:
                 p.metrics.observe_inference(stream.stream_id, per_window_ms / 1000.0)
             if stream.tracks is not None:
-                stream.tracks.push(probs[p.genre_index], silence=state.silence)
+                stream.tracks.push(probs[p.genre_index], t_end_s=window.t_end_s,
+                                   silence=state.silence)
             message = p.genre_message(stream, window, probs, state)
             p.emit(message)
             if state.changed:
                 p.emit(p.change_message(stream, window, state))
+            if stream.boundaries is not None:
+                for t_s in stream.boundaries.push(outputs["embedding"][row], window.t_end_s):
+                    p.cut_track(stream, t_s, "", source="audio")
 
     def _publish_status(self, *, final: bool) -> None:
         p = self._p
@@ -317,6 +331,11 @@ class Pipeline:
         self.genres = genre_vocabulary(self.card, cfg.engine.genres)
         self.genre_index = np.array([self.card.labels.index(g) for g in self.genres], dtype=np.intp)
         hop_frames = frames_for_seconds(cfg.framing.hop_s)
+        for i, spec in enumerate(cfg.streams):
+            if spec.audio_boundaries and detector_for(self.card.name) is None:
+                msg = (f"streams[{i}].audio_boundaries: no boundary threshold measured for model "
+                       f"{self.card.name} (docs/tracks.md)")
+                raise ConfigError(msg)
         on_progress("loading engine")
         self.runner = load_runner(self.card, cfg.engine.kind, incremental=cfg.engine.incremental,
                                   hop_frames=hop_frames, max_batch=cfg.engine.max_batch,
@@ -350,7 +369,14 @@ class Pipeline:
             ))
             if spec.source == "url" and spec.track_titles and is_http_url(spec.url):
                 self.streams[-1].titles = IcyTitleWatcher(spec.url)
-                self.streams[-1].tracks = TrackSegmenter(self.genres)
+                # a title's boundary lies at most one window back
+                late = math.ceil(cfg.framing.window_s / cfg.framing.hop_s)
+                self.streams[-1].tracks = TrackSegmenter(self.genres, late_windows=late)
+            elif spec.audio_boundaries:
+                detector = detector_for(self.card.name)
+                self.streams[-1].boundaries = detector
+                self.streams[-1].tracks = TrackSegmenter(
+                    self.genres, late_windows=detector.delay_windows + 1)
         self._engine_worker = EngineWorker(self)
         self._workers = [self._engine_worker]
         for stream in self.streams:
@@ -434,16 +460,27 @@ class Pipeline:
         """
         for arrived, title in stream.titles.take_before(window.arrival):
             t_s = max(window.t_start_s, window.t_end_s - (window.arrival - arrived))
-            closed = stream.tracks.boundary(t_s, title)
-            if closed is not None:
-                self.emit(self.track_end_message(stream, closed))
-            self.emit(TrackMessage(stream=stream.stream_id, event="start", wall=time.time(),
-                                   t=t_s, title=title, source="icy"))
-            stream.smoother.start_track()
+            self.cut_track(stream, t_s, title, source="icy")
 
-    def track_end_message(self, stream: Stream, track: TrackSummary) -> TrackMessage:
+    def cut_track(self, stream: Stream, t_s: float, title: str, *, source: str) -> None:
+        """End the open track at `t_s`, start the next, and start the smoother afresh; `source`
+        found the boundary ("icy", "audio"). A late boundary takes the windows since then along."""
+        closed = stream.tracks.boundary(t_s, title)
+        if closed is not None:
+            self.emit(self.track_end_message(stream, closed, source))
+        self.emit(TrackMessage(stream=stream.stream_id, event="start", wall=time.time(),
+                               t=stream.tracks.start_s, title=title, source=source))
+        stream.smoother.start_track()
+
+    def end_track(self, stream: Stream) -> None:
+        """The stream ended or the daemon stops: its open track ends at its last window."""
+        closed = stream.tracks.close() if stream.tracks is not None else None
+        if closed is not None:
+            self.emit(self.track_end_message(stream, closed, "end"))
+
+    def track_end_message(self, stream: Stream, track: TrackSummary, source: str) -> TrackMessage:
         return TrackMessage(stream=stream.stream_id, event="end", wall=time.time(), t=track.end_s,
-                            title=track.title, source="icy", genre=track.genre,
+                            title=track.title, source=source, genre=track.genre,
                             confidence=track.confidence, duration_s=track.duration_s,
                             windows=track.windows)
 

@@ -7,6 +7,7 @@ import os
 import socket
 import sys
 import time
+from dataclasses import dataclass
 
 import pytest
 from chain_helpers import Mosquitto, MqttListener
@@ -15,11 +16,12 @@ from feed_helpers import assert_round_trips, change_message, genre_message, stat
 
 from streamclf.config import OutputConfig, config_with_overrides, default_config, parse_config
 from streamclf.errors import ConfigError
+from streamclf.feed.schema import GenreMessage
 from streamclf.outputs import make_sink
 from streamclf.outputs.liquidsoap import LiquidsoapSink, insert_command, quote
 from streamclf.outputs.mqtt import MqttSink
 from streamclf.outputs.osc import family_scores, osc_part
-from streamclf.outputs.rds import RdsSink, pty_command
+from streamclf.outputs.rds import RdsSink, on_air_label, pty_command, radiotext_commands
 from streamclf.outputs.worker import OutputWorker
 
 
@@ -156,16 +158,40 @@ class TestOutputWorker:
             broker.stop()
 
 
+@dataclass(frozen=True, kw_only=True)
+class GenreWithContent(GenreMessage):
+    """The genre message as content detection extends it: `content` is music, speech,
+    music+speech or silence."""
+
+    content: str | None = None
+
+
 class TestRds:
-    """Programme-type codes of both tables, written as encoder commands to a real FIFO."""
+    """Programme-type codes of both tables (talk for speech), RT+ genre tags, written as encoder
+    commands to a real FIFO."""
 
     @pytest.mark.parametrize(("genre", "rds", "rbds"), [
         ("rock", 11, 5), ("pop", 10, 9), ("jazz", 24, 14), ("country", 25, 10),
-        ("classical", 14, 15), ("hip-hop", 15, 26), ("folk", 28, None),
+        ("classical", 14, 15), ("hip-hop", 15, 26), ("folk", 28, None), ("talk", 9, 4),
         ("silence", None, None), ("unknown", None, None)])
     def test_pty_codes_of_both_tables(self, genre, rds, rbds):
         for table, code in (("rds", rds), ("rbds", rbds)):
-            assert pty_command(genre, table) == (None if code is None else f"PTY {code}\n".encode())
+            label = on_air_label(genre)
+            line = None if label is None else pty_command(label, table)
+            assert line == (None if code is None else f"PTY {code}\n".encode())
+
+    @pytest.mark.parametrize(("genre", "content", "label"), [
+        ("rock", None, "rock"), ("rock", "music", "rock"), ("rock", "music+speech", "rock"),
+        ("rock", "speech", "talk"), ("unknown", "speech", "talk"), ("talk", "speech", "talk"),
+        ("silence", "silence", None), ("unknown", "music", None)])
+    def test_speech_is_talk_whatever_the_genre(self, genre, content, label):
+        assert on_air_label(genre, content) == label
+
+    def test_the_rt_plus_tag_spans_the_genre(self):
+        lines = radiotext_commands("hip-hop", toggle=1).decode().splitlines()
+        assert lines == ["RT Genre: hip-hop", "RTP 11,7,6,0,0,0", "RTPF 1,1"]
+        text = lines[0].removeprefix("RT ")
+        assert text[7 : 7 + 6 + 1] == "hip-hop"  # start 7, 6 characters after the first
 
     def test_changes_reach_an_encoder_that_opens_its_pipe_late(self, tmp_path):
         fifo = tmp_path / "rds.ctl"
@@ -174,24 +200,54 @@ class TestRds:
                               retry_initial_s=0.05, retry_max_s=0.1)
         worker = OutputWorker(config, RdsSink(config))
         worker.start()
-        worker.offer(change_message(genre="jazz"))
+        worker.offer(genre_message(genre="jazz"))
         wait_until(lambda: worker.failures >= 2)  # no reader on the FIFO yet: ENXIO, retried
         reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
         try:
-            worker.offer(change_message(genre="silence"))  # no code: the PTY stays as it is
-            worker.offer(change_message(genre="country"))
-            received = bytearray()
-
-            def read_more() -> bool:
-                try:
-                    received.extend(os.read(reader, 4096))
-                except BlockingIOError:
-                    pass
-                return received == b"PTY 14\nPTY 10\n"
-
-            wait_until(read_more)
-            assert worker.health()[1:3] == ["connected", 3]
+            worker.offer(genre_message(genre="jazz"))  # no change: nothing more
+            worker.offer(genre_message(genre="silence"))  # no code: the PTY stays as it is
+            worker.offer(genre_message(genre="country"))
+            assert read_until(reader, b"PTY 14\nPTY 10\n")
+            assert worker.health()[1:3] == ["connected", 4]
         finally:
             worker.stop()
             worker.join(2)
             os.close(reader)
+
+    def test_speech_and_rt_plus_reach_the_encoder(self, tmp_path):
+        """With content detection's field: speech turns the PTY to talk and back; without it
+        (plain genre messages) the genre alone decides."""
+        fifo = tmp_path / "rds.ctl"
+        os.mkfifo(fifo)
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        config = OutputConfig(kind="rds", pipe_path=str(fifo), radiotext=True)
+        worker = OutputWorker(config, RdsSink(config))
+        worker.start()
+        try:
+            worker.offer(genre_message(genre="rock"))
+            worker.offer(GenreWithContent(**{**vars(genre_message(genre="rock")),
+                                            "content": "speech"}))
+            worker.offer(GenreWithContent(**{**vars(genre_message(genre="rock")),
+                                            "content": "music+speech"}))
+            assert read_until(reader, b"PTY 11\nRT Genre: rock\nRTP 11,7,3,0,0,0\nRTPF 1,1\n"
+                                      b"PTY 9\nRT Genre: talk\nRTP 11,7,3,0,0,0\nRTPF 1,0\n"
+                                      b"PTY 11\nRT Genre: rock\nRTP 11,7,3,0,0,0\nRTPF 1,1\n")
+        finally:
+            worker.stop()
+            worker.join(2)
+            os.close(reader)
+
+
+def read_until(reader: int, expected: bytes) -> bool:
+    """Read a FIFO until exactly `expected` came (False when something else did)."""
+    received = bytearray()
+
+    def read_more() -> bool:
+        try:
+            received.extend(os.read(reader, 4096))
+        except BlockingIOError:
+            pass
+        return len(received) >= len(expected)
+
+    wait_until(read_more)
+    return bytes(received) == expected

@@ -13,6 +13,7 @@ from e2e_helpers import CLIP, run_cli
 from feed_helpers import LABELS, change_message, genre_message, status_message
 
 from streamclf.config import OutputConfig
+from streamclf.feed.schema import TrackMessage
 from streamclf.outputs import Outputs
 
 
@@ -114,6 +115,30 @@ class TestLiquidsoap:
         out.offer(change_message(stream="studio", genre='r"b', confidence=0.5))
         assert liquidsoap.recorded(2) == ["rock|0.82", 'r"b|0.50']
         assert [h[3] for h in out.health()] == [0, 0]  # no failures
+
+    def test_a_new_track_gets_the_genre_again(self, liquidsoap, outputs):
+        """A track start: its first window's genre goes in even when unchanged (Liquidsoap's
+        new track drops the old metadata), once even when that window also changed it."""
+        out = outputs(OutputConfig(kind="liquidsoap", port=liquidsoap.port, streams=("night",)))
+        already = len(liquidsoap.recorded(0))
+        track_start = TrackMessage(stream="night", event="start", wall=1.7e9, t=6.5, title="",
+                                   source="audio")
+        for message in (
+                change_message(stream="night", t1=5.0, genre="jazz", confidence=0.7),
+                genre_message(stream="night", t1=6.0, genre="jazz"),  # no change, no track
+                track_start,
+                genre_message(stream="night", t1=7.0, genre="jazz", confidence=0.66),
+                genre_message(stream="night", t1=8.0, genre="jazz"),
+                track_start,
+                genre_message(stream="night", t1=9.0, genre="pop", confidence=0.4),
+                change_message(stream="night", t1=9.0, genre="pop", confidence=0.4),
+                change_message(stream="night", t1=10.0, genre="blues", confidence=0.5)):
+            out.offer(message)
+        wait_sent(out, 9)
+        assert liquidsoap.recorded(already + 4)[already:] == [
+            "jazz|0.70", "jazz|0.66", "pop|0.40", "blues|0.50"]
+        time.sleep(0.5)  # nothing more arrives
+        assert len(liquidsoap.recorded(0)) == already + 4
 
 
 def test_the_daemon_publishes_to_a_real_broker(tmp_path, broker):

@@ -66,19 +66,52 @@ class TestTrackSegmenter:
 
     def test_the_whole_track_votes_and_silence_abstains(self):
         tracks = TrackSegmenter(["rock", "jazz"])
-        tracks.push(np.array([0.9, 0.1]), silence=False)  # before any title: no track open
+        tracks.push(np.array([0.9, 0.1]), t_end_s=9.0, silence=False)  # no track open yet
         assert tracks.boundary(10.0, "First") is None
-        for probs in ([0.9, 0.2], [0.3, 0.6], [0.6, 0.2]):
-            tracks.push(np.array(probs), silence=False)
-        tracks.push(np.array([0.0, 1.0]), silence=True)
+        for t, probs in ((11.0, [0.9, 0.2]), (12.0, [0.3, 0.6]), (13.0, [0.6, 0.2])):
+            tracks.push(np.array(probs), t_end_s=t, silence=False)
+        tracks.push(np.array([0.0, 1.0]), t_end_s=14.0, silence=True)
         first = tracks.boundary(42.5, "Second")
         assert (first.title, first.start_s, first.duration_s, first.genre, first.windows) == (
             "First", 10.0, 32.5, "rock", 4)
         assert first.confidence == pytest.approx(0.6)
-        tracks.push(np.array([0.5, 0.5]), silence=True)
+        tracks.push(np.array([0.5, 0.5]), t_end_s=43.0, silence=True)
         second = tracks.close(50.0)
         assert (second.genre, second.confidence, second.windows) == (SILENCE, 0.0, 1)
         assert tracks.close(60.0) is None
+
+    @pytest.mark.parametrize("late_windows", [12, 13, 40])
+    def test_a_late_boundary_moves_the_windows_after_it(self, late_windows):
+        """A boundary decided 12 windows late: the windows that end after it leave the old
+        track for the new one, as if the boundary had been known at once."""
+        rock, jazz = np.array([0.8, 0.1]), np.array([0.2, 0.7])
+        late = TrackSegmenter(["rock", "jazz"], late_windows=late_windows)
+        at_once = TrackSegmenter(["rock", "jazz"])
+        for tracks in (late, at_once):
+            tracks.boundary(0.0, "")
+        for t in range(1, 31):
+            late.push(rock, t_end_s=float(t), silence=False)
+            at_once.push(rock, t_end_s=float(t), silence=False)
+        at_once_first = at_once.boundary(30.0, "")
+        for t in range(31, 43):
+            late.push(jazz, t_end_s=float(t), silence=False)
+            at_once.push(jazz, t_end_s=float(t), silence=False)
+        late_first = late.boundary(30.0, "")
+        assert late_first == at_once_first
+        assert (late_first.genre, late_first.windows, late_first.duration_s) == ("rock", 30, 30.0)
+        assert late.start_s == 30.0
+        assert late.close() == at_once.close()
+        assert late.close() is None
+
+    def test_a_boundary_beyond_the_kept_windows_leaves_the_older_ones(self):
+        tracks = TrackSegmenter(["rock", "jazz"], late_windows=2)
+        tracks.boundary(0.0, "A")
+        for t in range(1, 11):
+            tracks.push(np.array([0.9, 0.1]), t_end_s=float(t), silence=False)
+        first = tracks.boundary(5.0, "B")  # windows ending 6..8 are folded in already
+        assert (first.windows, first.end_s) == (8, 5.0)
+        second = tracks.close()
+        assert (second.title, second.start_s, second.end_s, second.windows) == ("B", 5.0, 10.0, 2)
 
     def test_track_messages_round_trip(self):
         assert_round_trips(TrackMessage(stream="main", event="start", wall=1.7e9, t=3.0,

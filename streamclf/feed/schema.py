@@ -152,7 +152,7 @@ class TrackMessage(_Message):
     wall: float
     t: float  # stream time of the boundary, s
     title: str  # "" when the source gives none
-    source: str  # what found the boundary: "icy" (the stream's own metadata)
+    source: str  # what found the boundary: "icy" (titles), "audio" (boundaries.py), "end" (stop)
     genre: str | None = None  # end only: the track's genre over its windows
     confidence: float | None = None
     duration_s: float | None = None

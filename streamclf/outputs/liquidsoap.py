@@ -1,11 +1,15 @@
 """Liquidsoap: the genre as stream metadata, through its telnet or Unix-socket server.
 
-On each change of a stream's published genre (the first decision after start included) it sends
+On each change of a stream's published genre (the first decision after start included), and at
+each new track (`track.<stream>` start: the first window after it, whose genre the restarted
+smoother decides), it sends
 
     <source_id>.insert genre="rock",genre_confidence="0.82"
 
 the command that `server.insert_metadata(id="<source_id>", s)` registers in a Liquidsoap 2.x
-script; the metadata then travels with the audio to every output (Icecast, files, HLS).
+script; the metadata then travels with the audio to every output (Icecast, files, HLS). A new
+track's metadata replaces the old track's downstream, so the genre is sent again even when it
+did not change.
 Liquidsoap answers each command with its result and a line `END`.
 """
 
@@ -14,7 +18,7 @@ from __future__ import annotations
 import socket
 
 from streamclf.config import OutputConfig
-from streamclf.feed.schema import ChangeMessage, Message
+from streamclf.feed.schema import ChangeMessage, GenreMessage, Message, TrackMessage
 from streamclf.outputs.worker import CONNECT_TIMEOUT_S
 
 REPLY_END = b"\nEND"
@@ -30,8 +34,8 @@ def quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def insert_command(source_id: str, message: ChangeMessage) -> bytes:
-    """The telnet line that inserts this change's genre and confidence as metadata."""
+def insert_command(source_id: str, message: ChangeMessage | GenreMessage) -> bytes:
+    """The telnet line that inserts this message's genre and confidence as metadata."""
     fields = {"genre": message.genre, "genre_confidence": f"{message.confidence:.2f}"}
     pairs = ",".join(f"{key}={quote(value)}" for key, value in fields.items())
     return f"{source_id}.insert {pairs}\n".encode()
@@ -43,6 +47,8 @@ class LiquidsoapSink:
     def __init__(self, config: OutputConfig) -> None:
         self._config = config
         self._sock: socket.socket | None = None
+        self._new_track: set[str] = set()  # streams whose next window starts a track's metadata
+        self._inserted_t1: dict[str, float] = {}  # per stream: the window last inserted
 
     def connect(self) -> None:
         config = self._config
@@ -59,12 +65,20 @@ class LiquidsoapSink:
         self._sock = sock
 
     def send(self, message: Message) -> None:
-        if not isinstance(message, ChangeMessage):
+        stream = message.stream
+        if isinstance(message, TrackMessage) and message.event == "start":
+            self._new_track.add(stream)
+        first_of_track = isinstance(message, GenreMessage) and stream in self._new_track
+        if not (first_of_track or isinstance(message, ChangeMessage)):
+            return
+        if self._inserted_t1.get(stream) == message.t1:  # the change of a track's first window
             return
         self._sock.sendall(insert_command(self._config.source_id, message))
         reply = self._read_reply()
         if reply.startswith("ERROR"):
             raise LiquidsoapError(f"Liquidsoap answered: {reply}")
+        self._new_track.discard(stream)
+        self._inserted_t1[stream] = message.t1
 
     def _read_reply(self) -> str:
         reply = b""
