@@ -22,9 +22,11 @@ import numpy as np
 WINDOW_HOPS = 3  # windows that overlap a point: 3 s window / 1 s hop
 CONTEXT_WINDOWS = 6  # the daemon's detector: the look measured in docs/tracks.md
 RADIUS_WINDOWS = 4
-# The best mean F on the calib split per model (tools/track_boundaries.py --model NAME); the
-# cosine distances of another model's embeddings are on another scale.
-THRESHOLDS = {"MSD_musicnn": 0.42}
+THRESHOLD = 0.42  # the best mean F on the calib split (tools/track_boundaries.py)
+# The embedding units the threshold was measured on, per model: MSD_musicnn's 200, which
+# fused_musicnn carries as its units 200..399 (the same numbers: tests/test_tracks_audio.py).
+# Another model's embeddings have distances on another scale: no detector for it.
+MEASURED_UNITS = {"MSD_musicnn": slice(0, 200), "fused_musicnn": slice(200, 400)}
 
 
 def normalise(features: np.ndarray) -> np.ndarray:
@@ -68,11 +70,12 @@ def pick_peaks(novelty: np.ndarray, *, threshold: float, radius: int) -> np.ndar
 
 
 def detector_for(model: str) -> BoundaryDetector | None:
-    """The daemon's detector for a model's embeddings; None when no threshold was measured."""
-    threshold = THRESHOLDS.get(model)
-    if threshold is None:
+    """The daemon's detector for a model's embeddings; None when none was measured for it."""
+    units = MEASURED_UNITS.get(model)
+    if units is None:
         return None
-    return BoundaryDetector(context=CONTEXT_WINDOWS, threshold=threshold, radius=RADIUS_WINDOWS)
+    return BoundaryDetector(context=CONTEXT_WINDOWS, threshold=THRESHOLD, radius=RADIUS_WINDOWS,
+                            units=units)
 
 
 class BoundaryDetector:
@@ -83,8 +86,10 @@ class BoundaryDetector:
     of a stream that ends is never decided (the windows that would confirm it never come)."""
 
     def __init__(self, *, context: int, threshold: float, radius: int,
-                 gap: int = WINDOW_HOPS) -> None:
+                 gap: int = WINDOW_HOPS, units: slice = slice(None)) -> None:
+        """`units`: the part of each pushed embedding it looks at."""
         self.context, self.threshold, self.radius, self.gap = context, threshold, radius, gap
+        self.units = units
         self.delay_windows = gap - 1 + context + radius
         self.reset()
 
@@ -100,7 +105,7 @@ class BoundaryDetector:
 
     def push(self, embedding: np.ndarray, t_end_s: float) -> list[float]:
         """Add one window; returns the boundary times (window ends) decided now: [] or [t]."""
-        self._features.append(normalise(embedding))
+        self._features.append(normalise(embedding[self.units]))
         self._ends.append(t_end_s)
         if len(self._features) < self._features.maxlen:
             return []

@@ -333,8 +333,8 @@ class Pipeline:
         hop_frames = frames_for_seconds(cfg.framing.hop_s)
         for i, spec in enumerate(cfg.streams):
             if spec.audio_boundaries and detector_for(self.card.name) is None:
-                msg = (f"streams[{i}].audio_boundaries: no boundary threshold measured for model "
-                       f"{self.card.name} (docs/tracks.md)")
+                msg = (f"streams[{i}].audio_boundaries: no boundary detector measured on model "
+                       f"{self.card.name}'s embeddings (docs/tracks.md)")
                 raise ConfigError(msg)
         on_progress("loading engine")
         self.runner = load_runner(self.card, cfg.engine.kind, incremental=cfg.engine.incremental,

@@ -9,13 +9,24 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from e2e_helpers import GENRES, assert_one_line_error, free_tcp_endpoint, run_cli, streamclf_cmd
+from e2e_helpers import (
+    CLIP,
+    GENRES,
+    assert_one_line_error,
+    free_tcp_endpoint,
+    run_cli,
+    streamclf_cmd,
+)
 
-from streamclf.boundaries import CONTEXT_WINDOWS, RADIUS_WINDOWS, WINDOW_HOPS
+from streamclf.backends.incremental import load_runner
+from streamclf.boundaries import CONTEXT_WINDOWS, MEASURED_UNITS, RADIUS_WINDOWS, WINDOW_HOPS
 from streamclf.config import parse_config
 from streamclf.errors import ConfigError
+from streamclf.features.framer import logmel_windows_for_file
+from streamclf.features.mel import WINDOW_FRAMES, frames_for_seconds
 from streamclf.feed.schema import GenreMessage, StatusMessage, TrackMessage
 from streamclf.feed.subscriber import Subscriber
+from streamclf.models.card import load_model_card
 
 RATE_HZ = 16000
 CLIPS = ["clips/metal/fof-chaos_god.ogg", "clips/ambient/openclonk-luciddream.ogg",
@@ -26,7 +37,6 @@ TOLERANCE_S = 3.0  # as measured in docs/tracks.md
 CONFIG = """
 [engine]
 kind = "onnxruntime"
-model = "MSD_musicnn"
 [framing]
 queue_windows = 10000
 [feed]
@@ -190,7 +200,7 @@ class TestAudioBoundariesConfig:
         ('[[streams]]\nsource = "url"\nurl = "http://radio.example/live"\n',
          '[[streams]]\nsource = "url"\nurl = "http://radio.example/live"\ntrack_titles = false\n',
          "streams[0].audio_boundaries: an http(s) url stream cuts its tracks at its ICY titles"),
-    ])
+    ], ids=["hop", "icy-url"])
     def test_refused_with_one_line(self, refused, accepted, message):
         stream = "" if "[[streams]]" in refused else "[[streams]]\n"
         with pytest.raises(ConfigError) as caught:
@@ -199,9 +209,24 @@ class TestAudioBoundariesConfig:
         assert "\n" not in str(caught.value)
         assert parse_config(f"{accepted}{stream}audio_boundaries = true\n").streams[0].audio_boundaries
 
-    def test_a_model_without_a_measured_threshold_stops_the_daemon(self, tmp_path):
+    def test_a_model_without_a_measured_detector_stops_the_daemon(self, tmp_path):
         config = tmp_path / "mtt.toml"
         config.write_text('[engine]\nmodel = "MTT_musicnn"\n[[streams]]\nsource = "stdin"\n'
                           'audio_boundaries = true\n')
         line = assert_one_line_error(run_cli("serve", "--config", str(config)), 2)
-        assert "no boundary threshold measured for model MTT_musicnn" in line
+        assert "no boundary detector measured on model MTT_musicnn's embeddings" in line
+
+
+def test_the_default_model_carries_the_measured_embedding():
+    """fused_musicnn's units 200..399 are MSD_musicnn's embedding, on which the threshold was
+    measured: the same numbers, so the measurement holds for the default model too."""
+    windows = logmel_windows_for_file(CLIP, window_frames=WINDOW_FRAMES,
+                                      hop_frames=frames_for_seconds(1.0))[:8]
+    embeddings = {}
+    for model in ("MSD_musicnn", "fused_musicnn"):
+        runner = load_runner(load_model_card(model), "onnxruntime", incremental=True,
+                             hop_frames=frames_for_seconds(1.0), max_batch=8)
+        embeddings[model] = runner.run([("clip", w) for w in windows])["embedding"]
+        runner.close()
+    fused_part = embeddings["fused_musicnn"][:, MEASURED_UNITS["fused_musicnn"]]
+    np.testing.assert_array_equal(fused_part, embeddings["MSD_musicnn"])
