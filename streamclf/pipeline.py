@@ -272,7 +272,7 @@ class EngineWorker(threading.Thread):
             if stream.titles is not None:
                 p.follow_titles(stream, window)
             elif stream.boundaries is not None and stream.tracks.title is None:
-                p.cut_track(stream, window.t_start_s, "", source="audio")  # the stream's first
+                p.cut_track(stream, window.t_start_s, "", source="audio")  # its first track
             state = stream.smoother.update(probs, window.t_end_s, window.level_dbfs)
             stream.smoothed = state.smoothed
             if p.metrics is not None:

@@ -9,7 +9,7 @@ to the control pipe of an RDS encoder:
                                 `rbds` (North America, NRSC-4-B), which number types differently
     RT Genre: rock              with `radiotext = true`: the RadioText, and its RT+ tags
     RTP 11,7,3,0,0,0            (content type 11 = ITEM.GENRE, start 7, length marker 3 =
-    RTPF 1,0                    characters after the first) and RT+ flags (running, toggle)
+    RTPF 1,1                    characters after the first) and RT+ flags (running, toggle)
 
 the commands of mpxgen's control pipe (PiFmAdv's, which the open encoders derived from PiFmRds
 read, with mpxgen's RT+ additions). A label with no code in the table writes no PTY line: the
