@@ -86,8 +86,12 @@ def free_tcp_endpoint() -> str:
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, code: int) -> str:
     """A user error: the documented exit code and one line on stderr, no traceback."""
-    err = proc.stderr.decode()
-    assert proc.returncode == code, (proc.returncode, err)
+    return one_line_error(proc.returncode, proc.stderr.decode(), code)
+
+
+def one_line_error(returncode: int, err: str, code: int) -> str:
+    """The one `streamclf: error:` line of a run that exited `code` (asserted), no traceback."""
+    assert returncode == code, (returncode, err)
     assert "Traceback" not in err, err
     lines = [ln for ln in err.splitlines() if ln.startswith("streamclf: error:")]
     assert len(lines) == 1, err

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from e2e_helpers import CLIP, REPO
+from e2e_helpers import CLIP, REPO, one_line_error
 from onnx import numpy_helper
 from structlog.testing import capture_logs
 
@@ -145,9 +145,6 @@ def test_daemon_with_a_broken_engine_exits_5(tmp_path, kind, says):
     cfg = write_config(tmp_path, engine={"kind": kind, "model": str(model)},
                        streams=[{"id": "a", "source": "file", "path": CLIP}])
     with Daemon(cfg) as daemon:
-        assert daemon.wait(120) == EngineError.exit_code == 5
-        stderr = daemon.stderr_text()
-    errors = [line for line in stderr.splitlines() if line.startswith("streamclf: error:")]
-    assert len(errors) == 1 and says in errors[0], stderr
-    assert "Traceback" not in stderr
+        line = one_line_error(daemon.wait(120), daemon.stderr_text(), EngineError.exit_code)
+    assert EngineError.exit_code == 5 and says in line, line
     assert "READY=1" not in daemon.notify.lines()
