@@ -41,7 +41,7 @@ class TestReport:
         assert report["quick"] is True
         for section in SECTIONS:
             assert section.name in report, section.name
-        assert {"framer_x_realtime", "e2e_p99_vs_engine_p99", "capacity_vs_runner_bound",
+        assert {"framer_x_realtime", "e2e_p99_vs_runner_p99", "capacity_vs_runner_bound",
                 "rss_bytes", "ready_s", "torch_libraries_mapped"} <= set(report["checks"])
         for name, check in report["checks"].items():
             assert isinstance(check["ok"], bool), name
@@ -102,6 +102,12 @@ class TestDaemon:
         assert 0 < ms["p50"] <= ms["p99"] <= ms["max"]
         # The subscriber's part comes on top of the daemon's own arrival → publish latency.
         assert ms["p50"] >= e2e["in_daemon_ms"]["p50"]
+        # judged against the runner the daemon ran, measured alone in the same run
+        alone = e2e["runner_alone_ms"]
+        assert alone["runner"] == e2e["runner"] == "incremental"
+        assert alone["windows"] == 30 and 0 < alone["p50"] <= alone["p99"]
+        assert bench[0]["checks"]["e2e_p99_vs_runner_p99"]["value"] == pytest.approx(
+            ms["p99"] / alone["p99"])
 
     def test_capacity_trials(self, bench: tuple[dict, str]) -> None:
         capacity = bench[0]["capacity"]

@@ -7,10 +7,21 @@ the same run.
 
 from __future__ import annotations
 
-from streamclf.bench.common import MODEL, Context
+import numpy as np
+
+from streamclf.audio.sources import BUNDLED_CLIP as CLIP
+from streamclf.backends.incremental import IncrementalRunner, load_runner
+from streamclf.bench.common import DEFAULTS, MAX_BATCH, MODEL, Context
 from streamclf.bench.engines import render_markdown, run_engine_bench
-from streamclf.bench.incremental import bench_incremental, format_incremental
+from streamclf.bench.incremental import (
+    bench_incremental,
+    format_incremental,
+    stream_ticks,
+    time_alternating,
+)
 from streamclf.errors import StreamclfError
+from streamclf.features.framer import load_mono_16k
+from streamclf.features.mel import frames_for_seconds, logmel
 from streamclf.models.card import load_model_card
 
 TORCH_MODEL = "MSD_musicnn"  # the torch engine rebuilds only the original models
@@ -50,6 +61,25 @@ def ort_row(results: dict) -> dict:
             return row
     msg = "the onnxruntime engine did not run"
     raise StreamclfError(msg)
+
+
+def runner_latency_ms(*, hop_s: float, windows: int) -> dict:
+    """The runner the daemon loads for its defaults at `hop_s` (the incremental one where the
+    model allows), alone in this process: ms per call for one stream's consecutive windows at
+    batch 1, as the daemon's engine worker calls it for a single stream."""
+    hop_frames = frames_for_seconds(hop_s)
+    runner = load_runner(load_model_card(MODEL), "onnxruntime", incremental=DEFAULTS.incremental,
+                         hop_frames=hop_frames, max_batch=MAX_BATCH)
+    try:
+        runner.warmup()
+        ticks = stream_ticks(logmel(load_mono_16k(CLIP)), hop_frames=hop_frames, streams=1,
+                             ticks=windows + 1)
+        ms = 1e3 * time_alternating({"runner": runner}, ticks)["runner"]
+    finally:
+        runner.close()
+    return {"runner": "incremental" if isinstance(runner, IncrementalRunner) else "full",
+            "windows": int(ms.size), "p50": float(np.percentile(ms, 50)),
+            "p99": float(np.percentile(ms, 99))}
 
 
 def bench_incremental_section(ctx: Context) -> dict:
