@@ -25,6 +25,7 @@ from streamclf.audio.resample import Resampler
 from streamclf.audio.ring import RingBuffer
 from streamclf.audio.sources import open_source
 from streamclf.backends.incremental import WindowRunner, load_runner
+from streamclf.backends.selftest import checked_runner
 from streamclf.boundaries import BoundaryDetector, detector_for
 from streamclf.config import Config
 from streamclf.errors import ConfigError
@@ -344,6 +345,12 @@ class Pipeline:
         if self._runner_wrapper is not None:
             self.runner = self._runner_wrapper(self.runner)
         self.runner.warmup()
+        on_progress("self-test")
+        self.runner = checked_runner(self.runner, self.card, forced=cfg.engine.kind != "auto",
+                                     fallback=lambda: load_runner(
+                                         self.card, "onnxruntime", incremental=False,
+                                         max_batch=cfg.engine.max_batch,
+                                         threads=cfg.engine.threads))
         if self.publish:
             self.publisher = Publisher(cfg.feed)
         if cfg.metrics.enabled:

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamclf.testing.daemon import wait_for  # noqa: F401 — the tests import it from here
+
 CLIP_PATH = Path(__file__).resolve().parents[1] / "streamclf" / "data" / "clip.ogg"
 SINK_NAME = "cap"
 
@@ -134,16 +136,6 @@ def pulse_server_fixture(scope: str = "module"):
                 server.stop()
 
     return pulse
-
-
-def wait_for(predicate, *, timeout_s: float, interval_s: float = 0.05) -> bool:
-    """Poll ``predicate`` until true or ``timeout_s``; generous timeouts, no tight timing."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return bool(predicate())
 
 
 def best_alignment(segment: np.ndarray, reference: np.ndarray) -> tuple[int, float]:

@@ -6,14 +6,14 @@ import csv
 import os
 import pty
 import select
-import socket
 import subprocess
-import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+
+# the tests import these three from here
+from streamclf.testing.daemon import NotifySocket, free_tcp_port, streamclf_cmd  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "streamclf" / "data" / "clip.ogg"
@@ -39,13 +39,6 @@ def genre_sample(dest: Path, *, per_split: int = 4) -> Path:
         writer.writeheader()
         writer.writerows(keep)
     return dest
-
-
-def streamclf_cmd(*args: str) -> list[str]:
-    """The installed console script beside this interpreter (what users run), else `-m`."""
-    script = Path(sys.executable).parent / "streamclf"
-    head = [str(script)] if script.exists() else [sys.executable, "-m", "streamclf.cli"]
-    return [*head, *args]
 
 
 def run_in_pty(args: list[str], *, timeout_s: float,
@@ -87,52 +80,19 @@ def run_cli(*args: str, timeout: float = 120, env: dict | None = None,
                           env={**os.environ, **(env or {})}, input=input_bytes, cwd=REPO)
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def free_tcp_endpoint() -> str:
     return f"tcp://127.0.0.1:{free_tcp_port()}"
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, code: int) -> str:
     """A user error: the documented exit code and one line on stderr, no traceback."""
-    err = proc.stderr.decode()
-    assert proc.returncode == code, (proc.returncode, err)
+    return one_line_error(proc.returncode, proc.stderr.decode(), code)
+
+
+def one_line_error(returncode: int, err: str, code: int) -> str:
+    """The one `streamclf: error:` line of a run that exited `code` (asserted), no traceback."""
+    assert returncode == code, (returncode, err)
     assert "Traceback" not in err, err
     lines = [ln for ln in err.splitlines() if ln.startswith("streamclf: error:")]
     assert len(lines) == 1, err
     return lines[0]
-
-
-class NotifySocket:
-    """A stand-in service manager: a real AF_UNIX datagram socket collecting sd_notify lines."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.datagrams: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._collect, daemon=True)
-        self._thread.start()
-
-    def _collect(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.datagrams.append(self.sock.recv(4096).decode())
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    def lines(self) -> list[str]:
-        return [line for d in list(self.datagrams) for line in d.splitlines()]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(1)
-        self.sock.close()

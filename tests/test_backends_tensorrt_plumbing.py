@@ -11,7 +11,6 @@ that `auto` falls back from. TensorRT's own behaviour is tested on a GPU
 from __future__ import annotations
 
 import itertools
-import socket
 import sys
 import threading
 import time
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 from backends_fake_gpu import make_pycuda_driver, make_tensorrt, onnx_layers
 from backends_helpers import FP32_TOLERANCE, card, music_windows
-from reliability_helpers import CLIP, wait_for, write_config
+from reliability_helpers import CLIP
 from structlog.testing import capture_logs
 
 from streamclf.backends import list_plans, load_engine
@@ -34,6 +33,7 @@ from streamclf.config import load_config
 from streamclf.errors import EngineError
 from streamclf.pipeline import Pipeline
 from streamclf.sdnotify import Notifier
+from streamclf.testing.daemon import NotifySocket, wait_for, write_config
 
 MODELS = ("MSD_musicnn", "fused_musicnn")
 PARITY_BATCH = 8  # max_batch of the parity tests: ONNX Runtime on 2 cores is their cost
@@ -353,37 +353,10 @@ class TestThreadsAndRelease:
         assert_all_released(fake_gpu.cuda)
 
 
-class NotifyRecorder:
-    """A real $NOTIFY_SOCKET: each datagram with the monotonic time it arrived."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(self.path)
-        self._sock.settimeout(0.05)
-        self.received: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._listen, daemon=True)
-        self._thread.start()
-
-    def _listen(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.received.append((time.monotonic(), self._sock.recv(4096).decode()))
-            except TimeoutError:
-                pass
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sock.close()
-
-
 def test_slow_plan_build_keeps_extending_the_start_timeout(make_fake_gpu, tmp_path: Path) -> None:
     """A build longer than the start timeout: systemd is asked for more time throughout."""
     make_fake_gpu(build_s=0.8)
-    recorder = NotifyRecorder(tmp_path / "notify")
-    try:
+    with NotifySocket(tmp_path / "notify") as recorder:
         notifier = Notifier({"NOTIFY_SOCKET": recorder.path})
         started = time.monotonic()
         with notifier.extended_start(step_s=0.1):
@@ -391,13 +364,12 @@ def test_slow_plan_build_keeps_extending_the_start_timeout(make_fake_gpu, tmp_pa
         ended = time.monotonic()
         engine.close()
         time.sleep(0.1)
-    finally:
-        recorder.close()
-    extends = [t for t, msg in recorder.received if msg == "EXTEND_TIMEOUT_USEC=300000"]
+    received = list(zip(recorder.arrived, recorder.datagrams, strict=True))
+    extends = [t for t, msg in received if msg == "EXTEND_TIMEOUT_USEC=300000"]
     assert extends and extends[0] - started < 0.05
     assert len(extends) >= 7 and all(b - a < 0.25 for a, b in itertools.pairwise(extends))
     assert ended - extends[-1] < 0.25
-    assert len(extends) == len(recorder.received)  # nothing after the block
+    assert len(extends) == len(received)  # nothing after the block
 
 
 def test_stop_during_a_slow_inference_closes_the_engine_after_the_call(

@@ -11,13 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from streamclf.bench.report import (
-    BEGIN_MARK,
-    END_MARK,
-    SECTIONS,
-    framer_flops_per_audio_s,
-    write_report,
-)
+from streamclf.bench.framer import framer_flops_per_audio_s
+from streamclf.bench.report import BEGIN_MARK, END_MARK, SECTIONS, write_report
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -46,7 +41,7 @@ class TestReport:
         assert report["quick"] is True
         for section in SECTIONS:
             assert section.name in report, section.name
-        assert {"framer_x_realtime", "e2e_p99_vs_engine_p99", "capacity_vs_engine_bound",
+        assert {"framer_x_realtime", "e2e_p99_vs_runner_p99", "capacity_vs_runner_bound",
                 "rss_bytes", "ready_s", "torch_libraries_mapped"} <= set(report["checks"])
         for name, check in report["checks"].items():
             assert isinstance(check["ok"], bool), name
@@ -107,6 +102,12 @@ class TestDaemon:
         assert 0 < ms["p50"] <= ms["p99"] <= ms["max"]
         # The subscriber's part comes on top of the daemon's own arrival → publish latency.
         assert ms["p50"] >= e2e["in_daemon_ms"]["p50"]
+        # judged against the runner the daemon ran, measured alone in the same run
+        alone = e2e["runner_alone_ms"]
+        assert alone["runner"] == e2e["runner"] == "incremental"
+        assert alone["windows"] == 30 and 0 < alone["p50"] <= alone["p99"]
+        assert bench[0]["checks"]["e2e_p99_vs_runner_p99"]["value"] == pytest.approx(
+            ms["p99"] / alone["p99"])
 
     def test_capacity_trials(self, bench: tuple[dict, str]) -> None:
         capacity = bench[0]["capacity"]
@@ -118,6 +119,14 @@ class TestDaemon:
                 trial["cpu_percent"] / trial["streams"])
         sustained = [t["streams"] for t in capacity["trials"] if t["sustained"]]
         assert capacity["streams"] == max(sustained, default=0)
+        # judged against the bound of the runner the daemon ran: the default, incremental one,
+        # as measured at the same hop in section 3 of the same run
+        assert capacity["runner"] == "incremental" == bench[0]["end_to_end"]["runner"]
+        hop_1s = next(h for h in bench[0]["incremental"]["hops"] if h["hop_s"] == 1.0)
+        assert capacity["runner_bound_streams"] == hop_1s["incremental_capacity_streams"]
+        check = bench[0]["checks"]["capacity_vs_runner_bound"]
+        assert check["value"] == pytest.approx(capacity["streams"] / hop_1s[
+            "incremental_capacity_streams"])
 
     def test_memory_and_startup(self, bench: tuple[dict, str]) -> None:
         daemon = bench[0]["daemon"]
@@ -130,11 +139,13 @@ class TestDaemon:
 
 def test_missing_daemon_fails_with_one_line(tmp_path: Path) -> None:
     """A daemon that cannot start is a StreamclfError naming the reason, not a hang."""
-    from streamclf.bench.report import Daemon
+    from streamclf.bench.common import Context
+    from streamclf.bench.daemon_sections import served
     from streamclf.errors import StreamclfError
 
-    with (pytest.raises(StreamclfError, match="did not become ready"),
-          Daemon(tmp_path, streams=1, hop_s=1.0, audio=tmp_path / "missing.wav")):
+    ctx = Context(quick=True, workdir=tmp_path, audio=tmp_path / "missing.wav")
+    with (pytest.raises(StreamclfError, match=r"1 streams\): the daemon did not become ready"),
+          served(ctx, streams=1, hop_s=1.0)):
         pass
 
 

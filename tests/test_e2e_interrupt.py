@@ -10,7 +10,14 @@ import subprocess
 import threading
 
 from e2e_helpers import CLIP, REPO, run_in_pty, streamclf_cmd
-from reliability_helpers import START_TIMEOUT_S, Daemon, NotifyListener, wait_for, write_config
+
+from streamclf.testing.daemon import (
+    START_TIMEOUT_S,
+    Daemon,
+    NotifySocket,
+    wait_for,
+    write_config,
+)
 
 EXIT_INTERRUPTED = 130
 
@@ -32,7 +39,7 @@ class OutputWatcher:
 
 
 def _interrupt_when(args: list[str], *, stdout_has: str = "", stderr_has: str = "",
-                    notify: NotifyListener | None = None) -> int:
+                    notify: NotifySocket | None = None) -> int:
     """Start `streamclf ARGS`, wait until its stdout or stderr shows the given text (or, with
     `notify`, until it reports 'loading engine' there), send SIGINT, return the exit code."""
     env = {**os.environ, **({"NOTIFY_SOCKET": notify.path} if notify else {})}
@@ -42,7 +49,7 @@ def _interrupt_when(args: list[str], *, stdout_has: str = "", stderr_has: str = 
         out, err = OutputWatcher(proc.stdout), OutputWatcher(proc.stderr)
         def ready() -> bool:
             if notify is not None:
-                return "STATUS=loading engine" in notify.poll()
+                return "STATUS=loading engine" in notify.lines()
             return out.saw(stdout_has) if stdout_has else err.saw(stderr_has)
 
         assert wait_for(ready, timeout_s=START_TIMEOUT_S), err.lines
@@ -63,7 +70,7 @@ def test_serve_sigint_and_sigterm_while_running(tmp_path):
     """Running: SIGINT exits 130, SIGTERM 0 (what systemd sends), both after a clean stop."""
     cfg = _serve_config(tmp_path)
     for signum, expected in ((signal.SIGINT, EXIT_INTERRUPTED), (signal.SIGTERM, 0)):
-        with Daemon(cfg.path) as daemon:
+        with Daemon(cfg) as daemon:
             assert wait_for(lambda d=daemon: "pipeline_started" in d.event_names(),
                             timeout_s=START_TIMEOUT_S)
             rc, _ = daemon.terminate(signum=signum)
@@ -79,20 +86,17 @@ def test_listen_sigint_while_running():
 
 def test_listen_sigint_during_startup(tmp_path):
     """`listen` while its engine loads: 130 too, and no READY was ever sent."""
-    notify = NotifyListener(tmp_path / "notify")
-    try:
+    with NotifySocket(tmp_path / "notify") as notify:
         rc = _interrupt_when(["listen", "--demo", "--no-publish", "--json"], notify=notify)
-    finally:
-        notify.close()
     assert rc == EXIT_INTERRUPTED
-    assert not any(m.startswith("READY=1") for m in notify.received)
+    assert "READY=1" not in notify.lines()
 
 
 def test_subscribe_and_classify_sigint(tmp_path):
     """`subscribe` on a live feed and `classify` in the middle of its files: 130."""
     cfg = write_config(tmp_path, streams=[{"id": "a", "source": "file", "path": str(CLIP),
                                            "loop": True}])
-    with Daemon(cfg.path):
+    with Daemon(cfg):
         rc = _interrupt_when(["subscribe", "--endpoint", cfg.endpoint, "--json"],
                              stdout_has='"topic"')
     assert rc == EXIT_INTERRUPTED

@@ -4,49 +4,27 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
-import subprocess
 import time
 
 import pytest
 from audio_helpers import wait_for
-from e2e_helpers import (
-    CLIP,
-    NotifySocket,
-    assert_one_line_error,
-    free_tcp_endpoint,
-    run_cli,
-    streamclf_cmd,
-)
+from e2e_helpers import CLIP, assert_one_line_error, free_tcp_endpoint, run_cli
 
 from streamclf.feed.schema import ChangeMessage, GenreMessage, StatusMessage
 from streamclf.feed.subscriber import Subscriber
 from streamclf.models.card import load_model_card
-
-CONFIG = """
-[engine]
-kind = "onnxruntime"
-[framing]
-hop_s = {hop}
-[smoothing]
-time_constant_s = {tau}
-[feed]
-endpoint = "{endpoint}"
-status_interval_s = 1.0
-[service]
-log_format = "json"
-[[streams]]
-id = "main"
-source = "file"
-path = "{clip}"
-loop = true
-realtime = true
-"""
+from streamclf.testing.daemon import Daemon, write_config
 
 
-def _write_config(path, endpoint, tau=5.0, hop=1.0):
-    path.write_text(CONFIG.format(endpoint=endpoint, clip=CLIP, tau=tau, hop=hop))
+def _write_config(folder, endpoint, tau=5.0, hop=1.0):
+    """The daemon's config: one looped real-time file stream, the default engine threads, the
+    watchdog on."""
+    return write_config(folder, engine={"threads": 0}, service={"watchdog": True},
+                        feed={"endpoint": endpoint, "status_interval_s": 1.0},
+                        framing={"hop_s": hop}, smoothing={"time_constant_s": tau},
+                        streams=[{"id": "main", "source": "file", "path": CLIP, "loop": True,
+                                  "realtime": True}])
 
 
 def _collect(sub, messages, seconds, *, genres=None):
@@ -67,29 +45,20 @@ def _gap_free(messages, kind):
 
 @pytest.fixture
 def daemon(tmp_path):
-    endpoint = free_tcp_endpoint()
-    config = tmp_path / "streamclf.toml"
-    _write_config(config, endpoint)
-    notify = NotifySocket(tmp_path / "notify.sock")
-    sub = Subscriber(endpoint)
-    env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"}
-    proc = subprocess.Popen(streamclf_cmd("serve", "--config", str(config)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, **env})
-    yield proc, notify, sub, config, endpoint
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(5)
+    cfg = _write_config(tmp_path, free_tcp_endpoint())
+    sub = Subscriber(cfg.endpoint)
+    with Daemon(cfg, env={"WATCHDOG_USEC": "2000000"}) as daemon:
+        yield daemon, sub, tmp_path
     sub.close()
-    notify.close()
 
 
 class TestServe:
     """READY, watchdog, gap-free schema-valid messages, reload without a gap, clean SIGTERM."""
 
     def test_lifecycle(self, daemon):
-        proc, notify, sub, config, endpoint = daemon
-        assert wait_for(lambda: "READY=1" in notify.lines(), timeout_s=30), proc.stderr.read1().decode()
+        daemon, sub, folder = daemon
+        notify, endpoint = daemon.notify, daemon.endpoint
+        daemon.wait_ready(timeout_s=30)
         messages: list = []
         _collect(sub, messages, 40.0, genres=4)
         genres = [m for m in messages if isinstance(m, GenreMessage)]
@@ -116,25 +85,23 @@ class TestServe:
 
         # SIGHUP: new smoothing applied, the new hop named as needing a restart, the feed keeps
         # going without a gap at the old hop.
-        _write_config(config, endpoint, tau=1.0, hop=0.5)
-        proc.send_signal(signal.SIGHUP)
+        _write_config(folder, endpoint, tau=1.0, hop=0.5)
+        daemon.proc.send_signal(signal.SIGHUP)
         assert wait_for(lambda: "RELOADING=1" in notify.lines(), timeout_s=5)
         _collect(sub, messages, 3.0)
         assert _gap_free(messages, GenreMessage)
         assert notify.lines().count("READY=1") == 2
 
         # SIGTERM: out within 2 s, with a final status on the feed.
-        stopped = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(5) == 0
-        assert time.monotonic() - stopped < 2.0
+        rc, took_s = daemon.terminate(5)
+        assert rc == 0 and took_s < 2.0
         _collect(sub, messages, 1.0)
         assert any(isinstance(m, StatusMessage) and m.final for m in messages)
         assert "STOPPING=1" in notify.lines()
-        logs = [json.loads(line) for line in proc.stderr.read().decode().splitlines()
-                if line.startswith("{")]
+        logs = daemon.events()
         events = [r["event"] for r in logs]
         assert "runner_selected" in events and "config_reloaded" in events
+        assert events.index("engine_self_test_passed") < events.index("pipeline_started")
         reloaded = next(r for r in logs if r["event"] == "config_reloaded")
         assert reloaded["applied"] == ["smoothing.time_constant_s"]
         assert reloaded["needs_restart"] == ["framing.hop_s"]
@@ -157,7 +124,6 @@ class TestServeBadInput:
         assert_one_line_error(run_cli("serve", "--config", str(tmp_path / "none.toml")), 2)
 
     def test_missing_file_source(self, tmp_path):
-        config = tmp_path / "c.toml"
-        config.write_text(CONFIG.format(endpoint=free_tcp_endpoint(), clip=tmp_path / "x.ogg",
-                                        tau=5.0, hop=1.0))
-        assert_one_line_error(run_cli("serve", "--config", str(config)), 3)
+        cfg = write_config(tmp_path, streams=[{"id": "main", "source": "file",
+                                               "path": tmp_path / "x.ogg"}])
+        assert_one_line_error(run_cli("serve", "--config", str(cfg.path)), 3)

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from incremental_helpers import assert_same_outputs, reference, window_at, windows_at
-from reliability_helpers import rss_mb
 
 from streamclf.backends.base import load_engine
 from streamclf.backends.incremental import FullWindowRunner, IncrementalCounters, IncrementalRunner
 from streamclf.features.framer import LogMelFramer, load_mono_16k, logmel_windows_for_file
 from streamclf.features.mel import logmel as logmel_of
 from streamclf.models.card import load_model_card
+from streamclf.testing.daemon import rss_mb
 
 CLIP_PATH = Path(__file__).resolve().parent.parent / "streamclf" / "data" / "clip.ogg"
 CORE_FRAMES = 181

@@ -9,43 +9,22 @@ music cannot meet (−60 LUFS ± 0.1 for 5 s: after the subscriber has joined).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import urllib.parse
 import urllib.request
 
 import pytest
 from audio_helpers import wait_for
-from e2e_helpers import CLIP, REPO, free_tcp_endpoint, free_tcp_port, run_cli, streamclf_cmd
+from e2e_helpers import CLIP, REPO, free_tcp_endpoint, free_tcp_port, run_cli
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamclf.feed.schema import AlarmMessage, StatusMessage
 from streamclf.feed.subscriber import Subscriber
+from streamclf.testing.daemon import Daemon, write_config
 
-CONFIG = """
-[engine]
-kind = "onnxruntime"
-[feed]
-endpoint = "{endpoint}"
-status_interval_s = 1.0
-[alarms]
-loudness_target_lufs = -60.0
-loudness_tolerance_lu = 0.1
-loudness_s = 5.0
-true_peak_enabled = false
-[metrics]
-enabled = true
-listen = "127.0.0.1:{metrics_port}"
-[service]
-log_format = "json"
-[[streams]]
-id = "main"
-source = "file"
-path = "{clip}"
-loop = true
-"""
+ALARMS = {"loudness_target_lufs": -60.0, "loudness_tolerance_lu": 0.1, "loudness_s": 5.0,
+          "true_peak_enabled": False}
 
 PROMETHEUS_YML = """
 global:
@@ -72,16 +51,15 @@ def _query(port: int, promql: str) -> list[dict]:
 
 @pytest.fixture
 def daemon(tmp_path):
-    endpoint, metrics_port = free_tcp_endpoint(), free_tcp_port()
-    config = tmp_path / "streamclf.toml"
-    config.write_text(CONFIG.format(endpoint=endpoint, metrics_port=metrics_port, clip=CLIP))
-    sub = Subscriber(endpoint, topics=("alarm.", "status."))
-    proc = subprocess.Popen(streamclf_cmd("serve", "--config", str(config)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
-    yield proc, sub, metrics_port
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(5)
+    metrics_port = free_tcp_port()
+    cfg = write_config(tmp_path, engine={"threads": 0}, service={"watchdog": True},
+                       feed={"endpoint": free_tcp_endpoint(), "status_interval_s": 1.0},
+                       alarms=ALARMS,
+                       metrics={"enabled": True, "listen": f"127.0.0.1:{metrics_port}"},
+                       streams=[{"id": "main", "source": "file", "path": CLIP, "loop": True}])
+    sub = Subscriber(cfg.endpoint, topics=("alarm.", "status."))
+    with Daemon(cfg) as daemon:
+        yield daemon, sub, metrics_port
     sub.close()
 
 
@@ -101,7 +79,7 @@ def prometheus(tmp_path, daemon):
 
 @needs_prometheus
 def test_alarms_status_and_metrics_scraped_by_prometheus(daemon, prometheus):
-    proc, sub, metrics_port = daemon
+    daemon, sub, metrics_port = daemon
     messages = []
 
     def alarm_and_loud_status():
@@ -143,10 +121,8 @@ def test_alarms_status_and_metrics_scraped_by_prometheus(daemon, prometheus):
     assert scraped('streamclf_loudness_lufs{stream="main",window="momentary"} > -60')
     assert scraped("streamclf_inference_seconds_count > 0")
 
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(10) == 0
-    logs = [json.loads(line) for line in proc.stderr.read().decode().splitlines()
-            if line.startswith("{")]
+    assert daemon.terminate(10)[0] == 0
+    logs = daemon.events()
     started = [r for r in logs if r["event"] == "alarm_started"]
     assert started and started[0]["level"] == "warning" and started[0]["alarm"] == "loudness"
 

@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import pytest
 from audio_helpers import pulse_server_fixture
-from reliability_helpers import (
-    EXIT_PROMISE_S,
-    START_TIMEOUT_S,
-    Daemon,
-    FeedRecorder,
-    wait_for,
-    write_config,
-)
+from reliability_helpers import EXIT_PROMISE_S
+
+from streamclf.testing.daemon import START_TIMEOUT_S, Daemon, wait_for, write_config
+from streamclf.testing.feed import FeedRecorder
 
 pulse = pulse_server_fixture()
 
@@ -40,7 +36,7 @@ class TestDeviceLoss:
         pulse = sink_restored
         cfg = _device_config(tmp_path)
         pulse.play()
-        with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg.path, env=pulse.env) as daemon:
+        with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg, env=pulse.env) as daemon:
             assert feed.wait(lambda: feed.genre_count("dev") >= 2, timeout_s=START_TIMEOUT_S)
             pulse.unload_sink()
             assert feed.wait(lambda: _state(feed) == "lost", timeout_s=30)
@@ -63,7 +59,7 @@ class TestDeviceLoss:
         pulse = sink_restored
         cfg = _device_config(tmp_path)
         pulse.play()
-        with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg.path, env=pulse.env) as daemon:
+        with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg, env=pulse.env) as daemon:
             assert feed.wait(lambda: feed.genre_count("dev") >= 1, timeout_s=START_TIMEOUT_S)
             pulse.unload_sink()
             assert feed.wait(lambda: _state(feed) == "lost", timeout_s=30)

@@ -10,22 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from reliability_helpers import (
-    CLIP,
-    REPO,
-    START_TIMEOUT_S,
-    FaultyRunner,
-    FeedRecorder,
-    t1_steps_missing,
-    wait_for,
-    write_config,
-)
+from e2e_helpers import one_line_error
+from reliability_helpers import CLIP, REPO, FaultyRunner, t1_steps_missing
 from structlog.testing import capture_logs
 
 from streamclf.config import load_config
@@ -34,6 +24,8 @@ from streamclf.features.mel import HOP_LENGTH, SAMPLE_RATE_HZ, frames_for_second
 from streamclf.feed.schema import GenreMessage
 from streamclf.models.card import sha256_file
 from streamclf.pipeline import Pipeline
+from streamclf.testing.daemon import START_TIMEOUT_S, Daemon, wait_for, write_config
+from streamclf.testing.feed import FeedRecorder
 
 
 def hop_as_framed_s(hop_s: float) -> float:
@@ -185,11 +177,7 @@ def test_broken_model_is_a_clear_error_at_start(tmp_path, fault, says):
     model = _broken_model(tmp_path, fault)
     cfg = write_config(tmp_path, engine={"model": str(model)},
                        streams=[{"id": "a", "source": "file", "path": str(CLIP)}])
-    done = subprocess.run([sys.executable, "-m", "streamclf.cli", "serve", "--config",
-                           str(cfg.path)], capture_output=True, text=True, timeout=120, cwd=REPO,
-                          check=False)
-    assert done.returncode == ModelError.exit_code == 4
-    errors = [line for line in done.stderr.splitlines() if line.startswith("streamclf: error:")]
-    assert len(errors) == 1 and says in errors[0], done.stderr
-    assert "Traceback" not in done.stderr
+    with Daemon(cfg) as daemon:
+        line = one_line_error(daemon.wait(120), daemon.stderr_text(), ModelError.exit_code)
+    assert ModelError.exit_code == 4 and says in line, line
     shutil.rmtree(tmp_path, ignore_errors=True)

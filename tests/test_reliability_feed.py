@@ -12,16 +12,11 @@ import time
 
 import numpy as np
 import zmq
-from reliability_helpers import (
-    CLIP,
-    REPO,
-    START_TIMEOUT_S,
-    Daemon,
-    FeedRecorder,
-    write_config,
-)
+from reliability_helpers import CLIP, REPO
 
 from streamclf.feed.schema import GenreMessage, MessageError, decode_frames
+from streamclf.testing.daemon import START_TIMEOUT_S, Daemon, write_config
+from streamclf.testing.feed import FeedRecorder
 
 STUCK_MESSAGES = 800  # genre messages published while the stuck subscriber sits there; more
 # than ZeroMQ and the kernel buffer for it on ipc (about 560 of these ~1.8 kB messages here)
@@ -60,7 +55,7 @@ def test_stuck_and_dead_subscribers(tmp_path):
                        feed={"send_hwm": 100, "publish_probs": True, "top_k": 50})
     context = zmq.Context()
     try:
-        with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg.path) as daemon:
+        with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg) as daemon:
             assert feed.wait(lambda: feed.genre_count("a") >= 10, timeout_s=START_TIMEOUT_S)
             stuck = _stuck_subscriber(context, cfg.endpoint)
             dead = subprocess.Popen([sys.executable, "-m", "streamclf.cli", "subscribe",

@@ -6,14 +6,14 @@ test_reliability_atheris.py."""
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_helpers import REPO, START_TIMEOUT_S, check_stdin_reader, write_config
+from reliability_helpers import check_stdin_reader
 
 from streamclf.audio.sources import PCM_FORMATS
+from streamclf.testing.daemon import START_TIMEOUT_S, Daemon, write_config
 
 
 class TestStdinReader:
@@ -35,19 +35,10 @@ def test_daemon_survives_random_bytes_on_stdin(tmp_path):
                                            "stdin_format": "f32le", "stdin_rate": 16000,
                                            "stdin_channels": 1}])  # fmt: skip
     noise = np.random.default_rng(11).bytes(16000 * 4 * 6 + 3)  # 6 s and three stray bytes
-    log_path = tmp_path / "stdin.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streamclf.cli", "serve", "--config",
-                                 str(cfg.path)], stdin=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, stderr=log, cwd=REPO)  # fmt: skip
-        try:
-            proc.stdin.write(noise)
-            proc.stdin.close()
-            assert proc.wait(START_TIMEOUT_S) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-    text = log_path.read_text()
+    with Daemon(cfg, stdin=subprocess.PIPE) as daemon:
+        daemon.proc.stdin.write(noise)
+        daemon.proc.stdin.close()
+        assert daemon.wait(START_TIMEOUT_S) == 0
+        text = daemon.stderr_text()
     assert "Traceback" not in text
     assert '"all_inputs_ended"' in text and '"pcm_partial_frame_dropped"' in text

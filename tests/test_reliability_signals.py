@@ -5,18 +5,13 @@ a final status message goes out first."""
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
-from reliability_helpers import (
-    CLIP,
-    EXIT_PROMISE_S,
-    START_TIMEOUT_S,
-    Daemon,
-    FeedRecorder,
-    NotifyListener,
-    wait_for,
-    write_config,
-)
+from reliability_helpers import CLIP, EXIT_PROMISE_S
+
+from streamclf.testing.daemon import START_TIMEOUT_S, Daemon, wait_for, write_config
+from streamclf.testing.feed import FeedRecorder
 
 
 @pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)],
@@ -25,21 +20,20 @@ def test_sigterm_during_engine_warmup(tmp_path, request, signum, exit_code):
     """The signal lands while the engine loads: out within 2 s, 'stopped_during_startup'; exit 0
     for SIGTERM, 130 for Ctrl-C (docs/cli.md)."""
     cfg = write_config(tmp_path, streams=[{"id": "a", "source": "file", "path": str(CLIP)}])
-    notify = NotifyListener(tmp_path / "notify")
-    try:
-        with Daemon(cfg.path, env={"NOTIFY_SOCKET": notify.path}) as daemon:
-            assert wait_for(lambda: "STATUS=loading engine" in notify.poll(),
-                            timeout_s=START_TIMEOUT_S)  # fmt: skip
-            rc, took_s = daemon.terminate(signum=signum)
-            names = daemon.event_names()
-    finally:
-        notify.close()
+    with Daemon(cfg) as daemon:
+        notify = daemon.notify
+        assert wait_for(lambda: "STATUS=loading engine" in notify.lines(),
+                        timeout_s=START_TIMEOUT_S)  # fmt: skip
+        rc, took_s = daemon.terminate(signum=signum)
+        names = daemon.event_names()
+        time.sleep(0.1)  # a datagram sent just before the exit is collected
+        datagrams = list(notify.datagrams)
     request.node.user_properties.append(("exit_s", round(took_s, 3)))  # docs/reliability.md
     assert rc == exit_code and took_s < EXIT_PROMISE_S, (rc, took_s)
     assert "stopped_during_startup" in names and "pipeline_started" not in names
-    assert not any(m.startswith("READY=1") for m in notify.received)
+    assert not any(m.startswith("READY=1") for m in datagrams)
     # start-up asked systemd for more time before it began loading (docs/engines.md)
-    assert notify.received[0] == "EXTEND_TIMEOUT_USEC=30000000"
+    assert datagrams[0] == "EXTEND_TIMEOUT_USEC=30000000"
 
 
 def test_sigterm_under_overload(tmp_path, request):
@@ -48,7 +42,7 @@ def test_sigterm_under_overload(tmp_path, request):
     cfg = write_config(tmp_path, streams=[{"id": "a", "source": "file", "path": str(CLIP),
                                            "loop": True, "realtime": False}],
                        framing={"hop_s": 0.1})  # fmt: skip
-    with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg.path) as daemon:
+    with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg) as daemon:
         assert feed.wait(lambda: getattr(feed.last_status("a"), "dropped_windows", 0) > 50,
                          timeout_s=START_TIMEOUT_S)  # fmt: skip
         rc, took_s = daemon.terminate()

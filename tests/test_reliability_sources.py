@@ -9,21 +9,12 @@ import signal
 import time
 
 import soundfile as sf
-from e2e_helpers import NotifySocket
-from reliability_helpers import (
-    CLIP,
-    EXIT_PROMISE_S,
-    START_TIMEOUT_S,
-    Daemon,
-    FeedRecorder,
-    PacedWavServer,
-    children_named,
-    wait_for,
-    write_config,
-)
+from reliability_helpers import CLIP, EXIT_PROMISE_S, PacedWavServer, children_named
 
 from streamclf.feed.schema import GenreMessage
 from streamclf.pipeline import STALL_S
+from streamclf.testing.daemon import START_TIMEOUT_S, Daemon, wait_for, write_config
+from streamclf.testing.feed import FeedRecorder
 
 
 def source_states(daemon: Daemon) -> list[str]:
@@ -39,7 +30,7 @@ class TestFfmpegDies:
         server.start()
         cfg = write_config(tmp_path, streams=[{"id": "net", "source": "url", "url": server.url}])
         try:
-            with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg.path) as daemon:
+            with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg) as daemon:
                 assert feed.wait(lambda: feed.genre_count("net") >= 2, timeout_s=START_TIMEOUT_S)
                 for _kill in range(2):
                     readers = children_named(daemon.pid, "ffmpeg")
@@ -71,10 +62,10 @@ class TestStuckReader:
         server.start()
         cfg = write_config(tmp_path, streams=[{"id": "net", "source": "url", "url": server.url}],
                            service={"watchdog": True})
-        notify = NotifySocket(tmp_path / "notify.sock")
-        env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"}
+        env = {"WATCHDOG_USEC": "1000000"}
         try:
-            with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg.path, env=env) as daemon:
+            with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg, env=env) as daemon:
+                notify = daemon.notify
                 assert feed.wait(lambda: feed.genre_count("net") >= 2, timeout_s=START_TIMEOUT_S)
                 assert feed.last_status("net").stalled is None
                 (reader,) = children_named(daemon.pid, "ffmpeg")
@@ -99,7 +90,6 @@ class TestStuckReader:
                 events = daemon.events()
         finally:
             server.stop()
-            notify.close()
         assert rc == 0
         transitions = [(e["event"], e.get("stalled", e.get("was"))) for e in events
                        if e.get("event") in ("pipeline_stalled", "pipeline_recovered")]
@@ -115,10 +105,10 @@ class TestStuckReader:
             {"id": "net", "source": "url", "url": server.url},
             {"id": "clip", "source": "file", "path": CLIP, "loop": True, "realtime": True},
         ], service={"watchdog": True})  # fmt: skip
-        notify = NotifySocket(tmp_path / "notify.sock")
-        env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"}
+        env = {"WATCHDOG_USEC": "1000000"}
         try:
-            with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg.path, env=env) as daemon:
+            with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg, env=env) as daemon:
+                notify = daemon.notify
                 assert feed.wait(lambda: min(feed.genre_count("net"), feed.genre_count("clip"))
                                  >= 2, timeout_s=START_TIMEOUT_S)  # fmt: skip
                 (reader,) = children_named(daemon.pid, "ffmpeg")
@@ -142,7 +132,6 @@ class TestStuckReader:
                 events = daemon.event_names()
         finally:
             server.stop()
-            notify.close()
         assert rc == 0
         assert "pipeline_stalled" not in events
 
@@ -154,7 +143,7 @@ class TestUnreachableStream:
         server = PacedWavServer()  # not started yet: connection refused
         cfg = write_config(tmp_path, streams=[{"id": "net", "source": "url", "url": server.url}])
         try:
-            with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg.path) as daemon:
+            with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg) as daemon:
                 assert feed.wait(lambda: feed.last_status("net") is not None,
                                  timeout_s=START_TIMEOUT_S)  # fmt: skip
                 assert wait_for(lambda: source_states(daemon).count("lost") >= 1, timeout_s=30)
@@ -186,7 +175,7 @@ class TestFileEnds:
         """At the end of a file the daemon flushes, sends a final status and exits 0 by itself."""
         path = _short_wav(tmp_path, 8.0)
         cfg = write_config(tmp_path, streams=[{"id": "f", "source": "file", "path": str(path)}])
-        with Daemon(cfg.path) as daemon:
+        with Daemon(cfg) as daemon:
             # subscribe once the feed is bound: a SUB that keeps knocking on a missing ipc path
             # backs off to 5 s between tries, longer than the rest of this run
             assert wait_for(lambda: "feed_bound" in daemon.event_names(),
@@ -209,7 +198,7 @@ class TestFileEnds:
         path = _short_wav(tmp_path, 3.5)
         cfg = write_config(tmp_path, streams=[{"id": "f", "source": "file", "path": str(path),
                                                "loop": True}], framing={"hop_s": 0.5})  # fmt: skip
-        with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg.path) as daemon:
+        with FeedRecorder(cfg.endpoint) as feed, Daemon(cfg) as daemon:
             assert feed.wait(lambda: feed.genre_count("f") >= 1, timeout_s=START_TIMEOUT_S)
             assert feed.wait(lambda: feed.of(GenreMessage, "f")[-1].t1 > 8.0, timeout_s=30)
             assert daemon.proc.poll() is None

@@ -8,8 +8,8 @@ few seconds into a CSV. The daemon is stopped with SIGTERM at the end, which mus
     python tools/soak.py --minutes 30 --csv docs/soak-rss.csv      # the numbers in the doc
     pytest tests/test_reliability_soak.py [--soak]                 # 2 min (30 min with --soak)
 
-It reuses the test helpers (tests/audio_helpers.py, tests/reliability_helpers.py), so the tool
-and the tests run the very same procedure.
+It runs the daemon through the package's harness (streamclf.testing) and the PulseAudio helper
+of the tests (tests/audio_helpers.py), so the tool and the tests run the very same procedure.
 """
 
 from __future__ import annotations
@@ -31,15 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from audio_helpers import CLIP_PATH, PulseServer, require_pulseaudio
-from reliability_helpers import (
-    START_TIMEOUT_S,
-    Daemon,
-    FeedRecorder,
-    t1_steps_missing,
-    write_config,
-)
+from reliability_helpers import t1_steps_missing
 
 from streamclf.feed.schema import GenreMessage
+from streamclf.testing.daemon import START_TIMEOUT_S, Daemon, write_config
+from streamclf.testing.feed import FeedRecorder
 
 STREAMS = ("file", "device")
 HOP_S = 0.992  # 62 STFT frames: the default 1 s hop as the framer realises it
@@ -115,7 +111,7 @@ def run_soak(*, duration_s: float, pulse: PulseServer, workdir: Path, warmup_s: 
     ], feed={"status_interval_s": STATUS_INTERVAL_S})  # fmt: skip
     rows: list[list[float]] = []
     with _LoopPlayer(pulse), FeedRecorder(cfg.endpoint) as feed, \
-            Daemon(cfg.path, env=pulse.env) as daemon:  # fmt: skip
+            Daemon(cfg, env=pulse.env) as daemon:  # fmt: skip
         if not feed.wait(lambda: all(feed.genre_count(s) for s in STREAMS),
                          timeout_s=START_TIMEOUT_S):
             msg = f"no windows from both streams; daemon log: {daemon.log_path}"

@@ -1,0 +1,338 @@
+"""`streamclf bench`, sections 4 to 6: the real daemon, end to end, at capacity, and its memory
+and start-up.
+
+Each runs `streamclf serve` through the daemon harness (`streamclf.testing`): a generated
+config with real-time looped file streams of the bench's stream audio, READY on a real
+$NOTIFY_SOCKET, and a subscriber on loopback that stamps each message's arrival.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import structlog
+
+from streamclf.bench.common import MAX_BATCH, MIB, MODEL, Context, best_seconds, check
+from streamclf.bench.inference import ort_row, runner_latency_ms
+from streamclf.errors import StreamclfError
+from streamclf.feed.schema import GenreMessage, Message
+from streamclf.testing.daemon import Daemon, free_tcp_port, write_config
+from streamclf.testing.feed import FeedRecorder
+
+log = structlog.get_logger(__name__)
+
+E2E_HOP_S = 0.25  # 300 windows in 75 s of real time; the latency of one window does not depend on it
+CAPACITY_HOP_S = 1.0
+MAX_LATENCY_GROWTH = 0.02  # s of latency per s: a backlog growing this fast is not sustained
+READY_TIMEOUT_S = 60.0
+TARGET_E2E_VS_RUNNER_P99 = 1.5
+TARGET_RSS_BYTES = 250e6
+TARGET_READY_S = 3.0
+TARGET_CAPACITY_SHARE = 0.8
+
+
+# -- the daemon under test ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def served(ctx: Context, *, streams: int, hop_s: float) -> Iterator[tuple[Daemon, FeedRecorder]]:
+    """`streamclf serve` on the CPU engine (model and options: the defaults) with `streams`
+    looped real-time file streams, ready, and a recorder on its feed; READY time into ctx."""
+    cfg = write_config(
+        ctx.workdir, name=f"serve-{streams}.toml", engine={"threads": 0},
+        framing={"hop_s": hop_s},
+        feed={"endpoint": f"tcp://127.0.0.1:{free_tcp_port()}", "send_hwm": 10000,
+              "status_interval_s": 1.0},
+        streams=[{"id": f"s{i}", "source": "file", "path": ctx.audio, "loop": True,
+                  "realtime": True} for i in range(streams)])
+    with FeedRecorder(cfg.endpoint, ("genre.", "status.")) as feed, Daemon(cfg) as daemon:
+        try:
+            ctx.ready_s.append(daemon.wait_ready(READY_TIMEOUT_S))
+        except StreamclfError as exc:
+            msg = f"the daemon under test ({streams} streams): {exc}"
+            raise StreamclfError(msg) from exc
+        yield daemon, feed
+
+
+def watch(daemon: Daemon, predicate: Callable[[], bool], *, timeout_s: float,
+          until: bool = True) -> None:
+    """Wait until `predicate` holds (or only `timeout_s`, with until=False), looking 5 times a
+    second (this process shares the CPUs with the daemon under test); StreamclfError if the
+    daemon exits meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not (until and predicate()):
+        if daemon.proc.poll() is not None:
+            msg = f"the daemon under test exited with status {daemon.proc.returncode}"
+            raise StreamclfError(msg)
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+
+def runner_mode(daemon: Daemon) -> str:
+    """The runner the daemon chose (incremental or full), from its `runner_selected` log line."""
+    return next((e["mode"] for e in daemon.events() if e.get("event") == "runner_selected"), "?")
+
+
+def genre_received(received: list[tuple[Message, float]]) -> list[tuple[GenreMessage, float]]:
+    return [(m, t) for m, t in received if isinstance(m, GenreMessage)]
+
+
+def e2e_ms(genre: list[tuple[GenreMessage, float]]) -> np.ndarray:
+    """Arrival of a window's last sample → subscriber: the daemon's own latency_ms (monotonic,
+    arrival → message built) plus the publish → receive part, `wall` against the receive time
+    (the same machine's clock on both sides)."""
+    return np.array([m.latency_ms + 1e3 * (received - m.wall) for m, received in genre])
+
+
+# -- 4. end to end --------------------------------------------------------------------------------
+
+
+def bench_end_to_end(ctx: Context) -> dict:
+    windows = 30 if ctx.quick else 300
+    warmup = 2
+    alone = runner_latency_ms(hop_s=E2E_HOP_S, windows=windows)  # before the daemon: no contest
+    with served(ctx, streams=1, hop_s=E2E_HOP_S) as (daemon, feed):
+        ready_s = ctx.ready_s[-1]
+        watch(daemon, lambda: len(feed.of(GenreMessage)) >= warmup + windows,
+              timeout_s=(warmup + windows) * E2E_HOP_S * 2 + 20)
+        memory = daemon.memory()
+        runner = runner_mode(daemon)
+        genre = genre_received(feed.since(0))
+    if len(genre) < warmup + windows:
+        msg = f"end to end: only {len(genre)} of {warmup + windows} windows arrived"
+        raise StreamclfError(msg)
+    genre = genre[warmup:]
+    e2e = e2e_ms(genre)
+    in_daemon = np.array([m.latency_ms for m, _ in genre])
+    engine_p99 = ort_row(ctx.results)["latency_ms_p99"]
+    p99 = float(np.percentile(e2e, 99))
+    return {
+        "hop_s": E2E_HOP_S,
+        "windows": int(e2e.size),
+        "e2e_ms": {"p50": float(np.percentile(e2e, 50)), "p99": p99, "max": float(e2e.max())},
+        "in_daemon_ms": {"p50": float(np.percentile(in_daemon, 50)),
+                         "p99": float(np.percentile(in_daemon, 99))},
+        "engine_p99_ms_batch1": engine_p99,
+        "runner": runner,
+        "runner_alone_ms": alone,
+        "ready_s": ready_s,
+        "memory": memory,
+        "checks": {"e2e_p99_vs_runner_p99": check(p99 / alone["p99"], TARGET_E2E_VS_RUNNER_P99,
+                                                   at_most=True)},
+    }
+
+
+def render_end_to_end(r: dict) -> str:
+    e2e, inside = r["e2e_ms"], r["in_daemon_ms"]
+    return (
+        f"One file stream paced in real time, hop {r['hop_s']:g} s, {r['windows']} windows, a "
+        "subscriber on loopback. Measured from the monotonic time at which the window's last "
+        "sample entered the ring (the daemon's `latency_ms`, up to the message being built) plus "
+        "publish → receive (`wall` against the subscriber's clock, the same machine).\n\n"
+        "| | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: |\n"
+        f"| ring → subscriber | {e2e['p50']:.1f} | {e2e['p99']:.1f} | {e2e['max']:.1f} |\n"
+        f"| ring → publish (in the daemon) | {inside['p50']:.1f} | {inside['p99']:.1f} | – |\n\n"
+        f"- floor: the daemon ran the {r['runner']} runner (`runner_selected` in its log); that "
+        f"runner alone in the bench's process ({r['runner_alone_ms']['runner']}), one stream's "
+        f"{r['runner_alone_ms']['windows']} consecutive windows at this hop, batch 1: p50 "
+        f"{r['runner_alone_ms']['p50']:.1f} ms, p99 {r['runner_alone_ms']['p99']:.1f} ms.\n"
+        f"- for comparison, the full-window engine alone, p99 at batch 1: "
+        f"{r['engine_p99_ms_batch1']:.1f} ms (section 2).\n"
+    )
+
+
+# -- 5. capacity ----------------------------------------------------------------------------------
+
+
+def capacity_trial(ctx: Context, streams: int, *, measure_s: float) -> dict:
+    """`streams` real-time streams at hop 1 s: sustained when nothing was dropped, every stream
+    got its windows, and no backlog builds up: the latency does not grow (a deficit of d % of
+    the demand grows it by d/100 s per s) and its p99 stays under two hops (the windows of all
+    streams arrive together, so at capacity the last of a batch waits about one hop)."""
+    ids = [f"s{i}" for i in range(streams)]
+    with served(ctx, streams=streams, hop_s=CAPACITY_HOP_S) as (daemon, feed):
+        watch(daemon, lambda: len({m.stream for m in feed.of(GenreMessage)}) >= streams,
+              timeout_s=15.0, until=False)
+        start, cpu0, t0 = len(feed.messages), daemon.cpu_s(), time.monotonic()
+        watch(daemon, lambda: False, timeout_s=measure_s, until=False)
+        cpu_percent = 100.0 * (daemon.cpu_s() - cpu0) / (time.monotonic() - t0)
+        genre = genre_received(feed.since(start))
+        status = [s for s in map(feed.last_status, ids) if s is not None]
+        runner = runner_mode(daemon)
+    counts = Counter(m.stream for m, _ in genre)
+    expected = int(measure_s / CAPACITY_HOP_S) - 1
+    dropped = sum(s.dropped_windows for s in status)
+    overruns = sum(s.ring_overruns for s in status)
+    e2e = e2e_ms(genre)
+    p99 = float(np.percentile(e2e, 99)) if e2e.size else math.inf
+    received = np.array([r for _, r in genre])
+    growth = float(np.polyfit(received, e2e / 1e3, 1)[0]) if e2e.size > 2 else math.inf
+    fewest = min((counts[s] for s in ids), default=0)
+    return {
+        "streams": streams,
+        "runner": runner,
+        "sustained": bool(dropped == 0 and overruns == 0 and fewest >= expected
+                          and growth <= MAX_LATENCY_GROWTH and p99 <= 2e3 * CAPACITY_HOP_S),
+        "dropped_windows": dropped,
+        "ring_overrun_samples": overruns,
+        "fewest_windows": fewest,
+        "expected_windows": expected,
+        "e2e_p99_ms": p99,
+        "latency_growth_s_per_s": growth,
+        "cpu_percent": cpu_percent,
+        "cpu_percent_per_stream": cpu_percent / streams,
+    }
+
+
+def bench_capacity(ctx: Context) -> dict:
+    engine_wps = max(ort_row(ctx.results)["windows_per_s"].values())
+    engine_streams = engine_wps * CAPACITY_HOP_S
+    incremental = {r["hop_s"]: r for r in ctx.results["incremental"]["hops"]}
+    incremental_streams = incremental[CAPACITY_HOP_S]["incremental_capacity_streams"]
+    measure_s, max_trials = (5.0, 1) if ctx.quick else (15.0, 6)
+    # First at the target, then up by a quarter until a count fails, then bisect.
+    n = 2 if ctx.quick else max(1, int(TARGET_CAPACITY_SHARE * engine_streams))
+    lo, hi = 0, None  # the most streams sustained, the fewest that were not
+    trials = []
+    while len(trials) < max_trials and (hi is None or hi - lo > 1):
+        trial = capacity_trial(ctx, n, measure_s=measure_s)
+        log.info("capacity_trial", **trial)
+        trials.append(trial)
+        lo, hi = (n, hi) if trial["sustained"] else (lo, n)
+        n = max(lo + 1, math.ceil(1.25 * lo)) if hi is None else (lo + hi) // 2
+    best = next((t for t in trials if t["streams"] == lo), None)
+    runner = trials[0]["runner"]
+    # the bound of the runner the daemon ran, measured in this run: section 3 for incremental
+    bound = incremental_streams if runner == "incremental" else engine_streams
+    return {
+        "hop_s": CAPACITY_HOP_S,
+        "measure_s": measure_s,
+        "streams": lo,
+        "exact": hi is not None and hi - lo == 1,
+        "engine_windows_per_s": engine_wps,
+        "engine_bound_streams": engine_streams,
+        "incremental_bound_streams": incremental_streams,
+        "incremental_bench_streams": ctx.results["incremental"]["streams"],
+        "runner": runner,
+        "runner_bound_streams": bound,
+        "cpu_percent_per_stream": best["cpu_percent_per_stream"] if best else None,
+        "trials": trials,
+        "checks": {"capacity_vs_runner_bound": check(lo / bound, TARGET_CAPACITY_SHARE)},
+    }
+
+
+def render_capacity(r: dict) -> str:
+    lines = [
+        (f"Concurrent real-time file streams at hop {r['hop_s']:g} s, {r['measure_s']:g} s "
+         "measured per trial. Sustained = no dropped window, no ring overrun, every stream got its "
+         f"windows, a latency trend under {MAX_LATENCY_GROWTH:g} s/s (no growing backlog) and a p99 "
+         "ring → subscriber under two hops."),
+        "",
+        ("| streams | sustained | dropped windows | ring overruns | fewest windows | p99 ms | "
+         "latency trend s/s | CPU % | CPU % per stream |"),
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for t in r["trials"]:
+        lines.append(
+            f"| {t['streams']} | {'yes' if t['sustained'] else 'no'} | {t['dropped_windows']} | "
+            f"{t['ring_overrun_samples']} | {t['fewest_windows']}/{t['expected_windows']} | "
+            f"{t['e2e_p99_ms']:.0f} | {t['latency_growth_s_per_s']:+.3f} | {t['cpu_percent']:.0f} | "
+            f"{t['cpu_percent_per_stream']:.1f} |"
+        )
+    lines += [
+        "",
+        f"- capacity: {r['streams']} streams"
+        + ("" if r["exact"] else " (the search stopped early: a lower bound)")
+        + f", {100 * r['streams'] / r['runner_bound_streams']:.0f} % of the bound below.",
+        (f"- floor: the daemon ran the {r['runner']} runner (`runner_selected` in its log); "
+         + (f"that runner alone, in this run (section 3: {r['incremental_bench_streams']} "
+            f"streams a batch, hop {r['hop_s']:g} s), keeps up with "
+            f"{r['incremental_bound_streams']:.0f} streams."
+            if r["runner"] == "incremental" else
+            f"the full-window engine's best batched throughput, {r['engine_windows_per_s']:.0f} "
+            f"windows/s, allows {r['engine_bound_streams']:.0f} streams.")),
+    ]
+    if r["runner"] == "incremental":
+        lines.append(f"- for comparison, the full-window engine's best batched throughput "
+                     f"({r['engine_windows_per_s']:.0f} windows/s) would allow "
+                     f"{r['engine_bound_streams']:.0f} streams.")
+    return "\n".join(lines) + "\n"
+
+
+# -- 6. memory and start-up -----------------------------------------------------------------------
+
+
+_ORT_RSS_SCRIPT = """
+import sys, numpy as np, onnxruntime as ort
+s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+for batch in (1, int(sys.argv[2])):
+    s.run(None, {"logmel": np.zeros((batch, 187, 96), np.float32)})
+    print(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])
+"""
+
+
+def python_start_s(*, repeats: int) -> float:
+    """The bare interpreter's start (`python -c pass`), best of `repeats`."""
+    return best_seconds(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True),
+                        repeats=repeats)
+
+
+def ort_session_rss_bytes(*, batch: int) -> tuple[int, int]:
+    """RSS of a process holding only numpy, onnxruntime and the model's session (ONNX Runtime's
+    defaults, memory arena on) after a run at batch 1, then after one at `batch`."""
+    from streamclf.backends.base import model_path
+    from streamclf.models.card import load_model_card
+
+    path = str(model_path(load_model_card(MODEL)))
+    out = subprocess.run([sys.executable, "-c", _ORT_RSS_SCRIPT, path, str(batch)],
+                         check=True, capture_output=True, text=True).stdout.split()
+    return 1024 * int(out[0]), 1024 * int(out[1])
+
+
+def bench_daemon(ctx: Context) -> dict:
+    e2e = ctx.results["end_to_end"]
+    memory = e2e["memory"]
+    ready = np.array(ctx.ready_s)
+    single, full = ort_session_rss_bytes(batch=MAX_BATCH)
+    return {
+        "ready_s": e2e["ready_s"],
+        "ready_s_all_starts": {"n": int(ready.size), "median": float(np.median(ready)),
+                               "max": float(ready.max())},
+        "rss_bytes": memory["rss_bytes"],
+        "peak_rss_bytes": memory["peak_rss_bytes"],
+        "torch_mapped": memory["torch_mapped"],
+        "floor": {"python_start_s": python_start_s(repeats=3),
+                  "ort_session_rss_bytes": single, "ort_session_rss_bytes_max_batch": full,
+                  "max_batch": MAX_BATCH},
+        "checks": {
+            "rss_bytes": check(memory["rss_bytes"], TARGET_RSS_BYTES, at_most=True),
+            "torch_libraries_mapped": check(len(memory["torch_mapped"]), 0, at_most=True),
+            "ready_s": check(e2e["ready_s"], TARGET_READY_S, at_most=True),
+        },
+    }
+
+
+def render_daemon(r: dict) -> str:
+    floor = r["floor"]
+    starts = r["ready_s_all_starts"]
+    torch = ", ".join(r["torch_mapped"]) or "none"
+    return (
+        "The daemon of the end-to-end run (CPU engine, one stream) after its windows; start-up is "
+        "process start → READY=1 on a real $NOTIFY_SOCKET datagram socket.\n\n"
+        "| | daemon | floor |\n| --- | ---: | ---: |\n"
+        f"| RSS after warm-up | {r['rss_bytes'] / MIB:.0f} MiB ({r['rss_bytes'] / 1e6:.0f} MB) | "
+        f"{floor['ort_session_rss_bytes'] / MIB:.0f} MiB (numpy + onnxruntime + the session alone, "
+        f"batch 1; {floor['ort_session_rss_bytes_max_batch'] / MIB:.0f} MiB once it has run a "
+        f"batch of {floor['max_batch']}) |\n"
+        f"| peak RSS | {r['peak_rss_bytes'] / MIB:.0f} MiB | – |\n"
+        f"| start → READY | {r['ready_s']:.2f} s | {floor['python_start_s']:.2f} s (`python -c pass`) |\n\n"
+        f"- READY over all {starts['n']} daemon starts of this run (capacity trials included): "
+        f"median {starts['median']:.2f} s, max {starts['max']:.2f} s.\n"
+        f"- torch libraries mapped in the daemon (/proc/<pid>/maps): {torch}.\n"
+    )
