@@ -137,46 +137,7 @@ class _SourceBase:
 # -- files --------------------------------------------------------------------------------------
 
 
-def read_audio_file(path: str | Path) -> tuple[np.ndarray, int]:
-    """Whole file as float32 ``[n, channels]`` and its rate.
-
-    soundfile reads WAV/FLAC/OGG/MP3; what it cannot (M4A/AAC, a station library's other
-    staple) is decoded by ffmpeg where one is installed.
-    """
-    import soundfile as sf
-
-    path = Path(path)
-    if not path.is_file():
-        msg = f"audio file not found: {path}"
-        raise AudioInputError(msg)
-    try:
-        audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    except (RuntimeError, sf.SoundFileError, ValueError) as exc:
-        decoded = _decode_with_ffmpeg(path) if shutil.which("ffmpeg") else None
-        if decoded is None:
-            msg = f"cannot read audio file {path}: {_one_line(exc)}"
-            raise AudioInputError(msg) from exc
-        return decoded
-    return audio, int(rate)
-
-
-def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int] | None:
-    """The whole file at its own rate and channel count through the ffmpeg source's command;
-    None where ffmpeg cannot read it either."""
-    source = FfmpegSource(str(path), restart=False)
-    try:
-        source.open()
-    except AudioInputError:
-        return None
-    done = subprocess.run(source.command(), capture_output=True, timeout=600, check=False)
-    if done.returncode != 0 or not done.stdout:
-        return None
-    pcm = np.frombuffer(done.stdout, np.float32)
-    frames = len(pcm) // source.channels
-    return pcm[: frames * source.channels].reshape(frames, source.channels), source.sample_rate
-
-
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[-1] if text else type(exc).__name__
 
@@ -224,7 +185,7 @@ class FileSource(_SourceBase):
         try:
             info = sf.info(self.path)
         except (RuntimeError, sf.SoundFileError) as exc:
-            msg = f"cannot read audio file {self.path}: {_one_line(exc)}"
+            msg = f"cannot read audio file {self.path}: {one_line(exc)}"
             raise AudioInputError(msg) from exc
         self.sample_rate = int(info.samplerate)
         self.channels = int(info.channels)
@@ -261,7 +222,7 @@ class FileSource(_SourceBase):
                     if self.realtime:
                         pacer.advance(frames)
         except (RuntimeError, sf.SoundFileError) as exc:
-            msg = f"cannot read audio file {self.path}: {_one_line(exc)}"
+            msg = f"cannot read audio file {self.path}: {one_line(exc)}"
             raise AudioInputError(msg) from exc
         if not self._stopping.is_set():
             self._set_state("ended")
@@ -504,7 +465,7 @@ class FfmpegSource(_SourceBase):
                 stderr=subprocess.PIPE, bufsize=0,
             )  # fmt: skip
         except OSError as exc:
-            return 0, _one_line(exc)
+            return 0, one_line(exc)
         with self._proc_lock:
             self._proc = proc
         errors: collections.deque[str] = collections.deque(maxlen=3)
@@ -570,7 +531,7 @@ def _sounddevice():
     try:
         import sounddevice
     except OSError as exc:  # libportaudio missing
-        msg = f"PortAudio is not available: {_one_line(exc)}"
+        msg = f"PortAudio is not available: {one_line(exc)}"
         raise AudioInputError(msg) from exc
     return sounddevice
 
@@ -687,7 +648,7 @@ class DeviceSource(_SourceBase):
             )  # fmt: skip
             stream.start()
         except (sd.PortAudioError, ValueError) as exc:
-            msg = f"cannot open input device {self.device_name!r}: {_one_line(exc)}"
+            msg = f"cannot open input device {self.device_name!r}: {one_line(exc)}"
             raise AudioInputError(msg) from exc
         self._stream = stream
         with _open_device_streams_lock:
@@ -702,7 +663,7 @@ class DeviceSource(_SourceBase):
                 stream.abort()
                 stream.close()
             except _sounddevice().PortAudioError as exc:  # a dead device may refuse a clean close
-                log.info("device_close_failed", error=_one_line(exc))
+                log.info("device_close_failed", error=one_line(exc))
 
     def _supervise(self) -> None:
         seen, seen_at = self._callbacks, time.monotonic()

@@ -190,8 +190,8 @@ def load_mono_16k(path: str | Path) -> np.ndarray:
 
     soundfile float32 read, channel mean, soxr HQ, length fixed as librosa fixes it.
     """
+    from streamclf.audio.files import read_audio_file
     from streamclf.audio.resample import Resampler, resampled_length
-    from streamclf.audio.sources import read_audio_file
 
     audio, rate = read_audio_file(path)
     resampler = Resampler(rate, audio.shape[1], mix="mean")
