@@ -24,7 +24,7 @@ from streamclf.audio.icy import IcyTitleWatcher, is_http_url
 from streamclf.audio.resample import Resampler
 from streamclf.audio.ring import RingBuffer
 from streamclf.audio.sources import open_source
-from streamclf.backends.incremental import WindowRunner, load_runner
+from streamclf.backends.runner import WindowRunner, load_runner
 from streamclf.config import Config
 from streamclf.features.framer import LogMelFramer, Window
 from streamclf.features.mel import SAMPLE_RATE_HZ, WINDOW_FRAMES, frames_for_seconds

@@ -125,7 +125,7 @@ def test_torch_is_imported_only_by_the_port_training_and_the_torch_engine(import
 
 def test_the_daemon_reaches_no_torch_code(imports):
     daemon = reachable(imports, DAEMON_ENTRY, stop=TORCH_ENGINE)
-    assert {"streamclf.pipeline", "streamclf.backends.incremental", "streamclf.feed.publisher"} <= daemon
+    assert {"streamclf.pipeline", "streamclf.backends.runner", "streamclf.feed.publisher"} <= daemon
     assert sorted(m for m in daemon if is_torch_module(m)) == []
 
 
