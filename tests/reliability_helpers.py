@@ -36,8 +36,8 @@ import numpy as np
 from audio_helpers import wait_for
 from paced_wav_server import PacedWavServer  # noqa: F401 — the tests import it from here
 
+from streamclf.audio.pcm import PCM_FORMATS, StdinSource
 from streamclf.audio.ring import RingBuffer
-from streamclf.audio.sources import PCM_FORMATS, StdinSource
 from streamclf.feed.schema import GenreMessage, Message, StatusMessage
 from streamclf.feed.subscriber import Subscriber
 

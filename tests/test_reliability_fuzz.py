@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability_helpers import REPO, START_TIMEOUT_S, check_stdin_reader, write_config
 
-from streamclf.audio.sources import PCM_FORMATS
+from streamclf.audio.pcm import PCM_FORMATS
 
 
 class TestStdinReader:

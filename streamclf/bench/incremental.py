@@ -16,7 +16,7 @@ import time
 import numpy as np
 import structlog
 
-from streamclf.audio.sources import BUNDLED_CLIP as CLIP
+from streamclf.audio.files import BUNDLED_CLIP as CLIP
 from streamclf.backends.incremental import IncrementalRunner
 from streamclf.backends.runner import FullWindowRunner, WindowRunner, load_engine
 from streamclf.features.framer import Window, load_mono_16k

@@ -31,7 +31,7 @@ from typing import Self
 import numpy as np
 import structlog
 
-from streamclf.audio.sources import BUNDLED_CLIP as CLIP
+from streamclf.audio.files import BUNDLED_CLIP as CLIP
 from streamclf.bench.onair import bench_onair, render_onair
 from streamclf.config import EngineConfig
 from streamclf.errors import StreamclfError
