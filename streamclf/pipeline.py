@@ -58,27 +58,46 @@ class WindowQueue:
 
     When the engine falls behind, the oldest window is dropped and counted, so latency stays
     bounded and memory does not grow (docs/reliability.md: overload).
+
+    Each window carries the number of gaps its stream had before it, so that the engine worker
+    never gets windows from both sides of a gap at once and restarts its stages between them.
     """
 
     def __init__(self, capacity: int, ready: threading.Condition) -> None:
-        self._windows: collections.deque[Window] = collections.deque()
+        self._windows: collections.deque[tuple[int, Window]] = collections.deque()
         self._capacity = capacity
         self._ready = ready
         self.dropped = 0
+        self._gaps_put = 0  # stream worker: gaps before the windows it puts now
+        self._gaps_taken = 0  # engine worker: gaps before the windows it took last
 
     def put(self, window: Window) -> None:
         with self._ready:
             if len(self._windows) >= self._capacity:
                 self._windows.popleft()
                 self.dropped += 1
-            self._windows.append(window)
+            self._windows.append((self._gaps_put, window))
             self._ready.notify()
 
-    def take_all(self) -> list[Window]:
-        """Called with the condition held by the engine worker."""
-        taken = list(self._windows)
-        self._windows.clear()
-        return taken
+    def mark_gap(self) -> None:
+        """Stream worker: the windows put from now on follow a gap in the audio."""
+        with self._ready:
+            self._gaps_put += 1
+
+    def take_all(self) -> tuple[list[Window], bool]:
+        """The queued windows up to the next gap, and whether a gap lies before them (the
+        engine worker then restarts its stages of this stream before it runs them).
+
+        Called with the condition held by the engine worker.
+        """
+        if not self._windows:
+            return [], False
+        gaps = self._windows[0][0]
+        taken = []
+        while self._windows and self._windows[0][0] == gaps:
+            taken.append(self._windows.popleft()[1])
+        after_gap, self._gaps_taken = gaps != self._gaps_taken, gaps
+        return taken, after_gap
 
     def __len__(self) -> int:
         return len(self._windows)
@@ -100,6 +119,7 @@ class Stream:
     smoothed: np.ndarray | None = None  # the last window's smoothed tag probabilities
     finished: threading.Event = field(default_factory=threading.Event)
     engine_failures: int = 0
+    gaps: int = 0  # source restarts and overruns after which every stage started afresh
     # Liveness, written by the stream worker: each turn of its loop, and each read that got audio.
     worker_beat: float = field(default_factory=time.monotonic)
     audio_at: float = field(default_factory=time.monotonic)
@@ -115,6 +135,25 @@ class Stream:
         if self.source.state == "running" and now - self.audio_at > STALL_S:
             return "source"
         return None
+
+    def restart_audio_stages(self, reason: str) -> None:
+        """Stream worker, at a gap in the audio (`RingBuffer.gap`): its resampler, framer and
+        loudness meter forget the audio before it, in that order; the engine worker restarts
+        its own stages when it takes the first window after the gap."""
+        self.resampler.reset()
+        self.framer.reset()
+        if self.levels is not None:
+            self.levels.meter.reset()
+        self.windows.mark_gap()
+        self.gaps += 1
+        log.info("stream_gap", stream=self.stream_id, reason=reason, gaps=self.gaps)
+
+    def restart_window_stages(self, runner: WindowRunner) -> None:
+        """Engine worker, before the first window after a gap: the runner's per-stream state
+        and the smoother's average and held genre (the open track, named by its title, goes
+        on)."""
+        runner.reset(self.stream_id)
+        self.smoother.start_track()
 
     # Level alarms from the stream worker, waiting for the engine worker to publish them (a
     # deque: append and popleft are thread-safe).
@@ -148,6 +187,8 @@ class StreamWorker(threading.Thread):
                 self._stopping.wait(self._idle_s())
                 continue
             stream.audio_at = stream.worker_beat
+            if stream.ring.gap:
+                stream.restart_audio_stages(stream.ring.gap)
             if stream.levels is not None:
                 stream.alarm_events.extend(stream.levels.push(self._block[:n]))
             for window in stream.framer.push(stream.resampler.push(self._block[:n]), arrival):
@@ -221,10 +262,10 @@ class EngineWorker(threading.Thread):
         next_status = time.monotonic()
         while not p.stop_event.is_set():
             with p.ready:
-                batch = [(s, w) for s in p.streams for w in s.windows.take_all()]
+                batch = self._take_windows()
                 if not batch:
                     p.ready.wait(timeout=min(0.2, max(0.0, next_status - time.monotonic())))
-                    batch = [(s, w) for s in p.streams for w in s.windows.take_all()]
+                    batch = self._take_windows()
             self.heartbeat = time.monotonic()
             # one engine call at a time, so that stop() finds the worker out of the engine soon
             step = p.runner.max_batch
@@ -240,6 +281,17 @@ class EngineWorker(threading.Thread):
             if all(s.finished.is_set() and not len(s.windows) for s in p.streams):
                 p.all_finished.set()
         self._publish_status(final=True)
+
+    def _take_windows(self) -> list[tuple[Stream, Window]]:
+        """The ready windows of every stream, none from both sides of a gap; a stream's stages
+        here restart before its first window after one."""
+        batch = []
+        for stream in self._p.streams:
+            windows, after_gap = stream.windows.take_all()
+            if after_gap:
+                stream.restart_window_stages(self._p.runner)
+            batch.extend((stream, window) for window in windows)
+        return batch
 
     def _infer_and_publish(self, batch: list[tuple[Stream, Window]]) -> None:
         p = self._p

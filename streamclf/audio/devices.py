@@ -187,6 +187,7 @@ class DeviceSource(SourceBase):
         """Close the dead stream and reopen the same device by name, with back-off."""
         self._set_state("lost", reason=reason)
         self._close_stream()
+        self._ring.mark_gap()  # what the re-opened device captures does not follow the old audio
         while not self._stopping.wait(self._backoff.next_s()):
             try:
                 self._open_stream(resolve_input_device(self.device_name).index)

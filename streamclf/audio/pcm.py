@@ -231,6 +231,7 @@ class FfmpegSource(SourceBase):
         while not self._stopping.is_set():
             if not first:
                 self.restarts += 1
+                self._ring.mark_gap()  # what the new ffmpeg sends does not follow the old audio
             first = False
             started = time.monotonic()
             frames, reason = self._run_once()
