@@ -25,24 +25,19 @@ from streamclf.audio.resample import Resampler
 from streamclf.audio.ring import RingBuffer
 from streamclf.audio.sources import open_source
 from streamclf.backends.runner import WindowRunner, load_runner
-from streamclf.config import Config
+from streamclf.config import Config, FeedConfig
 from streamclf.features.framer import LogMelFramer, Window
 from streamclf.features.mel import SAMPLE_RATE_HZ, WINDOW_FRAMES, frames_for_seconds
+from streamclf.feed import messages
+from streamclf.feed.fanout import FeedFanout
 from streamclf.feed.publisher import Publisher
-from streamclf.feed.schema import (
-    AlarmMessage,
-    ChangeMessage,
-    GenreMessage,
-    Sequencer,
-    StatusMessage,
-    TrackMessage,
-)
+from streamclf.feed.schema import GenreMessage
 from streamclf.loudness import LoudnessMeter
 from streamclf.metrics import MetricsServer
 from streamclf.models.card import ModelCard, genre_vocabulary, load_model_card
 from streamclf.outputs import Outputs
 from streamclf.smoothing import Smoother
-from streamclf.tracks import TrackSegmenter, TrackSummary
+from streamclf.tracks import TrackSegmenter
 
 log = structlog.get_logger(__name__)
 
@@ -223,12 +218,28 @@ class LatencyWindow:
 class EngineWorker(threading.Thread):
     """Batches ready windows of all streams through the engine, smooths, publishes.
 
-    It alone owns the PUB socket (a ZeroMQ socket belongs to one thread).
+    It alone owns the PUB socket (a ZeroMQ socket belongs to one thread). It is given the
+    streams, the runner and the feed fan-out, and hands plain results to `streamclf.feed.messages`;
+    it never calls back into the pipeline.
     """
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, *, streams: list[Stream], runner: WindowRunner, feed: FeedFanout,
+                 card: ModelCard, genres: tuple[str, ...], feed_config: FeedConfig,
+                 metrics: MetricsServer | None, stop: threading.Event, ready: threading.Condition,
+                 all_finished: threading.Event, started: float) -> None:
         super().__init__(name="engine", daemon=True)
-        self._p = pipeline
+        self._streams = streams
+        self._runner = runner
+        self._feed = feed
+        self._card = card
+        self._genres = genres
+        self._genre_index = np.array([card.labels.index(g) for g in genres], dtype=np.intp)
+        self.feed_config = feed_config  # replaced on reload (top_k, probs, status interval)
+        self._metrics = metrics
+        self._stopping = stop
+        self._ready = ready
+        self._all_finished = all_finished
+        self._started_at = started
         self.heartbeat = time.monotonic()
         self.engine_latency = LatencyWindow()
         self._failure_burst = False
@@ -258,48 +269,46 @@ class EngineWorker(threading.Thread):
                 log.info("engine_closed_after_stop")
 
     def _work(self) -> None:
-        p = self._p
         next_status = time.monotonic()
-        while not p.stop_event.is_set():
-            with p.ready:
+        while not self._stopping.is_set():
+            with self._ready:
                 batch = self._take_windows()
                 if not batch:
-                    p.ready.wait(timeout=min(0.2, max(0.0, next_status - time.monotonic())))
+                    self._ready.wait(timeout=min(0.2, max(0.0, next_status - time.monotonic())))
                     batch = self._take_windows()
             self.heartbeat = time.monotonic()
             # one engine call at a time, so that stop() finds the worker out of the engine soon
-            step = p.runner.max_batch
+            step = self._runner.max_batch
             for start in range(0, len(batch), step):
-                if p.stop_event.is_set():
+                if self._stopping.is_set():
                     break
                 self._infer_and_publish(batch[start : start + step])
-            for stream in p.streams:
-                p.publish_alarms(stream)
+            for stream in self._streams:
+                self._publish_alarms(stream)
             if time.monotonic() >= next_status:
                 self._publish_status(final=False)
-                next_status = time.monotonic() + p.config.feed.status_interval_s
-            if all(s.finished.is_set() and not len(s.windows) for s in p.streams):
-                p.all_finished.set()
+                next_status = time.monotonic() + self.feed_config.status_interval_s
+            if all(s.finished.is_set() and not len(s.windows) for s in self._streams):
+                self._all_finished.set()
         self._publish_status(final=True)
 
     def _take_windows(self) -> list[tuple[Stream, Window]]:
         """The ready windows of every stream, none from both sides of a gap; a stream's stages
         here restart before its first window after one."""
         batch = []
-        for stream in self._p.streams:
+        for stream in self._streams:
             windows, after_gap = stream.windows.take_all()
             if after_gap:
-                stream.restart_window_stages(self._p.runner)
+                stream.restart_window_stages(self._runner)
             batch.extend((stream, window) for window in windows)
         return batch
 
     def _infer_and_publish(self, batch: list[tuple[Stream, Window]]) -> None:
-        p = self._p
         started = time.monotonic()
         try:
-            outputs = p.runner.run([(stream.stream_id, window) for stream, window in batch])
+            outputs = self._runner.run([(stream.stream_id, window) for stream, window in batch])
         except Exception as exc:  # noqa: BLE001 — an engine fault must not stop the daemon: count, carry on
-            if p.stop_event.is_set():  # stop() interrupted the call: the tail of a stop, no fault
+            if self._stopping.is_set():  # stop() interrupted the call: the tail of a stop, no fault
                 log.info("engine_call_interrupted_at_stop", windows=len(batch))
                 return
             for stream, _ in batch:
@@ -310,27 +319,69 @@ class EngineWorker(threading.Thread):
             return
         self._failure_burst = False
         per_window_ms = (time.monotonic() - started) * 1000.0 / len(batch)
+        feed = self.feed_config
         for row, (stream, window) in enumerate(batch):
             self.engine_latency.add(per_window_ms)
             probs = outputs["tags"][row]
             if stream.titles is not None:
-                p.follow_titles(stream, window)
+                self._follow_titles(stream, window)
             state = stream.smoother.update(probs, window.t_end_s, window.level_dbfs)
             stream.smoothed = state.smoothed
-            if p.metrics is not None:
-                p.metrics.observe_inference(stream.stream_id, per_window_ms / 1000.0)
+            if self._metrics is not None:
+                self._metrics.observe_inference(stream.stream_id, per_window_ms / 1000.0)
             if stream.tracks is not None:
-                stream.tracks.push(probs[p.genre_index], silence=state.silence)
-            message = p.genre_message(stream, window, probs, state)
-            p.emit(message)
+                stream.tracks.push(probs[self._genre_index], silence=state.silence)
+            self._feed.emit(messages.genre_message(
+                stream.stream_id, window, probs, state, labels=self._card.labels,
+                model=self._card.name, engine=self._runner.info.name, top_k=feed.top_k,
+                publish_probs=feed.publish_probs))
             if state.changed:
-                p.emit(p.change_message(stream, window, state))
+                self._feed.emit(messages.change_message(stream.stream_id, window, state))
+
+    def _follow_titles(self, stream: Stream, window: Window) -> None:
+        """Cut the stream's track at each title that arrived before this window's audio did.
+
+        The title's arrival (monotonic) becomes stream time through the window's own arrival, so
+        the boundary falls where the audio was when the title came; the smoother starts afresh.
+        """
+        for arrived, title in stream.titles.take_before(window.arrival):
+            t_s = max(window.t_start_s, window.t_end_s - (window.arrival - arrived))
+            closed = stream.tracks.boundary(t_s, title)
+            if closed is not None:
+                self._feed.emit(messages.track_end_message(stream.stream_id, closed))
+            self._feed.emit(messages.track_start_message(stream.stream_id, t_s, title))
+            stream.smoother.start_track()
+
+    def _publish_alarms(self, stream: Stream) -> None:
+        """Publish and log the alarms of a stream that started or ended since the last call."""
+        latest = self._feed.latest.get(stream.stream_id)
+        health = stream.health.update(
+            now_s=time.monotonic(), source_state=stream.source.state,
+            last_audio_s=stream.audio_at,
+            latency_ms=latest.latency_ms if latest else 0.0,
+            dropped_windows=stream.windows.dropped + stream.engine_failures)
+        for event in [*health, *_drain(stream.alarm_events)]:
+            log.warning("alarm_started" if event.active else "alarm_ended", stream=stream.stream_id,
+                        alarm=event.kind, value=round(event.value, 2), threshold=event.threshold,
+                        detail=event.detail)
+            self._feed.emit(messages.alarm_message(stream.stream_id, event))
 
     def _publish_status(self, *, final: bool) -> None:
-        p = self._p
         p50, p99 = self.engine_latency.percentiles()
-        for stream in p.streams:
-            p.emit(p.status_message(stream, p50, p99, final=final))
+        publisher, outputs = self._feed.publisher, self._feed.outputs
+        for stream in self._streams:
+            levels = stream.levels
+            self._feed.emit(messages.status_message(
+                stream.stream_id, source=stream.source, ring_overruns=stream.ring.overrun_samples,
+                dropped_windows=stream.windows.dropped + stream.engine_failures,
+                feed_drops=publisher.drops if publisher else 0, engine_p50_ms=p50,
+                engine_p99_ms=p99, windows=stream.smoother.windows, labels=self._card.labels,
+                genres=self._genres, model=self._card.name, engine=self._runner.info.name,
+                final=final, stalled=stream.stalled(time.monotonic()),
+                alarms=stream.health.active + (levels.alarms.active if levels is not None else []),
+                loudness=levels.latest if levels is not None else None,
+                outputs=outputs.health() if outputs else None,
+                uptime_s=time.monotonic() - self._started_at))
 
 
 class Pipeline:
@@ -345,18 +396,16 @@ class Pipeline:
         self.stop_event = threading.Event()
         self.all_finished = threading.Event()
         self.ready = threading.Condition()
-        self.view_messages: queue.Queue | None = queue.Queue(VIEW_QUEUE_MESSAGES) if view else None
-        self.view_drops = 0
+        self.feed = FeedFanout(queue.Queue(VIEW_QUEUE_MESSAGES) if view else None)
+        self.view_messages = self.feed.view_messages
         self.streams: list[Stream] = []
         self.card: ModelCard | None = None
         self.genres: tuple[str, ...] = ()
-        self.genre_index: np.ndarray = np.zeros(0, dtype=np.intp)  # labels index of each genre
         self.runner: WindowRunner | None = None
         self.publisher: Publisher | None = None
         self.metrics: MetricsServer | None = None
         self.outputs: Outputs | None = None
-        self.latest: dict[str, GenreMessage] = {}
-        self._sequence = Sequencer()
+        self.latest: dict[str, GenreMessage] = self.feed.latest  # each stream's last genre message
         self._workers: list[threading.Thread] = []
         self._engine_worker: EngineWorker | None = None
         self._started = time.monotonic()
@@ -367,7 +416,6 @@ class Pipeline:
         cfg = self.config
         self.card = load_model_card(cfg.engine.model)
         self.genres = genre_vocabulary(self.card, cfg.engine.genres)
-        self.genre_index = np.array([self.card.labels.index(g) for g in self.genres], dtype=np.intp)
         hop_frames = frames_for_seconds(cfg.framing.hop_s)
         on_progress("loading engine")
         self.runner = load_runner(self.card, cfg.engine.kind, incremental=cfg.engine.incremental,
@@ -378,11 +426,11 @@ class Pipeline:
             self.runner = self._runner_wrapper(self.runner)
         self.runner.warmup()
         if self.publish:
-            self.publisher = Publisher(cfg.feed)
+            self.publisher = self.feed.publisher = Publisher(cfg.feed)
         if cfg.metrics.enabled:
             self.metrics = MetricsServer(self, cfg.metrics)
         if cfg.outputs:
-            self.outputs = Outputs(cfg.outputs)
+            self.outputs = self.feed.outputs = Outputs(cfg.outputs)
             self.outputs.start()
         for spec in cfg.streams:
             on_progress(f"opening {spec.id}")
@@ -403,7 +451,10 @@ class Pipeline:
             if spec.source == "url" and spec.track_titles and is_http_url(spec.url):
                 self.streams[-1].titles = IcyTitleWatcher(spec.url)
                 self.streams[-1].tracks = TrackSegmenter(self.genres)
-        self._engine_worker = EngineWorker(self)
+        self._engine_worker = EngineWorker(
+            streams=self.streams, runner=self.runner, feed=self.feed, card=self.card,
+            genres=self.genres, feed_config=cfg.feed, metrics=self.metrics, stop=self.stop_event,
+            ready=self.ready, all_finished=self.all_finished, started=self._started)
         self._workers = [self._engine_worker]
         for stream in self.streams:
             block_frames = max(1024, stream.source.sample_rate // 20)
@@ -455,6 +506,8 @@ class Pipeline:
             stream.health.reconfigure(config.alarms)
             if stream.levels is not None:
                 stream.levels.alarms.reconfigure(config.alarms)
+        if self._engine_worker is not None:
+            self._engine_worker.feed_config = config.feed
         self.config = config
 
     def status_line(self) -> str:
@@ -476,117 +529,6 @@ class Pipeline:
         if live and all(stuck):
             return ", ".join(f"{s.stream_id}: {part}" for s, part in zip(live, stuck, strict=True))
         return None
-
-    # -- tracks -----------------------------------------------------------------------------
-    def follow_titles(self, stream: Stream, window: Window) -> None:
-        """Cut the stream's track at each title that arrived before this window's audio did.
-
-        The title's arrival (monotonic) becomes stream time through the window's own arrival, so
-        the boundary falls where the audio was when the title came; the smoother starts afresh.
-        """
-        for arrived, title in stream.titles.take_before(window.arrival):
-            t_s = max(window.t_start_s, window.t_end_s - (window.arrival - arrived))
-            closed = stream.tracks.boundary(t_s, title)
-            if closed is not None:
-                self.emit(self.track_end_message(stream, closed))
-            self.emit(TrackMessage(stream=stream.stream_id, event="start", wall=time.time(),
-                                   t=t_s, title=title, source="icy"))
-            stream.smoother.start_track()
-
-    def track_end_message(self, stream: Stream, track: TrackSummary) -> TrackMessage:
-        return TrackMessage(stream=stream.stream_id, event="end", wall=time.time(), t=track.end_s,
-                            title=track.title, source="icy", genre=track.genre,
-                            confidence=track.confidence, duration_s=track.duration_s,
-                            windows=track.windows)
-
-    # -- messages ---------------------------------------------------------------------------
-    def emit(self, message) -> None:
-        """Number it, publish it on the feed, offer it to the outputs and the live view; none
-        of them waits."""
-        message = self._sequence.stamp(message)
-        if isinstance(message, GenreMessage):
-            self.latest[message.stream] = message
-        if self.publisher is not None:
-            self.publisher.publish(message)
-        if self.outputs is not None:
-            self.outputs.offer(message)
-        if self.view_messages is not None:
-            try:
-                self.view_messages.put_nowait(message)
-            except queue.Full:
-                self.view_drops += 1
-
-    def genre_message(self, stream: Stream, window: Window, probs: np.ndarray, state) -> GenreMessage:
-        feed = self.config.feed
-        top = np.argsort(probs)[::-1][: feed.top_k]
-        return GenreMessage(
-            stream=stream.stream_id,
-            t0=window.t_start_s,
-            t1=window.t_end_s,
-            wall=time.time(),
-            latency_ms=(time.monotonic() - window.arrival) * 1000.0,
-            genre=state.genre,
-            confidence=state.confidence,
-            raw_genre=state.raw_genre,
-            top=[[self.card.labels[i], float(probs[i])] for i in top],
-            level_dbfs=window.level_dbfs,
-            silence=state.silence,
-            model=self.card.name,
-            engine=self.runner.info.name,
-            probs=[float(x) for x in probs] if feed.publish_probs else None,
-            candidates=state.candidates,
-        )
-
-    def change_message(self, stream: Stream, window: Window, state) -> ChangeMessage:
-        return ChangeMessage(stream=stream.stream_id, wall=time.time(), t1=window.t_end_s,
-                             genre=state.genre, previous=state.previous,
-                             confidence=state.confidence)
-
-    def publish_alarms(self, stream: Stream) -> None:
-        """Publish and log the alarms of a stream that started or ended since the last call."""
-        latest = self.latest.get(stream.stream_id)
-        health = stream.health.update(
-            now_s=time.monotonic(), source_state=stream.source.state,
-            last_audio_s=stream.audio_at,
-            latency_ms=latest.latency_ms if latest else 0.0,
-            dropped_windows=stream.windows.dropped + stream.engine_failures)
-        for event in [*health, *_drain(stream.alarm_events)]:
-            log.warning("alarm_started" if event.active else "alarm_ended", stream=stream.stream_id,
-                        alarm=event.kind, value=round(event.value, 2), threshold=event.threshold,
-                        detail=event.detail)
-            self.emit(AlarmMessage(stream=stream.stream_id, wall=time.time(), alarm=event.kind,
-                                   active=event.active, value=event.value,
-                                   threshold=event.threshold, detail=event.detail))
-
-    def status_message(self, stream: Stream, p50: float, p99: float, *, final: bool) -> StatusMessage:
-        levels = stream.levels
-        loudness = levels.latest if levels is not None else None
-        return StatusMessage(
-            stream=stream.stream_id,
-            wall=time.time(),
-            uptime_s=time.monotonic() - self._started,
-            device_state=stream.source.state,
-            xruns=stream.source.xruns,
-            ring_overruns=stream.ring.overrun_samples,
-            dropped_windows=stream.windows.dropped + stream.engine_failures,
-            feed_drops=self.publisher.drops if self.publisher else 0,
-            engine_p50_ms=p50,
-            engine_p99_ms=p99,
-            windows=stream.smoother.windows,
-            labels=list(self.card.labels),
-            genres=list(self.genres),
-            model=self.card.name,
-            engine=self.runner.info.name,
-            final=final,
-            stalled=stream.stalled(time.monotonic()),
-            alarms=stream.health.active + (levels.alarms.active if levels is not None else []),
-            momentary_lufs=loudness.momentary_lufs if loudness else None,
-            short_term_lufs=loudness.short_term_lufs if loudness else None,
-            integrated_lufs=loudness.integrated_lufs if loudness else None,
-            loudness_range_lu=loudness.range_lu if loudness else None,
-            true_peak_dbtp=loudness.true_peak_dbtp if loudness else None,
-            outputs=self.outputs.health() if self.outputs else None,
-        )
 
 
 def _drain(events: collections.deque[AlarmEvent]) -> Iterator[AlarmEvent]:
