@@ -16,7 +16,7 @@ import structlog
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from streamclf.backends.incremental import WindowRunner, load_runner
+from streamclf.backends.runner import WindowRunner, load_runner
 from streamclf.errors import AudioInputError, ConfigError
 from streamclf.features.framer import logmel_windows_for_file
 from streamclf.features.mel import WINDOW_FRAMES, frames_for_seconds

@@ -200,7 +200,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_subscribe(args.endpoint, args.topic, args.count, args.json,
                              timeout_s=args.timeout, curve=curve)
     if args.command == "devices":
-        from streamclf.audio.sources import print_input_devices
+        from streamclf.audio.devices import print_input_devices
 
         return print_input_devices(as_json=args.json)
     if args.command == "engine":

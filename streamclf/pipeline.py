@@ -24,28 +24,23 @@ from streamclf.audio.icy import IcyTitleWatcher, is_http_url
 from streamclf.audio.resample import Resampler
 from streamclf.audio.ring import RingBuffer
 from streamclf.audio.sources import open_source
-from streamclf.backends.incremental import WindowRunner, load_runner
+from streamclf.backends.runner import WindowRunner, load_runner
 from streamclf.backends.selftest import checked_runner
 from streamclf.boundaries import BoundaryDetector, detector_for
-from streamclf.config import Config
+from streamclf.config import Config, FeedConfig
 from streamclf.errors import ConfigError
 from streamclf.features.framer import LogMelFramer, Window
 from streamclf.features.mel import SAMPLE_RATE_HZ, WINDOW_FRAMES, frames_for_seconds
+from streamclf.feed import messages
+from streamclf.feed.fanout import FeedFanout
 from streamclf.feed.publisher import Publisher
-from streamclf.feed.schema import (
-    AlarmMessage,
-    ChangeMessage,
-    GenreMessage,
-    Sequencer,
-    StatusMessage,
-    TrackMessage,
-)
+from streamclf.feed.schema import GenreMessage
 from streamclf.loudness import LoudnessMeter
 from streamclf.metrics import MetricsServer
 from streamclf.models.card import ModelCard, genre_vocabulary, load_model_card
 from streamclf.outputs import Outputs
 from streamclf.smoothing import Smoother
-from streamclf.tracks import TrackSegmenter, TrackSummary
+from streamclf.tracks import TrackSegmenter
 
 log = structlog.get_logger(__name__)
 
@@ -61,27 +56,46 @@ class WindowQueue:
 
     When the engine falls behind, the oldest window is dropped and counted, so latency stays
     bounded and memory does not grow (docs/reliability.md: overload).
+
+    Each window carries the number of gaps its stream had before it, so that the engine worker
+    never gets windows from both sides of a gap at once and restarts its stages between them.
     """
 
     def __init__(self, capacity: int, ready: threading.Condition) -> None:
-        self._windows: collections.deque[Window] = collections.deque()
+        self._windows: collections.deque[tuple[int, Window]] = collections.deque()
         self._capacity = capacity
         self._ready = ready
         self.dropped = 0
+        self._gaps_put = 0  # stream worker: gaps before the windows it puts now
+        self._gaps_taken = 0  # engine worker: gaps before the windows it took last
 
     def put(self, window: Window) -> None:
         with self._ready:
             if len(self._windows) >= self._capacity:
                 self._windows.popleft()
                 self.dropped += 1
-            self._windows.append(window)
+            self._windows.append((self._gaps_put, window))
             self._ready.notify()
 
-    def take_all(self) -> list[Window]:
-        """Called with the condition held by the engine worker."""
-        taken = list(self._windows)
-        self._windows.clear()
-        return taken
+    def mark_gap(self) -> None:
+        """Stream worker: the windows put from now on follow a gap in the audio."""
+        with self._ready:
+            self._gaps_put += 1
+
+    def take_all(self) -> tuple[list[Window], bool]:
+        """The queued windows up to the next gap, and whether a gap lies before them (the
+        engine worker then restarts its stages of this stream before it runs them).
+
+        Called with the condition held by the engine worker.
+        """
+        if not self._windows:
+            return [], False
+        gaps = self._windows[0][0]
+        taken = []
+        while self._windows and self._windows[0][0] == gaps:
+            taken.append(self._windows.popleft()[1])
+        after_gap, self._gaps_taken = gaps != self._gaps_taken, gaps
+        return taken, after_gap
 
     def __len__(self) -> int:
         return len(self._windows)
@@ -103,6 +117,7 @@ class Stream:
     smoothed: np.ndarray | None = None  # the last window's smoothed tag probabilities
     finished: threading.Event = field(default_factory=threading.Event)
     engine_failures: int = 0
+    gaps: int = 0  # source restarts and overruns after which every stage started afresh
     # Liveness, written by the stream worker: each turn of its loop, and each read that got audio.
     worker_beat: float = field(default_factory=time.monotonic)
     audio_at: float = field(default_factory=time.monotonic)
@@ -118,6 +133,27 @@ class Stream:
         if self.source.state == "running" and now - self.audio_at > STALL_S:
             return "source"
         return None
+
+    def restart_audio_stages(self, reason: str) -> None:
+        """Stream worker, at a gap in the audio (`RingBuffer.gap`): its resampler, framer and
+        loudness meter forget the audio before it, in that order; the engine worker restarts
+        its own stages when it takes the first window after the gap."""
+        self.resampler.reset()
+        self.framer.reset()
+        if self.levels is not None:
+            self.levels.meter.reset()
+        self.windows.mark_gap()
+        self.gaps += 1
+        log.info("stream_gap", stream=self.stream_id, reason=reason, gaps=self.gaps)
+
+    def restart_window_stages(self, runner: WindowRunner) -> None:
+        """Engine worker, before the first window after a gap: the runner's per-stream state
+        and the smoother's average and held genre (the open track, named by its title, goes
+        on)."""
+        runner.reset(self.stream_id)
+        self.smoother.start_track()
+        if self.boundaries is not None:
+            self.boundaries.reset()
 
     # Level alarms from the stream worker, waiting for the engine worker to publish them (a
     # deque: append and popleft are thread-safe).
@@ -152,6 +188,8 @@ class StreamWorker(threading.Thread):
                 self._stopping.wait(self._idle_s())
                 continue
             stream.audio_at = stream.worker_beat
+            if stream.ring.gap:
+                stream.restart_audio_stages(stream.ring.gap)
             if stream.levels is not None:
                 stream.alarm_events.extend(stream.levels.push(self._block[:n]))
             for window in stream.framer.push(stream.resampler.push(self._block[:n]), arrival):
@@ -186,12 +224,28 @@ class LatencyWindow:
 class EngineWorker(threading.Thread):
     """Batches ready windows of all streams through the engine, smooths, publishes.
 
-    It alone owns the PUB socket (a ZeroMQ socket belongs to one thread).
+    It alone owns the PUB socket (a ZeroMQ socket belongs to one thread). It is given the
+    streams, the runner and the feed fan-out, and hands plain results to `streamclf.feed.messages`;
+    it never calls back into the pipeline.
     """
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, *, streams: list[Stream], runner: WindowRunner, feed: FeedFanout,
+                 card: ModelCard, genres: tuple[str, ...], feed_config: FeedConfig,
+                 metrics: MetricsServer | None, stop: threading.Event, ready: threading.Condition,
+                 all_finished: threading.Event, started: float) -> None:
         super().__init__(name="engine", daemon=True)
-        self._p = pipeline
+        self._streams = streams
+        self._runner = runner
+        self._feed = feed
+        self._card = card
+        self._genres = genres
+        self._genre_index = np.array([card.labels.index(g) for g in genres], dtype=np.intp)
+        self.feed_config = feed_config  # replaced on reload (top_k, probs, status interval)
+        self._metrics = metrics
+        self._stopping = stop
+        self._ready = ready
+        self._all_finished = all_finished
+        self._started_at = started
         self.heartbeat = time.monotonic()
         self.engine_latency = LatencyWindow()
         self._failure_burst = False
@@ -221,42 +275,51 @@ class EngineWorker(threading.Thread):
                 log.info("engine_closed_after_stop")
 
     def _work(self) -> None:
-        p = self._p
         next_status = time.monotonic()
-        while not p.stop_event.is_set():
-            with p.ready:
-                batch = [(s, w) for s in p.streams for w in s.windows.take_all()]
+        while not self._stopping.is_set():
+            with self._ready:
+                batch = self._take_windows()
                 if not batch:
-                    p.ready.wait(timeout=min(0.2, max(0.0, next_status - time.monotonic())))
-                    batch = [(s, w) for s in p.streams for w in s.windows.take_all()]
+                    self._ready.wait(timeout=min(0.2, max(0.0, next_status - time.monotonic())))
+                    batch = self._take_windows()
             self.heartbeat = time.monotonic()
             # one engine call at a time, so that stop() finds the worker out of the engine soon
-            step = p.runner.max_batch
+            step = self._runner.max_batch
             for start in range(0, len(batch), step):
-                if p.stop_event.is_set():
+                if self._stopping.is_set():
                     break
                 self._infer_and_publish(batch[start : start + step])
-            for stream in p.streams:
-                p.publish_alarms(stream)
+            for stream in self._streams:
+                self._publish_alarms(stream)
             if time.monotonic() >= next_status:
                 self._publish_status(final=False)
-                next_status = time.monotonic() + p.config.feed.status_interval_s
-            for stream in p.streams:
+                next_status = time.monotonic() + self.feed_config.status_interval_s
+            for stream in self._streams:
                 if stream.finished.is_set() and not len(stream.windows):
-                    p.end_track(stream)
-            if all(s.finished.is_set() and not len(s.windows) for s in p.streams):
-                p.all_finished.set()
-        for stream in p.streams:
-            p.end_track(stream)
+                    self._end_track(stream)
+            if all(s.finished.is_set() and not len(s.windows) for s in self._streams):
+                self._all_finished.set()
+        for stream in self._streams:
+            self._end_track(stream)
         self._publish_status(final=True)
 
+    def _take_windows(self) -> list[tuple[Stream, Window]]:
+        """The ready windows of every stream, none from both sides of a gap; a stream's stages
+        here restart before its first window after one."""
+        batch = []
+        for stream in self._streams:
+            windows, after_gap = stream.windows.take_all()
+            if after_gap:
+                stream.restart_window_stages(self._runner)
+            batch.extend((stream, window) for window in windows)
+        return batch
+
     def _infer_and_publish(self, batch: list[tuple[Stream, Window]]) -> None:
-        p = self._p
         started = time.monotonic()
         try:
-            outputs = p.runner.run([(stream.stream_id, window) for stream, window in batch])
+            outputs = self._runner.run([(stream.stream_id, window) for stream, window in batch])
         except Exception as exc:  # noqa: BLE001 — an engine fault must not stop the daemon: count, carry on
-            if p.stop_event.is_set():  # stop() interrupted the call: the tail of a stop, no fault
+            if self._stopping.is_set():  # stop() interrupted the call: the tail of a stop, no fault
                 log.info("engine_call_interrupted_at_stop", windows=len(batch))
                 return
             for stream, _ in batch:
@@ -267,33 +330,87 @@ class EngineWorker(threading.Thread):
             return
         self._failure_burst = False
         per_window_ms = (time.monotonic() - started) * 1000.0 / len(batch)
+        feed = self.feed_config
         for row, (stream, window) in enumerate(batch):
             self.engine_latency.add(per_window_ms)
             probs = outputs["tags"][row]
             if stream.titles is not None:
-                p.follow_titles(stream, window)
+                self._follow_titles(stream, window)
             elif stream.boundaries is not None and stream.tracks.title is None:
-                p.cut_track(stream, window.t_start_s, "", source="audio")  # its first track
+                self._cut_track(stream, window.t_start_s, "", source="audio")  # its first track
             state = stream.smoother.update(probs, window.t_end_s, window.level_dbfs)
             stream.smoothed = state.smoothed
-            if p.metrics is not None:
-                p.metrics.observe_inference(stream.stream_id, per_window_ms / 1000.0)
+            if self._metrics is not None:
+                self._metrics.observe_inference(stream.stream_id, per_window_ms / 1000.0)
             if stream.tracks is not None:
-                stream.tracks.push(probs[p.genre_index], t_end_s=window.t_end_s,
+                stream.tracks.push(probs[self._genre_index], t_end_s=window.t_end_s,
                                    silence=state.silence)
-            message = p.genre_message(stream, window, probs, state)
-            p.emit(message)
+            self._feed.emit(messages.genre_message(
+                stream.stream_id, window, probs, state, labels=self._card.labels,
+                model=self._card.name, engine=self._runner.info.name, top_k=feed.top_k,
+                publish_probs=feed.publish_probs))
             if state.changed:
-                p.emit(p.change_message(stream, window, state))
+                self._feed.emit(messages.change_message(stream.stream_id, window, state))
             if stream.boundaries is not None:
                 for t_s in stream.boundaries.push(outputs["embedding"][row], window.t_end_s):
-                    p.cut_track(stream, t_s, "", source="audio")
+                    self._cut_track(stream, t_s, "", source="audio")
+
+    def _follow_titles(self, stream: Stream, window: Window) -> None:
+        """Cut the stream's track at each title that arrived before this window's audio did.
+
+        The title's arrival (monotonic) becomes stream time through the window's own arrival, so
+        the boundary falls where the audio was when the title came; the smoother starts afresh.
+        """
+        for arrived, title in stream.titles.take_before(window.arrival):
+            t_s = max(window.t_start_s, window.t_end_s - (window.arrival - arrived))
+            self._cut_track(stream, t_s, title, source="icy")
+
+    def _cut_track(self, stream: Stream, t_s: float, title: str, *, source: str) -> None:
+        """End the open track at `t_s`, start the next, and start the smoother afresh; `source`
+        found the boundary ("icy", "audio"). A late boundary takes the windows since then along."""
+        closed = stream.tracks.boundary(t_s, title)
+        if closed is not None:
+            self._feed.emit(messages.track_end_message(stream.stream_id, closed, source))
+        self._feed.emit(messages.track_start_message(stream.stream_id, stream.tracks.start_s,
+                                                     title, source))
+        stream.smoother.start_track()
+
+    def _end_track(self, stream: Stream) -> None:
+        """The stream ended or the daemon stops: its open track ends at its last window."""
+        closed = stream.tracks.close() if stream.tracks is not None else None
+        if closed is not None:
+            self._feed.emit(messages.track_end_message(stream.stream_id, closed, "end"))
+
+    def _publish_alarms(self, stream: Stream) -> None:
+        """Publish and log the alarms of a stream that started or ended since the last call."""
+        latest = self._feed.latest.get(stream.stream_id)
+        health = stream.health.update(
+            now_s=time.monotonic(), source_state=stream.source.state,
+            last_audio_s=stream.audio_at,
+            latency_ms=latest.latency_ms if latest else 0.0,
+            dropped_windows=stream.windows.dropped + stream.engine_failures)
+        for event in [*health, *_drain(stream.alarm_events)]:
+            log.warning("alarm_started" if event.active else "alarm_ended", stream=stream.stream_id,
+                        alarm=event.kind, value=round(event.value, 2), threshold=event.threshold,
+                        detail=event.detail)
+            self._feed.emit(messages.alarm_message(stream.stream_id, event))
 
     def _publish_status(self, *, final: bool) -> None:
-        p = self._p
         p50, p99 = self.engine_latency.percentiles()
-        for stream in p.streams:
-            p.emit(p.status_message(stream, p50, p99, final=final))
+        publisher, outputs = self._feed.publisher, self._feed.outputs
+        for stream in self._streams:
+            levels = stream.levels
+            self._feed.emit(messages.status_message(
+                stream.stream_id, source=stream.source, ring_overruns=stream.ring.overrun_samples,
+                dropped_windows=stream.windows.dropped + stream.engine_failures,
+                feed_drops=publisher.drops if publisher else 0, engine_p50_ms=p50,
+                engine_p99_ms=p99, windows=stream.smoother.windows, labels=self._card.labels,
+                genres=self._genres, model=self._card.name, engine=self._runner.info.name,
+                final=final, stalled=stream.stalled(time.monotonic()),
+                alarms=stream.health.active + (levels.alarms.active if levels is not None else []),
+                loudness=levels.latest if levels is not None else None,
+                outputs=outputs.health() if outputs else None,
+                uptime_s=time.monotonic() - self._started_at))
 
 
 class Pipeline:
@@ -308,18 +425,16 @@ class Pipeline:
         self.stop_event = threading.Event()
         self.all_finished = threading.Event()
         self.ready = threading.Condition()
-        self.view_messages: queue.Queue | None = queue.Queue(VIEW_QUEUE_MESSAGES) if view else None
-        self.view_drops = 0
+        self.feed = FeedFanout(queue.Queue(VIEW_QUEUE_MESSAGES) if view else None)
+        self.view_messages = self.feed.view_messages
         self.streams: list[Stream] = []
         self.card: ModelCard | None = None
         self.genres: tuple[str, ...] = ()
-        self.genre_index: np.ndarray = np.zeros(0, dtype=np.intp)  # labels index of each genre
         self.runner: WindowRunner | None = None
         self.publisher: Publisher | None = None
         self.metrics: MetricsServer | None = None
         self.outputs: Outputs | None = None
-        self.latest: dict[str, GenreMessage] = {}
-        self._sequence = Sequencer()
+        self.latest: dict[str, GenreMessage] = self.feed.latest  # each stream's last genre message
         self._workers: list[threading.Thread] = []
         self._engine_worker: EngineWorker | None = None
         self._started = time.monotonic()
@@ -330,7 +445,6 @@ class Pipeline:
         cfg = self.config
         self.card = load_model_card(cfg.engine.model)
         self.genres = genre_vocabulary(self.card, cfg.engine.genres)
-        self.genre_index = np.array([self.card.labels.index(g) for g in self.genres], dtype=np.intp)
         hop_frames = frames_for_seconds(cfg.framing.hop_s)
         for i, spec in enumerate(cfg.streams):
             if spec.audio_boundaries and detector_for(self.card.name) is None:
@@ -352,11 +466,11 @@ class Pipeline:
                                          max_batch=cfg.engine.max_batch,
                                          threads=cfg.engine.threads))
         if self.publish:
-            self.publisher = Publisher(cfg.feed)
+            self.publisher = self.feed.publisher = Publisher(cfg.feed)
         if cfg.metrics.enabled:
             self.metrics = MetricsServer(self, cfg.metrics)
         if cfg.outputs:
-            self.outputs = Outputs(cfg.outputs)
+            self.outputs = self.feed.outputs = Outputs(cfg.outputs)
             self.outputs.start()
         for spec in cfg.streams:
             on_progress(f"opening {spec.id}")
@@ -384,7 +498,10 @@ class Pipeline:
                 self.streams[-1].boundaries = detector
                 self.streams[-1].tracks = TrackSegmenter(
                     self.genres, late_windows=detector.delay_windows + 1)
-        self._engine_worker = EngineWorker(self)
+        self._engine_worker = EngineWorker(
+            streams=self.streams, runner=self.runner, feed=self.feed, card=self.card,
+            genres=self.genres, feed_config=cfg.feed, metrics=self.metrics, stop=self.stop_event,
+            ready=self.ready, all_finished=self.all_finished, started=self._started)
         self._workers = [self._engine_worker]
         for stream in self.streams:
             block_frames = max(1024, stream.source.sample_rate // 20)
@@ -436,6 +553,8 @@ class Pipeline:
             stream.health.reconfigure(config.alarms)
             if stream.levels is not None:
                 stream.levels.alarms.reconfigure(config.alarms)
+        if self._engine_worker is not None:
+            self._engine_worker.feed_config = config.feed
         self.config = config
 
     def status_line(self) -> str:
@@ -457,128 +576,6 @@ class Pipeline:
         if live and all(stuck):
             return ", ".join(f"{s.stream_id}: {part}" for s, part in zip(live, stuck, strict=True))
         return None
-
-    # -- tracks -----------------------------------------------------------------------------
-    def follow_titles(self, stream: Stream, window: Window) -> None:
-        """Cut the stream's track at each title that arrived before this window's audio did.
-
-        The title's arrival (monotonic) becomes stream time through the window's own arrival, so
-        the boundary falls where the audio was when the title came; the smoother starts afresh.
-        """
-        for arrived, title in stream.titles.take_before(window.arrival):
-            t_s = max(window.t_start_s, window.t_end_s - (window.arrival - arrived))
-            self.cut_track(stream, t_s, title, source="icy")
-
-    def cut_track(self, stream: Stream, t_s: float, title: str, *, source: str) -> None:
-        """End the open track at `t_s`, start the next, and start the smoother afresh; `source`
-        found the boundary ("icy", "audio"). A late boundary takes the windows since then along."""
-        closed = stream.tracks.boundary(t_s, title)
-        if closed is not None:
-            self.emit(self.track_end_message(stream, closed, source))
-        self.emit(TrackMessage(stream=stream.stream_id, event="start", wall=time.time(),
-                               t=stream.tracks.start_s, title=title, source=source))
-        stream.smoother.start_track()
-
-    def end_track(self, stream: Stream) -> None:
-        """The stream ended or the daemon stops: its open track ends at its last window."""
-        closed = stream.tracks.close() if stream.tracks is not None else None
-        if closed is not None:
-            self.emit(self.track_end_message(stream, closed, "end"))
-
-    def track_end_message(self, stream: Stream, track: TrackSummary, source: str) -> TrackMessage:
-        return TrackMessage(stream=stream.stream_id, event="end", wall=time.time(), t=track.end_s,
-                            title=track.title, source=source, genre=track.genre,
-                            confidence=track.confidence, duration_s=track.duration_s,
-                            windows=track.windows)
-
-    # -- messages ---------------------------------------------------------------------------
-    def emit(self, message) -> None:
-        """Number it, publish it on the feed, offer it to the outputs and the live view; none
-        of them waits."""
-        message = self._sequence.stamp(message)
-        if isinstance(message, GenreMessage):
-            self.latest[message.stream] = message
-        if self.publisher is not None:
-            self.publisher.publish(message)
-        if self.outputs is not None:
-            self.outputs.offer(message)
-        if self.view_messages is not None:
-            try:
-                self.view_messages.put_nowait(message)
-            except queue.Full:
-                self.view_drops += 1
-
-    def genre_message(self, stream: Stream, window: Window, probs: np.ndarray, state) -> GenreMessage:
-        feed = self.config.feed
-        top = np.argsort(probs)[::-1][: feed.top_k]
-        return GenreMessage(
-            stream=stream.stream_id,
-            t0=window.t_start_s,
-            t1=window.t_end_s,
-            wall=time.time(),
-            latency_ms=(time.monotonic() - window.arrival) * 1000.0,
-            genre=state.genre,
-            confidence=state.confidence,
-            raw_genre=state.raw_genre,
-            top=[[self.card.labels[i], float(probs[i])] for i in top],
-            level_dbfs=window.level_dbfs,
-            silence=state.silence,
-            model=self.card.name,
-            engine=self.runner.info.name,
-            probs=[float(x) for x in probs] if feed.publish_probs else None,
-            candidates=state.candidates,
-        )
-
-    def change_message(self, stream: Stream, window: Window, state) -> ChangeMessage:
-        return ChangeMessage(stream=stream.stream_id, wall=time.time(), t1=window.t_end_s,
-                             genre=state.genre, previous=state.previous,
-                             confidence=state.confidence)
-
-    def publish_alarms(self, stream: Stream) -> None:
-        """Publish and log the alarms of a stream that started or ended since the last call."""
-        latest = self.latest.get(stream.stream_id)
-        health = stream.health.update(
-            now_s=time.monotonic(), source_state=stream.source.state,
-            last_audio_s=stream.audio_at,
-            latency_ms=latest.latency_ms if latest else 0.0,
-            dropped_windows=stream.windows.dropped + stream.engine_failures)
-        for event in [*health, *_drain(stream.alarm_events)]:
-            log.warning("alarm_started" if event.active else "alarm_ended", stream=stream.stream_id,
-                        alarm=event.kind, value=round(event.value, 2), threshold=event.threshold,
-                        detail=event.detail)
-            self.emit(AlarmMessage(stream=stream.stream_id, wall=time.time(), alarm=event.kind,
-                                   active=event.active, value=event.value,
-                                   threshold=event.threshold, detail=event.detail))
-
-    def status_message(self, stream: Stream, p50: float, p99: float, *, final: bool) -> StatusMessage:
-        levels = stream.levels
-        loudness = levels.latest if levels is not None else None
-        return StatusMessage(
-            stream=stream.stream_id,
-            wall=time.time(),
-            uptime_s=time.monotonic() - self._started,
-            device_state=stream.source.state,
-            xruns=stream.source.xruns,
-            ring_overruns=stream.ring.overrun_samples,
-            dropped_windows=stream.windows.dropped + stream.engine_failures,
-            feed_drops=self.publisher.drops if self.publisher else 0,
-            engine_p50_ms=p50,
-            engine_p99_ms=p99,
-            windows=stream.smoother.windows,
-            labels=list(self.card.labels),
-            genres=list(self.genres),
-            model=self.card.name,
-            engine=self.runner.info.name,
-            final=final,
-            stalled=stream.stalled(time.monotonic()),
-            alarms=stream.health.active + (levels.alarms.active if levels is not None else []),
-            momentary_lufs=loudness.momentary_lufs if loudness else None,
-            short_term_lufs=loudness.short_term_lufs if loudness else None,
-            integrated_lufs=loudness.integrated_lufs if loudness else None,
-            loudness_range_lu=loudness.range_lu if loudness else None,
-            true_peak_dbtp=loudness.true_peak_dbtp if loudness else None,
-            outputs=self.outputs.health() if self.outputs else None,
-        )
 
 
 def _drain(events: collections.deque[AlarmEvent]) -> Iterator[AlarmEvent]:

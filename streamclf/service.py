@@ -18,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from streamclf.audio.sources import BUNDLED_CLIP
+from streamclf.audio.files import BUNDLED_CLIP
 from streamclf.config import (
     Config,
     config_with_overrides,

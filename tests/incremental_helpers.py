@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from streamclf.backends.incremental import FullWindowRunner
+from streamclf.backends.runner import FullWindowRunner
 from streamclf.features.framer import Window
 from streamclf.features.mel import WINDOW_FRAMES
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from paced_wav_server import PacedWavServer  # noqa: F401 — the tests import it from here
 
+from streamclf.audio.pcm import PCM_FORMATS, StdinSource
 from streamclf.audio.ring import RingBuffer
-from streamclf.audio.sources import PCM_FORMATS, StdinSource
 from streamclf.feed.schema import GenreMessage
 from streamclf.testing.daemon import wait_for
 

@@ -8,9 +8,9 @@ import pytest
 import soundfile as sf
 from audio_helpers import CLIP_PATH, best_alignment, pulse_server_fixture, wait_for
 
+from streamclf.audio.devices import DeviceSource, list_input_devices
 from streamclf.audio.resample import Resampler
 from streamclf.audio.ring import RingBuffer
-from streamclf.audio.sources import DeviceSource, list_input_devices
 from streamclf.errors import AudioInputError
 from streamclf.features.framer import LogMelFramer
 

@@ -81,6 +81,44 @@ class TestNonFinite:
         assert ring.nonfinite_samples == 4
 
 
+class TestGaps:
+    """A read never spans a gap the source marked, and says when its frames do not follow the
+    last ones read: after a restart, or after an overrun skipped audio."""
+
+    def test_read_stops_at_a_restart_and_reports_it_once(self):
+        ring = RingBuffer(64, 2)
+        out = np.empty((64, 2), dtype=np.float32)
+        ring.write(ramp(0, 10))
+        ring.mark_gap()
+        ring.write(ramp(100, 5))
+        assert ring.read(out)[0] == 10 and ring.gap == ""
+        assert out[:10, 0].tolist() == list(range(10))
+        assert ring.read(out)[0] == 5 and ring.gap == "restart"
+        assert out[:5, 0].tolist() == list(range(100, 105))
+        ring.write(ramp(105, 3))
+        assert ring.read(out)[0] == 3 and ring.gap == ""
+
+    def test_a_gap_marked_while_the_reader_is_level(self):
+        ring = RingBuffer(64, 1)
+        out = np.empty((64, 1), dtype=np.float32)
+        ring.write(ramp(0, 4, 1))
+        ring.read(out)
+        ring.mark_gap()
+        assert ring.read(out)[0] == 0
+        ring.write(ramp(50, 4, 1))
+        assert ring.read(out)[0] == 4 and ring.gap == "restart"
+
+    def test_an_overrun_is_a_gap(self):
+        ring = RingBuffer(16, 1)
+        out = np.empty((8, 1), dtype=np.float32)
+        ring.write(ramp(0, 4, 1))
+        assert ring.read(out)[0] == 4 and ring.gap == ""
+        ring.write(ramp(4, 40, 1))
+        n, _ = ring.read(out)
+        assert ring.gap == "overrun" and out[:n, 0].tolist() == list(range(28, 36))
+        assert ring.read(out)[0] == 8 and ring.gap == ""
+
+
 class TestConcurrency:
     """A real producer thread racing a slow reader: order kept, drops all counted."""
 

@@ -13,8 +13,10 @@ import pytest
 import soundfile as sf
 from audio_helpers import CLIP_PATH, wait_for
 
+from streamclf.audio.base import Backoff
+from streamclf.audio.files import FileSource
+from streamclf.audio.pcm import FfmpegSource, StdinSource
 from streamclf.audio.ring import RingBuffer
-from streamclf.audio.sources import FfmpegSource, FileSource, StdinSource, _Backoff
 from streamclf.errors import AudioInputError
 from streamclf.features.framer import logmel_windows_for_file
 
@@ -182,7 +184,7 @@ class TestFfmpegSource:
         assert corr > 0.99
 
     def test_restarts_when_ffmpeg_ends(self, short_wav):
-        source = FfmpegSource(str(short_wav), backoff=_Backoff(0.05, 0.2))
+        source = FfmpegSource(str(short_wav), backoff=Backoff(0.05, 0.2))
         source.open()
         ring = RingBuffer(44100 * 2, 2)
         out = np.empty((8192, 2), np.float32)
@@ -203,7 +205,7 @@ class TestFfmpegSource:
 
     def test_unreachable_stream_is_lost_and_retried(self, tmp_path):
         source = FfmpegSource(str(tmp_path / "gone.ogg"), sample_rate=44100, channels=2,
-                              backoff=_Backoff(0.05, 0.1))  # fmt: skip
+                              backoff=Backoff(0.05, 0.1))  # fmt: skip
         source.open()
         source.start(RingBuffer(4096, 2))
         try:

@@ -8,7 +8,8 @@ from structlog.testing import capture_logs
 
 from streamclf.backends import load_engine
 from streamclf.backends import tensorrt as trt_backend
-from streamclf.backends.base import GpuProbe, choose_kind
+from streamclf.backends.base import GpuProbe
+from streamclf.backends.runner import FullWindowRunner, choose_kind, load_runner
 from streamclf.errors import EngineError
 
 GPU = GpuProbe(tensorrt_version="10.3.0", gpu_name="NVIDIA L4", compute_capability="8.9")
@@ -91,6 +92,28 @@ class TestLoadEngineHere:
             "assert 'torch' not in sys.modules and 'onnx' not in sys.modules, 'heavy import'"
         )
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+class TestOneDecision:
+    """`load_runner` probes the GPU once and hands its decision down to `load_engine`."""
+
+    @pytest.mark.parametrize(("model", "probe", "mode"), [
+        ("MTT_musicnn", NO_GPU, "incremental"),  # the incremental runner on onnxruntime
+        ("MTT_vgg", NO_GPU, "full"),  # full windows: load_engine takes the decision
+        ("MTT_musicnn", GPU, "full"),  # TensorRT chosen, cannot load here: falls back, once
+    ])
+    def test_probed_once(self, monkeypatch: pytest.MonkeyPatch, model, probe, mode) -> None:
+        probes = []
+        monkeypatch.setattr(trt_backend, "probe_gpu", lambda device=0: probes.append(1) or probe)
+        with capture_logs() as logs:
+            runner = load_runner(model, "auto", max_batch=2)
+        try:
+            assert len(probes) == 1
+            assert [e["mode"] for e in logs if e["event"] == "runner_selected"] == [mode]
+            assert isinstance(runner, FullWindowRunner) == (mode == "full")
+            assert runner.info.name == "onnxruntime"
+        finally:
+            runner.close()
 
 
 class TestDefaultPrecision:

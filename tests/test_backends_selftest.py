@@ -15,8 +15,9 @@ from e2e_helpers import CLIP, REPO, one_line_error
 from onnx import numpy_helper
 from structlog.testing import capture_logs
 
-from streamclf.backends.base import load_engine
-from streamclf.backends.incremental import FullWindowRunner, IncrementalRunner
+from streamclf.backends.runner import load_engine
+from streamclf.backends.incremental import IncrementalRunner
+from streamclf.backends.runner import FullWindowRunner
 from streamclf.backends.selftest import (
     SELF_TEST_WINDOWS,
     checked_runner,

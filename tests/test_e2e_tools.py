@@ -91,7 +91,7 @@ def test_daemon_side_modules_never_import_torch():
     split builders) and the torch engine use torch; everything `serve`, `listen`, `classify`, `evaluate` and `bench` load must not."""
     modules = ["streamclf.cli", "streamclf.service", "streamclf.pipeline", "streamclf.classify",
                "streamclf.evaluate", "streamclf.monitor", "streamclf.bench.report",
-               "streamclf.backends.incremental", "streamclf.models.card",
+               "streamclf.backends.runner", "streamclf.models.card",
                "streamclf.models.taxonomy"]
     code = ("import importlib, sys\n"
             f"for name in {modules!r}: importlib.import_module(name)\n"

@@ -84,13 +84,19 @@ class TestStreamingEqualsOffline:
             assert np.array_equal(w.frames, offline[w.start_frame : w.start_frame + window])
 
     def test_reset_starts_a_new_stream(self, music):
+        """After a reset the windows hold only audio pushed since, as a fresh framer's do, while
+        window numbers and stream time carry on (a gap does not send the feed's clock back)."""
         framer = LogMelFramer(WINDOW, HOP)
-        list(framer.push(music[:20000]))
+        before = list(framer.push(music[:20000]))
+        frames_before = framer.frames_done
         framer.reset()
         again = stream(framer, music, [4096])
         fresh = stream(LogMelFramer(WINDOW, HOP), music, [4096])
         assert len(again) == len(fresh)
         assert all(np.array_equal(a.frames, b.frames) for a, b in zip(again, fresh, strict=True))
+        assert [w.index for w in again] == [len(before) + w.index for w in fresh]
+        assert [w.start_frame for w in again] == [frames_before + w.start_frame for w in fresh]
+        assert again[0].t_start_s == frames_before * HOP_LENGTH / 16000
 
 
 class TestWindowFields:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from incremental_helpers import assert_same_outputs, reference, window_at, windows_at
 
-from streamclf.backends.base import load_engine
-from streamclf.backends.incremental import FullWindowRunner, IncrementalCounters, IncrementalRunner
+from streamclf.backends.incremental import IncrementalCounters, IncrementalRunner
+from streamclf.backends.runner import FullWindowRunner, load_engine
 from streamclf.features.framer import LogMelFramer, load_mono_16k, logmel_windows_for_file
 from streamclf.features.mel import logmel as logmel_of
 from streamclf.models.card import load_model_card

@@ -12,13 +12,12 @@ from structlog.testing import capture_logs
 
 from streamclf.backends.incremental import (
     SPLIT_DIR,
-    FullWindowRunner,
     IncrementalRunner,
     frame_patches,
-    load_runner,
     load_split_card,
 )
 from streamclf.backends.onnx import open_session
+from streamclf.backends.runner import FullWindowRunner, load_runner
 from streamclf.errors import ModelError
 from streamclf.features.framer import logmel_windows_for_file
 from streamclf.models.card import load_model_card

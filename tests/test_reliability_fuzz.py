@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability_helpers import check_stdin_reader
 
-from streamclf.audio.sources import PCM_FORMATS
+from streamclf.audio.pcm import PCM_FORMATS
 from streamclf.testing.daemon import START_TIMEOUT_S, Daemon, write_config
 
 

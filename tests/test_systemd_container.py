@@ -111,7 +111,7 @@ def has_genre(props: dict) -> bool:
 def write_config(box: Container, *, path: str = "/etc/streamclf/streamclf.toml",
                  source: str | None = None, unknown_threshold: float = 0.35, engine: str = "",
                  user: str | None = None) -> None:
-    clip = box.sh(f"{VENV}/bin/python -c 'from streamclf.audio.sources import BUNDLED_CLIP; "
+    clip = box.sh(f"{VENV}/bin/python -c 'from streamclf.audio.files import BUNDLED_CLIP; "
                   "print(BUNDLED_CLIP)'").stdout.strip()  # fmt: skip
     source = source or f'source = "file"\npath = "{clip}"\nloop = true\nrealtime = true'
     text = CONFIG.format(source=source, unknown_threshold=unknown_threshold, engine=engine,

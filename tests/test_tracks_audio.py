@@ -18,7 +18,7 @@ from e2e_helpers import (
     streamclf_cmd,
 )
 
-from streamclf.backends.incremental import load_runner
+from streamclf.backends.runner import load_runner
 from streamclf.boundaries import CONTEXT_WINDOWS, MEASURED_UNITS, RADIUS_WINDOWS, WINDOW_HOPS
 from streamclf.config import parse_config
 from streamclf.errors import ConfigError

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from e2e_helpers import REPO, assert_one_line_error, run_cli
 
-from streamclf.audio.sources import read_audio_file
+from streamclf.audio.files import read_audio_file
 from streamclf.errors import ConfigError
 from streamclf.train.datasets import Item
 from streamclf.train.library import genre_key, load_genre_map, read_file_tags

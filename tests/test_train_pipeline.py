@@ -24,7 +24,7 @@ torch = pytest.importorskip("torch")
 
 from e2e_helpers import genre_sample
 
-from streamclf.backends.base import load_engine
+from streamclf.backends.runner import load_engine
 from streamclf.models.card import load_model_card
 from streamclf.train.augment import AugmentConfig
 from streamclf.train.commands import (

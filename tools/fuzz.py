@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 with atheris.instrument_imports(include=["streamclf", "tomllib"]):
-    from streamclf.audio.sources import PCM_FORMATS
+    from streamclf.audio.pcm import PCM_FORMATS
     from streamclf.config import load_config
     from streamclf.errors import ConfigError
     from streamclf.feed.schema import MessageError, decode_frames

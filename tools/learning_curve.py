@@ -87,7 +87,7 @@ class Embedded:
 
 
 def embed(dataset: Dataset, *, copies: int, seed: int, cache_dir: Path | None) -> Embedded:
-    from streamclf.backends.base import load_engine
+    from streamclf.backends.runner import load_engine
     from streamclf.models.card import load_model_card
     from streamclf.train.augment import AugmentConfig, draw
     from streamclf.train.commands import BASE_MODEL

@@ -15,8 +15,8 @@ import argparse
 import json
 import sys
 
-from streamclf.backends.base import load_engine
-from streamclf.backends.incremental import FullWindowRunner
+from streamclf.backends.runner import load_engine
+from streamclf.backends.runner import FullWindowRunner
 from streamclf.backends.selftest import (
     reference_document,
     reference_path,

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamclf.backends.incremental import load_runner
+from streamclf.backends.runner import load_runner
 from streamclf.config import Config, SmoothingConfig, default_config, load_config
 from streamclf.errors import ConfigError, StreamclfError
 from streamclf.evaluate import load_manifest

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from incremental_helpers import window_at
 
-from streamclf.backends.incremental import load_runner
+from streamclf.backends.runner import load_runner
 from streamclf.config import EngineConfig
 from streamclf.features.framer import Window
 from streamclf.features.mel import WINDOW_FRAMES, frames_for_seconds

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from streamclf.backends.incremental import load_runner
+from streamclf.backends.runner import load_runner
 from streamclf.boundaries import BoundaryDetector
 from streamclf.features.framer import logmel_windows_for_file
 from streamclf.features.mel import WINDOW_FRAMES, frames_for_seconds

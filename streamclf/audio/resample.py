@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-from streamclf.features.mel import SAMPLE_RATE_HZ
+from streamclf.audio import SAMPLE_RATE_HZ
 
 RESAMPLE_QUALITY = "HQ"
 

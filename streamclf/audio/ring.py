@@ -5,6 +5,11 @@ reader. So the ring uses no lock at all: the producer only ever advances ``_clai
 copies) and ``_written`` (after), the consumer only ``_read_pos``. When the producer laps the
 reader, the oldest audio is simply overwritten; the reader notices by comparing positions, skips
 what was lost (including anything clobbered *while* it copied) and counts it.
+
+A source that restarts after a loss marks a gap (``mark_gap``) before it writes again: a read
+never returns audio from both sides of it, and ``gap`` tells the reader that the frames it just
+got do not follow the ones before (a restart, or an overrun that skipped audio), so that every
+stage after the ring can start afresh (docs/architecture.md: one reset protocol).
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ class RingBuffer:
         self._dropped = 0  # consumer: overruns it has skipped
         self._consumed = 0  # consumer
         self._nonfinite = 0  # consumer
+        self._gap_at = 0  # producer: the position of the latest gap
+        self._gap_taken = 0  # consumer: the latest gap position it has read past
+        self._gap_pending = ""  # consumer: a gap found by a read that returned no frames
+        self.gap = ""  # consumer: why the last frames read do not follow the previous ones
 
     # -- producer side -----------------------------------------------------------------------
 
@@ -68,6 +77,10 @@ class RingBuffer:
             self._arrival[:rest] = t
         self._written = end
 
+    def mark_gap(self) -> None:
+        """The next frames written do not follow the last ones (the source restarted)."""
+        self._gap_at = self._written
+
     # -- consumer side -----------------------------------------------------------------------
 
     def read(self, out: np.ndarray) -> tuple[int, float]:
@@ -75,11 +88,16 @@ class RingBuffer:
 
         Returns ``(n, arrival)``: frames copied and the monotonic time at which the newest of
         them was written (nan when n == 0). Non-finite samples are replaced by 0 and counted.
+        When n > 0, ``gap`` says whether these frames follow the last ones read (``""``), or not:
+        ``"restart"`` (the source marked a gap) or ``"overrun"`` (audio was skipped).
         """
         m = out.shape[0]
         written = self._written
+        gap_at = self._gap_at
         start = max(self._read_pos, written - self.capacity)
         n = min(m, written - start)
+        if start < gap_at:
+            n = min(n, gap_at - start)  # stop at the gap: the frames after it start afresh
         if n <= 0:
             return 0, math.nan
         i = start % self.capacity
@@ -94,11 +112,17 @@ class RingBuffer:
             out[: n - skip] = out[skip:n]
             start += skip
             n -= skip
+        if self._gap_taken < gap_at <= start:
+            self._gap_taken = gap_at
+            self._gap_pending = "restart"
+        elif start > self._read_pos and not self._gap_pending:
+            self._gap_pending = "overrun"
         self._dropped += start - self._read_pos
         self._read_pos = start + n
         self._consumed += n
         if n == 0:
             return 0, math.nan
+        self.gap, self._gap_pending = self._gap_pending, ""
         self._sanitize(out[:n])
         return n, arrival
 

@@ -4,8 +4,9 @@ Heavy runtimes are imported only by the engine that needs them: onnxruntime by `
 tensorrt and pycuda by `tensorrt`, torch by `torch`.
 """
 
-from streamclf.backends.base import Engine, EngineInfo, load_engine, new_batch_buffer, run_batched
+from streamclf.backends.base import Engine, EngineInfo, new_batch_buffer, run_batched
 from streamclf.backends.plans import default_plan_dir, list_plans
+from streamclf.backends.runner import load_engine
 
 __all__ = [
     "Engine",

@@ -1,32 +1,27 @@
-"""The engine interface, the choice of engine, and batching of ready windows.
+"""The engine interface, the contract's checks, and batching of ready windows.
 
 An engine maps a batch of log-mel windows `[B, 187, 96]` to tag probabilities `[B, 50]` and
-the penultimate-layer embedding `[B, D]`. Which engine runs is decided once, at load, and the
-choice is logged with its reason. A remote backend (e.g. Triton) would be one more module
+the penultimate-layer embedding `[B, D]`. Which engine runs is decided once, in
+`streamclf.backends.runner`. A remote backend (e.g. Triton) would be one more module
 implementing `Engine`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-import structlog
 
-from streamclf.errors import EngineError, ModelError
+from streamclf.errors import ModelError
 from streamclf.features.mel import N_MELS, WINDOW_FRAMES
-
-log = structlog.get_logger(__name__)
 
 INPUT_NAME = "logmel"
 OUTPUT_NAMES = ("tags", "embedding")
 N_TAGS = 50
 DEFAULT_MAX_BATCH = 32
-KINDS = ("auto", "onnxruntime", "tensorrt", "torch")
 
 
 @dataclass(frozen=True)
@@ -160,9 +155,6 @@ def model_path(model: object) -> Path:
     return path
 
 
-# -- selection ------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class GpuProbe:
     """What this machine offers for TensorRT; `problem` says why it cannot be used, if so."""
@@ -175,96 +167,6 @@ class GpuProbe:
     @property
     def usable(self) -> bool:
         return not self.problem
-
-
-def choose_kind(requested: str, probe: GpuProbe) -> tuple[str, str]:
-    """Resolve `requested` (one of KINDS) to a concrete engine kind and the reason for it."""
-    if requested not in KINDS:
-        msg = f"unknown engine kind '{requested}' (choose from {', '.join(KINDS)})"
-        raise EngineError(msg)
-    if requested != "auto":
-        if requested == "tensorrt" and not probe.usable:
-            msg = f"tensorrt engine requested but unavailable: {probe.problem}"
-            raise EngineError(msg)
-        return requested, "requested"
-    if probe.usable:
-        return "tensorrt", (
-            f"auto: TensorRT {probe.tensorrt_version} on {probe.gpu_name}"
-            f" (sm_{probe.compute_capability.replace('.', '')})"
-        )
-    return "onnxruntime", f"auto: no usable GPU ({probe.problem})"
-
-
-def load_engine(
-    model: object,
-    kind: str = "auto",
-    *,
-    max_batch: int = DEFAULT_MAX_BATCH,
-    precision: str | None = None,
-    threads: int | None = None,
-    plan_dir: str | os.PathLike[str] | None = None,
-) -> Engine:
-    """Load the model (a ModelCard or an ONNX path) on the engine `kind` resolves to.
-
-    `precision` is "fp32" or "fp16" (TensorRT only; default: fp16 where the GPU is fast at it).
-    Under "auto", a TensorRT engine that cannot be built or loaded falls back to onnxruntime
-    with a warning; an explicit kind raises EngineError instead.
-    """
-    path = model_path(model)
-    if kind in ("auto", "tensorrt"):
-        from streamclf.backends.tensorrt import probe_gpu
-
-        probe = probe_gpu()
-    else:
-        probe = GpuProbe(problem="not probed")
-    chosen, reason = choose_kind(kind, probe)
-    if chosen == "tensorrt":
-        from streamclf.backends.tensorrt import TensorRTEngine
-
-        try:
-            engine: Engine = TensorRTEngine(
-                path, max_batch=max_batch, precision=precision, plan_dir=plan_dir, reason=reason
-            )
-        except EngineError as exc:
-            if kind != "auto":
-                raise
-            log.warning("engine_fallback", frm="tensorrt", to="onnxruntime", error=str(exc))
-            chosen, reason = "onnxruntime", f"auto: tensorrt failed ({exc})"
-    if chosen == "onnxruntime":
-        from streamclf.backends.onnx import OnnxEngine
-
-        engine = OnnxEngine(path, max_batch=max_batch, threads=threads, reason=reason)
-    elif chosen == "torch":
-        from streamclf.backends.torch import TorchEngine
-
-        engine = TorchEngine(path, max_batch=max_batch, threads=threads, reason=reason)
-    _check_matches_card(engine, model)
-    info = engine.info
-    log.info(
-        "engine_selected",
-        engine=info.name,
-        device=info.device,
-        precision=info.precision,
-        max_batch=info.max_batch,
-        model=info.model,
-        reason=reason,
-    )
-    return engine
-
-
-def _check_matches_card(engine: Engine, model: object) -> None:
-    """A model whose outputs do not fit its card's labels fails at load, not on the first window."""
-    labels = getattr(model, "labels", None)
-    if labels is None:
-        return
-    width = engine.infer(np.zeros((1, WINDOW_FRAMES, N_MELS), np.float32))["tags"].shape[1]
-    if width != len(labels):
-        engine.close()
-        msg = (
-            f"{model_path(model)}: the model gives {width} tag probabilities but its card "
-            f"lists {len(labels)} labels"
-        )
-        raise ModelError(msg)
 
 
 # -- batching -------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ where the window's zero padding enters. Its outputs equal full-window inference 
 
 Reuse is trusted only when it is provably the same audio: the window must not start before the
 stream's previous window, must overlap it (no gap), and the overlapping log-mel must be equal;
-otherwise that stream's ring restarts. `load_runner` returns it, or a `FullWindowRunner` with
-the same `run()` where an engine or model cannot use it, and logs which and why.
+otherwise that stream's ring restarts. `streamclf.backends.runner.load_runner` returns it where
+the model and engine allow, else a full-window runner with the same `run()`.
 Runtime code: onnxruntime and numpy, no torch.
 """
 
@@ -24,32 +24,15 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import structlog
 
-from streamclf.backends.base import (
-    DEFAULT_MAX_BATCH,
-    OUTPUT_NAMES,
-    Engine,
-    EngineInfo,
-    GpuProbe,
-    choose_kind,
-    load_engine,
-    new_batch_buffer,
-    run_batched,
-)
+from streamclf.backends.base import DEFAULT_MAX_BATCH, OUTPUT_NAMES, EngineInfo, new_batch_buffer
 from streamclf.errors import ModelError
 from streamclf.features.framer import Window
 from streamclf.features.mel import N_MELS, WINDOW_FRAMES, sliding_rows
-from streamclf.models.card import (
-    ENGINES_DIR,
-    ModelCard,
-    architecture_of,
-    load_model_card,
-    sha256_file,
-)
+from streamclf.models.card import ENGINES_DIR, ModelCard, load_model_card, sha256_file
 
 log = structlog.get_logger(__name__)
 
@@ -173,55 +156,6 @@ class FeatureRing:
 
 
 # -- runners ----------------------------------------------------------------------------------
-
-
-class WindowRunner(Protocol):
-    """What the engine worker calls: windows of any streams in, outputs in input order."""
-
-    info: EngineInfo
-
-    @property
-    def max_batch(self) -> int: ...
-
-    def run(self, items: Sequence[tuple[str, Window]]) -> dict[str, np.ndarray]:
-        """items [(stream_id, window)] → {'tags': [N, 50], 'embedding': [N, D]}."""
-        ...
-
-    def reset(self, stream_id: str | None = None) -> None: ...
-
-    def warmup(self) -> None: ...
-
-    def interrupt(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class FullWindowRunner:
-    """Every window through the full model on any engine: the fallback, and the reference."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.info = engine.info
-        self._buffer = new_batch_buffer(engine.max_batch)
-
-    @property
-    def max_batch(self) -> int:
-        return self.engine.max_batch
-
-    def run(self, items: Sequence[tuple[str, Window]]) -> dict[str, np.ndarray]:
-        return run_batched(self.engine, [w.frames for _, w in items], buffer=self._buffer)
-
-    def reset(self, stream_id: str | None = None) -> None:
-        """Nothing is kept between windows."""
-
-    def warmup(self) -> None:
-        self.engine.warmup()
-
-    def interrupt(self) -> None:
-        self.engine.interrupt()
-
-    def close(self) -> None:
-        self.engine.close()
 
 
 @dataclass
@@ -378,56 +312,3 @@ class IncrementalRunner:
         self.counters.frames_computed += n_patches
         self.counters.frames_reused += n * core - n_patches
         return {"tags": tags, "embedding": embedding}
-
-
-def load_runner(
-    model: ModelCard | str | os.PathLike[str],
-    kind: str = "auto",
-    *,
-    incremental: bool = True,
-    hop_frames: int | None = None,
-    max_batch: int = DEFAULT_MAX_BATCH,
-    precision: str | None = None,
-    threads: int | None = None,
-    plan_dir: str | os.PathLike[str] | None = None,
-    split_dir: Path = SPLIT_DIR,
-) -> WindowRunner:
-    """The incremental runner where the model and the engine allow it, else full windows.
-
-    Incremental needs a musicnn model with a matching split and the onnxruntime engine (the
-    split graphs have two inputs, which the TensorRT and torch engines do not take); under
-    "auto" a usable GPU wins, with full windows on TensorRT. Windows `hop_frames` apart (when
-    known) must overlap by more than the 6 edge frames for anything to be reused, so `classify`'s
-    non-overlapping patches run full windows. The choice is logged with its reason.
-    """
-    card = model if isinstance(model, ModelCard) else load_model_card(model)
-    reason = ""
-    if not incremental:
-        reason = "incremental inference disabled"
-    elif architecture_of(card.name) == "vgg":
-        reason = f"{card.name}: every VGG layer pads and pools by 2, no per-frame part to reuse"
-    elif hop_frames is not None and hop_frames >= card.window_frames - 2 * CONTEXT_FRAMES:
-        reason = f"hop of {hop_frames} frames: consecutive windows share no reusable frame"
-    else:
-        if kind in ("auto", "tensorrt"):
-            from streamclf.backends.tensorrt import probe_gpu
-
-            probe = probe_gpu()
-        else:
-            probe = GpuProbe(problem="not probed")
-        chosen, why = choose_kind(kind, probe)
-        if chosen != "onnxruntime":
-            reason = f"engine {chosen} ({why}) runs full windows only"
-        else:
-            try:
-                runner = IncrementalRunner(card, max_batch=max_batch, threads=threads,
-                                           split_dir=split_dir, reason=why)
-            except ModelError as exc:
-                reason = str(exc)
-            else:
-                log.info("runner_selected", mode="incremental", model=card.name, reason=why)
-                return runner
-    log.info("runner_selected", mode="full", model=card.name, reason=reason)
-    engine = load_engine(card, kind=kind, max_batch=max_batch, precision=precision,
-                         threads=threads, plan_dir=plan_dir)
-    return FullWindowRunner(engine)

@@ -273,9 +273,10 @@ class TensorRTEngine(InfoFields):
         plan_dir: str | os.PathLike[str] | None = None,
         device: int = 0,
         reason: str = "",
+        probe: GpuProbe | None = None,
     ) -> None:
         path = Path(path)
-        probe = probe_gpu(device)
+        probe = probe or probe_gpu(device)  # the caller's decision already probed, where it did
         if not probe.usable:
             raise EngineError(f"tensorrt unavailable: {probe.problem}")
         try:

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import structlog
 
-from streamclf.backends.base import load_engine, model_path
+from streamclf.backends.base import model_path
+from streamclf.backends.runner import load_engine
 from streamclf.errors import StreamclfError
 from streamclf.features.mel import N_MELS, WINDOW_FRAMES
 

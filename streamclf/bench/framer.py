@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from streamclf.audio.sources import BUNDLED_CLIP as CLIP
+from streamclf.audio.files import BUNDLED_CLIP as CLIP
 from streamclf.bench.common import BLOCK_S, Context, best_seconds, check
 from streamclf.features.mel import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE_HZ, frames_for_seconds
 

@@ -16,9 +16,9 @@ import time
 import numpy as np
 import structlog
 
-from streamclf.audio.sources import BUNDLED_CLIP as CLIP
-from streamclf.backends.base import load_engine
-from streamclf.backends.incremental import FullWindowRunner, IncrementalRunner, WindowRunner
+from streamclf.audio.files import BUNDLED_CLIP as CLIP
+from streamclf.backends.incremental import IncrementalRunner
+from streamclf.backends.runner import FullWindowRunner, WindowRunner, load_engine
 from streamclf.features.framer import Window, load_mono_16k
 from streamclf.features.mel import (
     HOP_LENGTH,

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamclf.audio.sources import BUNDLED_CLIP as CLIP
-from streamclf.backends.incremental import IncrementalRunner, load_runner
+from streamclf.audio.files import BUNDLED_CLIP as CLIP
+from streamclf.backends.incremental import IncrementalRunner
+from streamclf.backends.runner import load_runner
 from streamclf.bench.common import DEFAULTS, MAX_BATCH, MODEL, Context
 from streamclf.bench.engines import render_markdown, run_engine_bench
 from streamclf.bench.incremental import (

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from streamclf.audio.sources import BUNDLED_CLIP as CLIP
+from streamclf.audio.files import BUNDLED_CLIP as CLIP
 from streamclf.bench.common import BLOCK_S, DEFAULTS, MODEL, Context, check
 from streamclf.bench.daemon_sections import (
     bench_capacity,

@@ -89,14 +89,18 @@ class LogMelFramer:
         self._energy = np.zeros(self.window_frames, dtype=np.float64)
         # Padded samples not yet consumed by a frame: always fewer than N_FFT after a push.
         self._pending = np.zeros(N_FFT, dtype=np.float32)
+        self._n_frames = 0  # frames of the stream so far, across resets: the stream's clock
+        self._n_windows = 0
         self.reset()
 
     def reset(self) -> None:
-        """Start a new stream: frame 0 is centred on the next sample pushed."""
+        """Start afresh (after a gap, or at the end): the next frame is centred on the next
+        sample pushed, and the next window holds only frames computed after this call. Frame
+        and window numbers, and so stream time, carry on from where they were."""
         self._n_pending = _PAD  # librosa's left centre padding: 256 zeros
         self._pending[:_PAD] = 0.0
-        self._n_frames = 0
-        self._n_windows = 0
+        self._origin = self._n_frames  # the first frame after the reset
+        self._windows_since_reset = 0
         self._arrival = math.nan
 
     def push(self, samples: np.ndarray, arrival: float = math.nan) -> Iterator[Window]:
@@ -124,9 +128,9 @@ class LogMelFramer:
 
         Lets a stream worker sleep until then instead of framing every small block as it comes.
         """
-        frames_needed = self._n_windows * self.hop_frames + self.window_frames
+        frames_needed = self._windows_since_reset * self.hop_frames + self.window_frames
         padded_needed = (frames_needed - 1) * HOP_LENGTH + N_FFT
-        padded_seen = self._n_frames * HOP_LENGTH + self._n_pending
+        padded_seen = (self._n_frames - self._origin) * HOP_LENGTH + self._n_pending
         return max(0, padded_needed - padded_seen)
 
     @property
@@ -160,7 +164,7 @@ class LogMelFramer:
         old_end = self._n_frames
         new_end = old_end + new_logmel.shape[0]
         windows = []
-        while (start := self._n_windows * self.hop_frames) + self.window_frames <= new_end:
+        while (start := self._next_window_start()) + self.window_frames <= new_end:
             end = start + self.window_frames
             n_old = max(0, old_end - start)
             out = np.empty((self.window_frames, N_MELS), dtype=np.float32)
@@ -182,7 +186,11 @@ class LogMelFramer:
                 )
             )
             self._n_windows += 1
+            self._windows_since_reset += 1
         return windows
+
+    def _next_window_start(self) -> int:
+        return self._origin + self._windows_since_reset * self.hop_frames
 
 
 def load_mono_16k(path: str | Path) -> np.ndarray:
@@ -190,8 +198,8 @@ def load_mono_16k(path: str | Path) -> np.ndarray:
 
     soundfile float32 read, channel mean, soxr HQ, length fixed as librosa fixes it.
     """
+    from streamclf.audio.files import read_audio_file
     from streamclf.audio.resample import Resampler, resampled_length
-    from streamclf.audio.sources import read_audio_file
 
     audio, rate = read_audio_file(path)
     resampler = Resampler(rate, audio.shape[1], mix="mean")

@@ -12,7 +12,8 @@ import functools
 
 import numpy as np
 
-SAMPLE_RATE_HZ = 16000
+from streamclf.audio import SAMPLE_RATE_HZ
+
 N_FFT = 512
 HOP_LENGTH = 256
 N_MELS = 96

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import structlog
 
-from streamclf.backends.base import load_engine
+from streamclf.backends.runner import load_engine
 from streamclf.errors import ConfigError
 from streamclf.evaluate import (
     ALL_FILES,

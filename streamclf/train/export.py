@@ -20,9 +20,9 @@ import structlog
 import torch
 from torch import nn
 
-from streamclf.backends.torch import load_torch_from_onnx
 from streamclf.errors import ModelError
 from streamclf.models import card as cards
+from streamclf.models.from_onnx import load_torch_from_onnx
 from streamclf.models.importer import (
     ONNX_TOLERANCE,
     export_onnx,

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from streamclf.backends.torch import load_torch_from_onnx
 from streamclf.evaluate import FUSED_MODEL, clip_windows, load_manifest, run_outputs
 from streamclf.models import card
+from streamclf.models.from_onnx import load_torch_from_onnx
 from streamclf.models.taxonomy import (
     FAMILIES,
     MSD_FAMILY_TAGS,

@@ -44,7 +44,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from streamclf.backends.base import load_engine
+from streamclf.backends.runner import load_engine
 from streamclf.errors import StreamclfError
 from streamclf.evaluate import Clip, confusion_matrix, load_manifest, macro_f1
 from streamclf.models.card import dataset_of, load_model_card

@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from streamclf.backends.torch import load_torch_from_onnx
 from streamclf.errors import ModelError
 from streamclf.models import card
+from streamclf.models.from_onnx import load_torch_from_onnx
 from streamclf.models.importer import ONNX_OPSET, parity_batch, sha256_of
 from streamclf.models.musicnn import Musicnn
 
