@@ -15,9 +15,8 @@ from e2e_helpers import CLIP, REPO, one_line_error
 from onnx import numpy_helper
 from structlog.testing import capture_logs
 
-from streamclf.backends.runner import load_engine
 from streamclf.backends.incremental import IncrementalRunner
-from streamclf.backends.runner import FullWindowRunner
+from streamclf.backends.runner import FullWindowRunner, load_engine
 from streamclf.backends.selftest import (
     SELF_TEST_WINDOWS,
     checked_runner,

@@ -15,8 +15,7 @@ import argparse
 import json
 import sys
 
-from streamclf.backends.runner import load_engine
-from streamclf.backends.runner import FullWindowRunner
+from streamclf.backends.runner import FullWindowRunner, load_engine
 from streamclf.backends.selftest import (
     reference_document,
     reference_path,

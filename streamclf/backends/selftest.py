@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from streamclf.audio.resample import Resampler
 from streamclf.audio.files import BUNDLED_CLIP
+from streamclf.audio.resample import Resampler
 from streamclf.errors import EngineError, ModelError
 from streamclf.features.framer import LogMelFramer, Window
 from streamclf.features.mel import HOP_LENGTH, SAMPLE_RATE_HZ, WINDOW_FRAMES, frames_for_seconds
