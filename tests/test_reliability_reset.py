@@ -18,10 +18,11 @@ import signal
 import numpy as np
 from audio_helpers import pulse_server_fixture
 from paced_wav_server import PacedWavServer
-from reliability_helpers import START_TIMEOUT_S, children_named, wait_for, write_config
+from reliability_helpers import children_named
 
 from streamclf.config import load_config
 from streamclf.pipeline import Pipeline
+from streamclf.testing.daemon import START_TIMEOUT_S, wait_for, write_config
 
 pulse = pulse_server_fixture()
 HOP_S = 0.5
