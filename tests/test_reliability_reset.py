@@ -26,6 +26,7 @@ from streamclf.testing.daemon import START_TIMEOUT_S, wait_for, write_config
 
 pulse = pulse_server_fixture()
 HOP_S = 0.5
+STREAM = "s"
 
 
 class WindowRecorder:
@@ -36,11 +37,12 @@ class WindowRecorder:
         self.events: list[object] = []  # a Window, or "reset" for a reset of the stream
 
     def run(self, items):
-        self.events.extend(window for _, window in items)
+        self.events.extend(window for stream_id, window in items if stream_id == STREAM)
         return self._runner.run(items)
 
     def reset(self, stream_id: str | None = None) -> None:
-        self.events.append("reset")
+        if stream_id == STREAM:  # not the start-up self-test's own stream
+            self.events.append("reset")
         self._runner.reset(stream_id)
 
     def __getattr__(self, name: str):
@@ -58,7 +60,7 @@ class WindowRecorder:
 @contextlib.contextmanager
 def recorded_pipeline(tmp_path, stream: dict):
     """A Pipeline (no feed socket) over one stream, yielding (pipeline, recorder)."""
-    cfg = write_config(tmp_path, streams=[{"id": "s", **stream}], framing={"hop_s": HOP_S})
+    cfg = write_config(tmp_path, streams=[{"id": STREAM, **stream}], framing={"hop_s": HOP_S})
     recorders: list[WindowRecorder] = []
 
     def wrap(runner):
