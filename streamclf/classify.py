@@ -9,23 +9,35 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import structlog
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from streamclf.backends.runner import WindowRunner, load_runner
 from streamclf.errors import AudioInputError, ConfigError
-from streamclf.features.framer import logmel_windows_for_file
+from streamclf.features.framer import stream_file_windows
 from streamclf.features.mel import WINDOW_FRAMES, frames_for_seconds
 from streamclf.models.card import DEFAULT_MODEL, ModelCard, genre_vocabulary, load_model_card
+from streamclf.train.datasets import AUDIO_SUFFIXES
+from streamclf.train.library import audio_files
 
 log = structlog.get_logger(__name__)
 
 SCHEMA_VERSION = 1
-BATCH_WINDOWS = 16  # windows per engine call: large enough to batch, small enough for progress
+# One window per engine call: ONNX Runtime's arena holds the largest batch's activations (fused
+# model: peak 154 MiB at 1, 328 MiB at 4, 690 MiB at 16 for the whole process), while its
+# throughput on 2 cores is the same from batch 1 on (docs/benchmarks.md, section 2).
+BATCH_WINDOWS = 1
 TAGGRAM_WIDTH_IN = 14.0  # the --plot picture: wide, one row of tags every TAGGRAM_ROW_IN inches
 TAGGRAM_ROW_IN = 0.16  # 50 tags: 9.5 inches tall, still room for 9-point labels
 
@@ -56,27 +68,39 @@ def top_genre(probs: np.ndarray, card: ModelCard, genres: tuple[str, ...]) -> tu
     return card.labels[best], float(probs[best])
 
 
-def tag_file(path: Path, runner: WindowRunner, *, window_frames: int, hop_frames: int,
-             progress: Progress | None = None) -> FileTags:
-    """Frame the whole file, then run the engine over its windows in batches."""
-    windows = list(logmel_windows_for_file(path, window_frames=window_frames, hop_frames=hop_frames))
-    if not windows:
+def tag_file(path: Path, runner: WindowRunner, *, window_frames: int,
+             hop_frames: int) -> FileTags:
+    """Stream the file through the framer and the engine, `runner.max_batch` windows at a time:
+    memory stays that of one block and one batch, whatever the file's length."""
+    windows = stream_file_windows(path, window_frames=window_frames, hop_frames=hop_frames)
+    starts, ends, chunks = [], [], []
+    try:
+        while batch := list(islice(windows, runner.max_batch)):
+            chunks.append(runner.run([(str(path), w) for w in batch])["tags"])
+            starts += [w.t_start_s for w in batch]
+            ends += [w.t_end_s for w in batch]
+    finally:
+        runner.reset(str(path))
+    if not chunks:
         msg = f"{path}: shorter than one window ({window_frames} frames, about 3 s)"
         raise AudioInputError(msg)
-    task = progress.add_task(path.name, total=max(1, len(windows))) if progress else None
-    chunks = []
-    for first in range(0, len(windows), BATCH_WINDOWS):
-        batch = windows[first:first + BATCH_WINDOWS]
-        chunks.append(runner.run([(str(path), w) for w in batch])["tags"])
-        if progress is not None:
-            progress.advance(task, len(batch))
-    runner.reset(str(path))
-    return FileTags(
-        path=path,
-        starts_s=np.array([w.t_start_s for w in windows]),
-        ends_s=np.array([w.t_end_s for w in windows]),
-        tags=np.concatenate(chunks),
-    )
+    return FileTags(path=path, starts_s=np.array(starts), ends_s=np.array(ends),
+                    tags=np.concatenate(chunks))
+
+
+def audio_paths(paths: list[Path]) -> list[Path]:
+    """The files to tag: a file as given, a folder's audio files (recursively, sorted)."""
+    found = []
+    for path in paths:
+        if not path.is_dir():
+            found.append(path)
+            continue
+        files = audio_files(path)
+        if not files:
+            msg = f"{path}: a folder with no audio files ({', '.join(AUDIO_SUFFIXES)})"
+            raise AudioInputError(msg)
+        found += files
+    return found
 
 
 def to_json(result: FileTags, card: ModelCard, genres: tuple[str, ...], *, top_k: int) -> dict:
@@ -143,7 +167,9 @@ def _print_text(doc: dict, out) -> None:
 
 
 def run(args) -> int:
-    """`streamclf classify`: tag each file, print text or one JSON document."""
+    """`streamclf classify`: tag each file (a folder: its audio files) through one loaded engine,
+    print text as each is done or one JSON document at the end; a file that cannot be read is
+    one error line, the others are still tagged, and the exit code says some failed."""
     window_frames = frames_for_seconds(args.window)
     if window_frames != WINDOW_FRAMES:
         msg = f"--window: the models take 3 s windows ({WINDOW_FRAMES} frames), got {args.window} s"
@@ -158,26 +184,41 @@ def run(args) -> int:
     card = load_model_card(args.model or DEFAULT_MODEL)
     genres = genre_vocabulary(card, tuple(g.strip() for g in args.genres.split(",") if g.strip())
                               if args.genres else (), key="--genres")
+    files = audio_paths(args.files)
     runner = load_runner(card, args.engine or "auto", hop_frames=hop_frames,
                          max_batch=BATCH_WINDOWS)
-    docs = []
-    progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                        TextColumn("{task.completed}/{task.total} windows"), TimeRemainingColumn(),
+    docs, failed = [], 0
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("files"), TimeRemainingColumn(),
                         console=Console(stderr=True), transient=True,
                         disable=not sys.stderr.isatty())
-    with progress:
-        for path in args.files:
-            result = tag_file(path, runner, window_frames=window_frames, hop_frames=hop_frames,
-                              progress=progress)
-            docs.append(to_json(result, card, genres, top_k=args.top_k))
-            if args.plot:
-                plot_taggram(result, card, _plot_path(args.plot, path, len(args.files) > 1))
-    runner.close()
+    try:
+        with progress:
+            task = progress.add_task("", total=len(files))
+            for path in files:
+                progress.update(task, description=path.name)
+                try:
+                    result = tag_file(path, runner, window_frames=window_frames,
+                                      hop_frames=hop_frames)
+                except AudioInputError as exc:
+                    failed += 1
+                    print(f"streamclf: error: {exc}", file=sys.stderr)
+                    continue
+                finally:
+                    progress.advance(task)
+                doc = to_json(result, card, genres, top_k=args.top_k)
+                if args.json:
+                    docs.append(doc)
+                else:
+                    _print_text(doc, sys.stdout)
+                if args.plot:
+                    plot_taggram(result, card, _plot_path(args.plot, path, len(files) > 1))
+    finally:
+        runner.close()
     if args.json:
         json.dump({"v": SCHEMA_VERSION, "model": card.name, "engine": runner.info.name,
                    "window_s": args.window, "hop_s": args.hop, "files": docs}, sys.stdout)
         sys.stdout.write("\n")
-    else:
-        for doc in docs:
-            _print_text(doc, sys.stdout)
-    return 0
+    if failed and len(files) > 1:
+        print(f"streamclf: {failed} of {len(files)} files could not be tagged", file=sys.stderr)
+    return AudioInputError.exit_code if failed else 0

@@ -76,8 +76,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classify", help="tag audio files offline",
                        description="Tag files through the same framer and engine as the daemon: "
-                                   "per-window tags and a track summary.")
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+                                   "per-window tags and a track summary. A folder stands for its "
+                                   "audio files; an unreadable file is one error line, the rest "
+                                   "are still tagged, and the exit code is then 3.")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE|DIR")
     _add_model_args(p)
     p.add_argument("--window", type=float, default=3.0, help="window in seconds (default 3)")
     p.add_argument("--hop", type=float, default=3.0,

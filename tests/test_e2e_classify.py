@@ -74,6 +74,31 @@ class TestClassify:
             assert width > height  # time runs along a wide x axis
 
 
+class TestClassifyFolder:
+    """A folder's audio files go through one loaded engine; an unreadable one is one error line,
+    the rest are still tagged, and the exit code says some failed."""
+
+    def test_folder_with_an_unreadable_file(self, tmp_path):
+        (tmp_path / "sub").mkdir()
+        wav = tmp_path / "sub" / "b.wav"
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(CLIP), "-t", "10", str(wav)],
+                       check=True, timeout=60)
+        (tmp_path / "a.ogg").write_bytes(CLIP.read_bytes())
+        (tmp_path / "bad.flac").write_bytes(b"fLaC" + bytes(range(256)) * 20)
+        (tmp_path / "notes.txt").write_text("not audio")
+        proc = run_cli("classify", "--json", str(tmp_path))
+        assert "bad.flac" in assert_one_line_error(proc, 3)
+        assert "1 of 3 files could not be tagged" in proc.stderr.decode()
+        doc = json.loads(proc.stdout)
+        assert [f["file"] for f in doc["files"]] == [str(tmp_path / "a.ogg"), str(wav)]
+        assert [f["summary"]["windows"] for f in doc["files"]] == [CLIP_WINDOWS_HOP_3, 3]
+
+    def test_folder_without_audio(self, tmp_path):
+        (tmp_path / "notes.txt").write_text("not audio")
+        line = assert_one_line_error(run_cli("classify", str(tmp_path)), 3)
+        assert "no audio files" in line
+
+
 class TestClassifyBadInput:
     """Bad input is one line and a documented exit code, never a traceback."""
 

@@ -4,15 +4,23 @@ carry the right frames, times, levels and arrival stamps."""
 from __future__ import annotations
 
 import math
+import subprocess
+from pathlib import Path
 
 import librosa
 import numpy as np
 import pytest
+import soundfile as sf
 from audio_helpers import CLIP_PATH
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamclf.features.framer import LogMelFramer, load_mono_16k, logmel_windows_for_file
+from streamclf.features.framer import (
+    LogMelFramer,
+    load_mono_16k,
+    logmel_windows_for_file,
+    stream_file_windows,
+)
 from streamclf.features.mel import HOP_LENGTH, WINDOW_FRAMES, logmel
 
 WINDOW, HOP = 187, 62
@@ -135,7 +143,8 @@ class TestWindowFields:
 
 
 class TestFileHelper:
-    """logmel_windows_for_file gives musicnn's exact input for the bundled clip."""
+    """logmel_windows_for_file gives musicnn's exact input for the bundled clip, read, resampled
+    and framed a block at a time, whatever the block size and however the file is decoded."""
 
     def test_load_equals_librosa_load(self):
         ours = load_mono_16k(CLIP_PATH)
@@ -150,6 +159,37 @@ class TestFileHelper:
         for w in windows:
             assert np.array_equal(w.frames, full[w.start_frame : w.start_frame + 187])
             assert -40 < w.level_dbfs < 0
+
+    @pytest.mark.parametrize("block_frames", [37, 1000, 44100, 10**7])
+    def test_block_size_changes_nothing(self, block_frames, tmp_path):
+        """A 44.1 kHz stereo file in blocks of any size: soxr's tail is cut or padded to
+        librosa's length at the end, so the last window is the offline one too."""
+        clip = CLIP_PATH if block_frames > 37 else _first_seconds(CLIP_PATH, 4.0, tmp_path)
+        full = logmel(load_mono_16k(clip))
+        windows = list(stream_file_windows(clip, window_frames=187, hop_frames=62,
+                                           block_frames=block_frames))
+        assert len(windows) == expected_windows(len(load_mono_16k(clip)), 187, 62) > 0
+        for w in windows:
+            assert np.array_equal(w.frames, full[w.start_frame : w.start_frame + 187])
+
+    def test_file_soundfile_cannot_open(self, tmp_path):
+        """An M4A goes through ffmpeg whole, then through the same blocks."""
+        m4a = tmp_path / "clip.m4a"
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(CLIP_PATH), "-t", "7",
+                        "-c:a", "aac", str(m4a)], check=True, timeout=60)
+        full = logmel(load_mono_16k(m4a))
+        windows = list(stream_file_windows(m4a, hop_frames=62, block_frames=3000))
+        assert len(windows) == expected_windows(len(load_mono_16k(m4a)), 187, 62) > 0
+        for w in windows:
+            assert np.array_equal(w.frames, full[w.start_frame : w.start_frame + 187])
+
+
+def _first_seconds(path: Path, seconds: float, folder: Path) -> Path:
+    """The first seconds of a file as a WAV of its own rate and channels."""
+    audio, rate = sf.read(path, dtype="float32", frames=int(seconds * sf.info(path).samplerate))
+    out = folder / "head.wav"
+    sf.write(out, audio, rate, subtype="FLOAT")
+    return out
 
 
 class TestSamplesToNextWindow:

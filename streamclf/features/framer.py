@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamclf.errors import AudioInputError
 from streamclf.features.mel import (
     HOP_LENGTH,
     N_FFT,
@@ -30,6 +31,7 @@ from streamclf.features.mel import (
 )
 
 HOP_FRAMES = frames_for_seconds(1.0)  # 62
+FILE_BLOCK_FRAMES = 1 << 16  # samples of a file read at once: ~1.5 s at 44.1 kHz
 _PAD = N_FFT // 2
 
 
@@ -210,13 +212,76 @@ def load_mono_16k(path: str | Path) -> np.ndarray:
     return y[:n]
 
 
-def logmel_windows_for_file(
-    path: str | Path, *, window_frames: int = WINDOW_FRAMES, hop_frames: int = WINDOW_FRAMES
-) -> list[Window]:
-    """Exactly musicnn's input for a file: load as librosa would, frame, flush.
+def _file_blocks(path: str | Path, block_frames: int) -> tuple[int, int, Iterator[np.ndarray]]:
+    """(rate, channels, float32 ``[n, channels]`` blocks) of a file, read a block at a time.
+
+    What soundfile cannot open goes to ``read_audio_file``: ffmpeg decodes it whole, or its
+    one-line error is raised.
+    """
+    import soundfile as sf
+
+    from streamclf.audio.sources import read_audio_file
+
+    try:
+        sound = sf.SoundFile(path)
+    except (RuntimeError, sf.SoundFileError, ValueError, OSError):
+        audio, rate = read_audio_file(path)
+        blocks = (audio[i : i + block_frames] for i in range(0, audio.shape[0], block_frames))
+        return rate, audio.shape[1], blocks
+    return sound.samplerate, sound.channels, _read_blocks(sound, path, block_frames)
+
+
+def _read_blocks(sound, path: str | Path, block_frames: int) -> Iterator[np.ndarray]:
+    import soundfile as sf
+
+    with sound:
+        while True:
+            try:
+                block = sound.read(block_frames, dtype="float32", always_2d=True)
+            except (RuntimeError, sf.SoundFileError) as exc:
+                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                msg = f"cannot read audio file {path}: {first_line}"
+                raise AudioInputError(msg) from exc
+            if block.shape[0] == 0:
+                return
+            yield block
+
+
+def stream_file_windows(
+    path: str | Path,
+    *,
+    window_frames: int = WINDOW_FRAMES,
+    hop_frames: int = WINDOW_FRAMES,
+    block_frames: int = FILE_BLOCK_FRAMES,
+) -> Iterator[Window]:
+    """Exactly musicnn's input for a file (``librosa.load``, frame, flush), read, resampled and
+    framed a block at a time, so that memory stays that of one block whatever the file's length.
 
     Default hop = window gives musicnn's own non-overlapping 187-frame patches.
     """
+    from streamclf.audio.resample import Resampler, resampled_length
+
+    rate, channels, blocks = _file_blocks(path, block_frames)
+    resampler = Resampler(rate, channels, mix="mean")
     framer = LogMelFramer(window_frames, hop_frames)
-    y = load_mono_16k(path)
-    return [*framer.push(y), *framer.flush()]
+    n_in = n_out = 0
+    for block in blocks:
+        n_in += block.shape[0]
+        y = resampler.push(block)
+        n_out += y.shape[0]
+        yield from framer.push(y)
+    # librosa's length, ceil(n · 16000 / rate): soxr's held-back tail cut or zero-padded to it
+    # (soxr holds back its filter delay, so the blocks never give more than that).
+    missing = resampled_length(n_in, in_rate=rate) - n_out
+    tail = np.zeros(missing, dtype=np.float32)
+    held = resampler.flush()[:missing]
+    tail[: held.shape[0]] = held
+    yield from framer.push(tail)
+    yield from framer.flush()
+
+
+def logmel_windows_for_file(
+    path: str | Path, *, window_frames: int = WINDOW_FRAMES, hop_frames: int = WINDOW_FRAMES
+) -> list[Window]:
+    """All of :func:`stream_file_windows` at once."""
+    return list(stream_file_windows(path, window_frames=window_frames, hop_frames=hop_frames))
