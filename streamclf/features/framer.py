@@ -220,7 +220,7 @@ def _file_blocks(path: str | Path, block_frames: int) -> tuple[int, int, Iterato
     """
     import soundfile as sf
 
-    from streamclf.audio.sources import read_audio_file
+    from streamclf.audio.files import read_audio_file
 
     try:
         sound = sf.SoundFile(path)
