@@ -26,6 +26,17 @@ from streamclf.audio.ring import RingBuffer
 from streamclf.audio.sources import open_source
 from streamclf.backends.incremental import WindowRunner, load_runner
 from streamclf.config import Config
+from streamclf.content import (
+    LABELS,
+    ContentSmoother,
+    ContentState,
+    MusicEvidence,
+    SileroVad,
+    TalkGate,
+    VoiceActivity,
+    content_probabilities,
+    speech_share,
+)
 from streamclf.features.framer import LogMelFramer, Window
 from streamclf.features.mel import SAMPLE_RATE_HZ, WINDOW_FRAMES, frames_for_seconds
 from streamclf.feed.publisher import Publisher
@@ -97,6 +108,9 @@ class Stream:
     smoother: Smoother
     health: HealthAlarms
     levels: LevelStage | None = None  # None when [loudness] is off
+    voice: VoiceActivity | None = None  # these three None when [content] is off
+    content: ContentSmoother | None = None
+    talk: TalkGate | None = None
     smoothed: np.ndarray | None = None  # the last window's smoothed tag probabilities
     finished: threading.Event = field(default_factory=threading.Event)
     engine_failures: int = 0
@@ -150,14 +164,20 @@ class StreamWorker(threading.Thread):
             stream.audio_at = stream.worker_beat
             if stream.levels is not None:
                 stream.alarm_events.extend(stream.levels.push(self._block[:n]))
-            for window in stream.framer.push(stream.resampler.push(self._block[:n]), arrival):
-                stream.windows.put(window)
+            self._frame(stream.resampler.push(self._block[:n]), arrival)
         if not self._stopping.is_set():
-            arrival = time.monotonic()
-            for window in stream.framer.push(stream.resampler.flush(), arrival):
-                stream.windows.put(window)
+            self._frame(stream.resampler.flush(), time.monotonic())
             log.info("stream_ended", stream=stream.stream_id, state=stream.source.state)
         stream.finished.set()
+
+    def _frame(self, audio: np.ndarray, arrival: float) -> None:
+        """16 kHz audio to the VAD first (a window's chunks are scored before it is queued),
+        then to the framer."""
+        stream = self._stream
+        if stream.voice is not None:
+            stream.voice.push(audio)
+        for window in stream.framer.push(audio, arrival):
+            stream.windows.put(window)
 
 
 class LatencyWindow:
@@ -269,10 +289,13 @@ class EngineWorker(threading.Thread):
                 p.metrics.observe_inference(stream.stream_id, per_window_ms / 1000.0)
             if stream.tracks is not None:
                 stream.tracks.push(probs[p.genre_index], silence=state.silence)
-            message = p.genre_message(stream, window, probs, state)
-            p.emit(message)
-            if state.changed:
-                p.emit(p.change_message(stream, window, state))
+            content = p.detect_content(stream, window, outputs["embedding"][row], state.silence)
+            genre, previous = (state.genre, state.previous) if content is None \
+                else stream.talk.apply(state.genre, content.content)
+            p.emit(p.genre_message(stream, window, probs, state, genre=genre, content=content))
+            if genre != previous or (content is not None and content.changed):
+                p.emit(p.change_message(stream, window, state, genre=genre, previous=previous,
+                                        content=content))
 
     def _publish_status(self, *, final: bool) -> None:
         p = self._p
@@ -302,6 +325,7 @@ class Pipeline:
         self.runner: WindowRunner | None = None
         self.publisher: Publisher | None = None
         self.metrics: MetricsServer | None = None
+        self.music_evidence: MusicEvidence | None = None  # None when [content] is off
         self.outputs: Outputs | None = None
         self.latest: dict[str, GenreMessage] = {}
         self._sequence = Sequencer()
@@ -329,6 +353,8 @@ class Pipeline:
             self.publisher = Publisher(cfg.feed)
         if cfg.metrics.enabled:
             self.metrics = MetricsServer(self, cfg.metrics)
+        if cfg.content.enabled:
+            self.music_evidence = MusicEvidence(self.card.name)
         if cfg.outputs:
             self.outputs = Outputs(cfg.outputs)
             self.outputs.start()
@@ -348,6 +374,10 @@ class Pipeline:
                 levels=LevelStage(LoudnessMeter(source.sample_rate, source.channels), cfg.alarms)
                 if cfg.loudness.enabled else None,
             ))
+            if cfg.content.enabled:
+                self.streams[-1].voice = VoiceActivity(SileroVad())
+                self.streams[-1].content = ContentSmoother(cfg.content)
+                self.streams[-1].talk = TalkGate(cfg.content.talk_genre)
             if spec.source == "url" and spec.track_titles and is_http_url(spec.url):
                 self.streams[-1].titles = IcyTitleWatcher(spec.url)
                 self.streams[-1].tracks = TrackSegmenter(self.genres)
@@ -464,7 +494,22 @@ class Pipeline:
             except queue.Full:
                 self.view_drops += 1
 
-    def genre_message(self, stream: Stream, window: Window, probs: np.ndarray, state) -> GenreMessage:
+    def detect_content(self, stream: Stream, window: Window, embedding: np.ndarray,
+                       silence: bool) -> ContentState | None:
+        """The window's content from the VAD's chunks under it and the engine's embedding
+        (streamclf/content.py); None when [content] is off."""
+        if stream.content is None:
+            return None
+        share = speech_share(stream.voice.chunk_probabilities(window.t_start_s, window.t_end_s))
+        share = 0.0 if math.isnan(share) else share  # its chunks are no longer kept
+        evidence = self.music_evidence
+        music = evidence(embedding) if evidence.available else 1.0 - share
+        probs = content_probabilities(speech=share, music=music, silent=silence)
+        return stream.content.update(probs, window.t_end_s)
+
+    def genre_message(self, stream: Stream, window: Window, probs: np.ndarray, state, *,
+                      genre: str | None = None, content: ContentState | None = None,
+                      ) -> GenreMessage:
         feed = self.config.feed
         top = np.argsort(probs)[::-1][: feed.top_k]
         return GenreMessage(
@@ -473,7 +518,7 @@ class Pipeline:
             t1=window.t_end_s,
             wall=time.time(),
             latency_ms=(time.monotonic() - window.arrival) * 1000.0,
-            genre=state.genre,
+            genre=genre or state.genre,
             confidence=state.confidence,
             raw_genre=state.raw_genre,
             top=[[self.card.labels[i], float(probs[i])] for i in top],
@@ -483,12 +528,20 @@ class Pipeline:
             engine=self.runner.info.name,
             probs=[float(x) for x in probs] if feed.publish_probs else None,
             candidates=state.candidates,
+            content=content.content if content else None,
+            raw_content=content.raw_content if content else None,
+            content_probs=content_scores(content),
         )
 
-    def change_message(self, stream: Stream, window: Window, state) -> ChangeMessage:
+    def change_message(self, stream: Stream, window: Window, state, *, genre: str | None = None,
+                       previous: str | None = None,
+                       content: ContentState | None = None) -> ChangeMessage:
         return ChangeMessage(stream=stream.stream_id, wall=time.time(), t1=window.t_end_s,
-                             genre=state.genre, previous=state.previous,
-                             confidence=state.confidence)
+                             genre=genre or state.genre,
+                             previous=state.previous if previous is None else previous,
+                             confidence=state.confidence,
+                             content=content.content if content else None,
+                             previous_content=content.previous if content else None)
 
     def publish_alarms(self, stream: Stream) -> None:
         """Publish and log the alarms of a stream that started or ended since the last call."""
@@ -535,6 +588,13 @@ class Pipeline:
             true_peak_dbtp=loudness.true_peak_dbtp if loudness else None,
             outputs=self.outputs.health() if self.outputs else None,
         )
+
+
+def content_scores(content: ContentState | None) -> list[list[str | float]] | None:
+    """[[label, p], …] of a window's content probabilities, for the feed."""
+    if content is None:
+        return None
+    return [[label, float(p)] for label, p in zip(LABELS, content.probs, strict=True)]
 
 
 def _drain(events: collections.deque[AlarmEvent]) -> Iterator[AlarmEvent]:
