@@ -102,7 +102,7 @@ class ContentConfig:
     talk_genre: Literal["talk", "hold"] = "talk"  # the genre a talk segment publishes
     time_constant_s: float = 1.0  # these three: tools/content_eval.py, docs/content.md
     switch_margin: float = 0.1
-    min_dwell_s: float = 2.0
+    min_dwell_s: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ CHUNK_S = VAD_CHUNK_SAMPLES / SAMPLE_RATE_HZ
 SPEECH_CHUNK_THRESHOLD = 0.5  # Silero's own default for "this chunk is speech"
 SPEECH_SHARE_CENTRE = 0.35  # these four: tools/content_eval.py, docs/content.md
 SPEECH_SHARE_WIDTH = 0.05
-MUSIC_EVIDENCE_CENTRE = 0.5
+MUSIC_EVIDENCE_CENTRE = 0.3
 MUSIC_EVIDENCE_WIDTH = 0.05
 HISTORY_S = 120.0  # chunk probabilities kept for windows still queued for the engine
 

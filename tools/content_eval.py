@@ -14,7 +14,8 @@ and `ContentSmoother` for the held content. Prints per-class precision and recal
 window's own label (`raw_content`) and of the held one, the false alarms that matter (music
 windows called speech), and the switching delays; `--json` writes them all.
 
-    .venv/bin/python tools/content_eval.py [--hop 1.0] [--json out.json]
+    .venv/bin/python tools/content_eval.py [--hop 1.0] [--json out.json] [--cache DIR]
+    .venv/bin/python tools/content_eval.py --cost   # CPU of the stage per stream, and stop
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -135,12 +137,40 @@ def switch_delay(features: np.ndarray, held: list[str], *, boundary_s: float,
     return float("nan")
 
 
+def cpu_cost() -> None:
+    """CPU seconds of the content stage per second of one stream: the VAD as the stream worker
+    runs it (50 ms blocks), the per-window decision as the engine worker does (hop 1 s)."""
+    audio = np.concatenate([load_mono_16k(SPEECH_SET / "clips" / "fotaq-00.ogg"),
+                            load_mono_16k(MUSIC_SET / "clips" / "classical" / "wesnoth-battle.ogg")])
+    voice, music = VoiceActivity(SileroVad()), MusicEvidence("fused_musicnn")
+    smoother = ContentSmoother(ContentConfig())
+    embedding = np.random.default_rng(0).normal(size=400).astype(np.float32)
+    block, seconds = SAMPLE_RATE_HZ // 20, audio.size / SAMPLE_RATE_HZ
+    started = time.process_time()
+    for at in range(0, audio.size, block):
+        voice.push(audio[at : at + block])
+    vad_s = time.process_time() - started
+    ends = np.arange(3.0, seconds, 1.0)
+    started = time.process_time()
+    for t1 in ends:
+        share = speech_share(voice.chunk_probabilities(t1 - 3.0, t1))
+        smoother.update(content_probabilities(speech=share, music=music(embedding), silent=False),
+                        t1)
+    window_s = time.process_time() - started
+    print(f"{seconds:.1f} s of audio: VAD {vad_s:.3f} CPU s ({100 * vad_s / seconds:.2f} % of a "
+          f"core); decision {1000 * window_s / ends.size:.3f} ms CPU a window")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hop", type=float, default=1.0, help="hop between windows, s")
     parser.add_argument("--json", type=Path, help="write every number here")
     parser.add_argument("--cache", type=Path, help="keep each recording's window evidence here")
+    parser.add_argument("--cost", action="store_true", help="measure the CPU cost only")
     args = parser.parse_args()
+    if args.cost:
+        cpu_cost()
+        return
     if args.cache:
         args.cache.mkdir(parents=True, exist_ok=True)
     features = Features(args.hop, args.cache)
@@ -162,6 +192,7 @@ def main() -> None:
             sets[MUSIC_SPEECH].append((name, features(mix(voice, music[bed], db), name)))
     truth, raw, held = [], [], []
     per_file = {}
+    by_level: dict[str, list[str]] = {f"{db:+d}": [] for db in MIX_DB}
     for label, items in sets.items():
         for name, f in items:
             got_raw = [LABELS[int(np.argmax(p))] for p in window_probs(f)]
@@ -169,6 +200,8 @@ def main() -> None:
             truth += [label] * len(f)
             raw += got_raw
             held += got_held
+            if label == MUSIC_SPEECH:
+                by_level[name.split("@")[1].split("dB")[0]] += got_held
             per_file[name] = {"truth": label, "speech_share": f[:, 2].round(3).tolist(),
                               "music": f[:, 3].round(3).tolist(), "raw": got_raw}
     music_windows = [i for i, t in enumerate(truth) if t == MUSIC]
@@ -177,6 +210,8 @@ def main() -> None:
         "raw": scores(truth, raw), "held": scores(truth, held),
         "music_called_speech_raw": float(np.mean([raw[i] == SPEECH for i in music_windows])),
         "music_called_speech_held": float(np.mean([held[i] == SPEECH for i in music_windows])),
+        "mix_held_by_level": {db: {label: float(np.mean([g == label for g in got]))
+                                   for label in LABELS} for db, got in by_level.items()},
     }
     delays = {"music_to_speech": [], "speech_to_music": []}
     seg = int(SEGMENT_S * SAMPLE_RATE_HZ)
@@ -210,6 +245,10 @@ def _print(report: dict) -> None:
         r, h = report["raw"][label], report["held"][label]
         print(f"| {label} | {r['windows']} | {r['precision']:.3f} | {r['recall']:.3f} "
               f"| {h['precision']:.3f} | {h['recall']:.3f} |")
+    print("| speech vs music (dB) | held music | held speech | held music+speech |")
+    print("| --- | --- | --- | --- |")
+    for db, shares in report["mix_held_by_level"].items():
+        print(f"| {db} | {shares[MUSIC]:.3f} | {shares[SPEECH]:.3f} | {shares[MUSIC_SPEECH]:.3f} |")
     print(f"music windows called speech: window {report['music_called_speech_raw']:.3f}, "
           f"held {report['music_called_speech_held']:.3f}")
     for key, values in report["switch_delay_s"].items():
