@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import soundfile as sf
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamclf.config import ContentConfig
+from streamclf.config import ContentConfig, parse_config
 from streamclf.content import (
     CHUNK_S,
     LABELS,
@@ -33,7 +34,9 @@ from streamclf.content import (
 )
 from streamclf.errors import ModelError
 from streamclf.features.framer import load_mono_16k
+from streamclf.feed.schema import ChangeMessage, GenreMessage
 from streamclf.models.card import ENGINES_DIR
+from streamclf.pipeline import Pipeline
 from streamclf.smoothing import SILENCE, UNKNOWN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,3 +190,35 @@ class TestVad:
         assert voice.chunk_probabilities(48 * CHUNK_S, 50 * CHUNK_S).size == 2  # wholly inside
         assert voice.chunk_probabilities(0.0, 0.5).size == 0  # older than the 1 s kept
         assert voice.chunk_probabilities(1.5, 5.0).size == voice.chunks - int(np.ceil(1.5 / CHUNK_S))
+
+
+class TestPipelineTalk:
+    """Through the real pipeline (file source, ONNX Runtime, Silero VAD): music, then talk.
+
+    The talk segment publishes the genre "talk", and the change topic says so with the content.
+    """
+
+    def test_talk_after_music(self, tmp_path):
+        music = load_mono_16k(MUSIC_CLIP)[: 12 * 16000]
+        speech = load_mono_16k(SPEECH_CLIP)[: 15 * 16000]
+        path = tmp_path / "music-then-talk.wav"
+        sf.write(path, np.concatenate([music, speech]), 16000)
+        config = parse_config(  # a queue for every window: the file is read faster than real time
+            f'[engine]\nkind = "onnxruntime"\nthreads = 1\n[framing]\nqueue_windows = 64\n'
+            f'[[streams]]\nid = "a"\nsource = "file"\npath = "{path}"\nrealtime = false\n')
+        pipeline = Pipeline(config, publish=False, view=True)
+        pipeline.start()
+        try:
+            assert pipeline.all_finished.wait(60)
+        finally:
+            pipeline.stop()
+        messages = []
+        while not pipeline.view_messages.empty():
+            messages.append(pipeline.view_messages.get())
+        genres = [m for m in messages if isinstance(m, GenreMessage)]
+        assert len(genres) == 25
+        assert {(m.content, m.genre == TALK) for m in genres if m.t1 <= 12} == {(MUSIC, False)}
+        assert {(m.content, m.genre) for m in genres[-4:]} == {(SPEECH, TALK)}
+        changes = [m for m in messages if isinstance(m, ChangeMessage)]
+        assert any((m.genre, m.content, m.previous_content) == (TALK, SPEECH, MUSIC)
+                   for m in changes)
