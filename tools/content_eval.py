@@ -64,7 +64,7 @@ class Features:
         self.hop_frames = frames_for_seconds(hop_s)
         self.runner = load_runner(self.card, "onnxruntime", hop_frames=self.hop_frames,
                                   max_batch=16, threads=1)
-        self.voice = VoiceActivity(SileroVad())
+        self.vad = SileroVad()
         self.music = MusicEvidence(self.card.name)
 
     def __call__(self, audio: np.ndarray, key: str) -> np.ndarray:
@@ -80,14 +80,14 @@ class Features:
         return features
 
     def _compute(self, audio: np.ndarray) -> np.ndarray:
-        self.voice.reset()
-        self.voice.push(audio)
+        voice = VoiceActivity(self.vad, history_s=audio.size / SAMPLE_RATE_HZ + 1.0)  # all of it
+        voice.push(audio)
         framer = LogMelFramer(WINDOW_FRAMES, self.hop_frames)
         windows = [*framer.push(audio), *framer.flush()]
         out = self.runner.run([("eval", w) for w in windows])
         self.runner.reset("eval")
         return np.array([(w.t_start_s, w.t_end_s,
-                          speech_share(self.voice.chunk_probabilities(w.t_start_s, w.t_end_s)),
+                          speech_share(voice.chunk_probabilities(w.t_start_s, w.t_end_s)),
                           self.music(emb), w.level_dbfs)
                          for w, emb in zip(windows, out["embedding"], strict=True)])
 
