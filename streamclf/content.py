@@ -44,12 +44,16 @@ SPEECH_SHARE_CENTRE = 0.35  # these four: tools/content_eval.py, docs/content.md
 SPEECH_SHARE_WIDTH = 0.05
 MUSIC_EVIDENCE_CENTRE = 0.3
 MUSIC_EVIDENCE_WIDTH = 0.05
+QUIET_PROBABILITY = 0.1  # a chunk under this is surely no speech ...
+QUIET_RESET_S = 1.0  # ... and this long of them starts the VAD's state afresh (docs/content.md)
 HISTORY_S = 120.0  # chunk probabilities kept for windows still queued for the engine
 
-# The MTT tags that only music has: instruments and beat. Voice tags are left out on purpose
-# (a talker sets them too); measured in docs/content.md.
+# The MTT tags that only music has: instruments, beat, and sung voice (opera, choir), which a
+# talker does not set; the plain voice tags (vocal, male, ...) are left out, a talker sets them
+# too. Measured in docs/content.md.
 MUSIC_TAGS = ("guitar", "drums", "piano", "strings", "violin", "synth", "beat", "beats",
-              "techno", "flute", "harpsichord", "harp", "cello", "sitar", "electronic", "rock")
+              "techno", "flute", "harpsichord", "harp", "cello", "sitar", "electronic", "rock",
+              "opera", "choir", "choral")
 MTT_HEAD = ENGINES_DIR / "mtt_tag_head.npz"
 MTT_EMBEDDING_MODELS = {"fused_musicnn": 0, "MTT_musicnn": 0}  # model → where MTT's 200 start
 MTT_EMBEDDING_DIM = 200
@@ -153,8 +157,10 @@ class VoiceActivity:
     than that gives nan.
     """
 
-    def __init__(self, vad: SileroVad, *, history_s: float = HISTORY_S) -> None:
+    def __init__(self, vad: SileroVad, *, history_s: float = HISTORY_S,
+                 quiet_reset_s: float = QUIET_RESET_S) -> None:
         self._vad = vad
+        self._quiet_reset_chunks = int(quiet_reset_s / CHUNK_S) or None
         self._probs = np.zeros(int(history_s / CHUNK_S), np.float32)
         self._pending = np.zeros(VAD_CHUNK_SAMPLES, np.float32)
         self.reset()
@@ -162,6 +168,7 @@ class VoiceActivity:
     def reset(self) -> None:
         self._vad.reset()
         self._filled = 0
+        self._quiet = 0  # chunks in a row under QUIET_PROBABILITY
         self.chunks = 0  # chunks scored since the last reset: chunk i spans [i, i+1) × 32 ms
 
     def push(self, audio: np.ndarray) -> None:
@@ -173,9 +180,19 @@ class VoiceActivity:
             self._filled += take
             at += take
             if self._filled == VAD_CHUNK_SAMPLES:
-                self._probs[self.chunks % self._probs.size] = self._vad.probability(self._pending)
-                self.chunks += 1
-                self._filled = 0
+                self._score()
+
+    def _score(self) -> None:
+        """One whole chunk. After a long stretch of music the model's recurrent state stays
+        deaf to speech for seconds (docs/content.md), so a quiet stretch restarts it."""
+        p = self._vad.probability(self._pending)
+        self._probs[self.chunks % self._probs.size] = p
+        self.chunks += 1
+        self._filled = 0
+        self._quiet = self._quiet + 1 if p < QUIET_PROBABILITY else 0
+        if self._quiet == self._quiet_reset_chunks:
+            self._vad.reset()
+            self._quiet = 0
 
     def chunk_probabilities(self, t0_s: float, t1_s: float) -> np.ndarray:
         """The scored chunks wholly inside [t0, t1) stream seconds (a copy; [] if none kept)."""

@@ -222,3 +222,17 @@ class TestPipelineTalk:
         changes = [m for m in messages if isinstance(m, ChangeMessage)]
         assert any((m.genre, m.content, m.previous_content) == (TALK, SPEECH, MUSIC)
                    for m in changes)
+
+
+class TestQuietReset:
+    """After 30 s of this orchestral clip the VAD's state hears no speech for about 12 s; a second
+    of sure non-speech restarts the state, so the talk that follows is heard at once."""
+
+    @pytest.mark.parametrize(("quiet_reset_s", "heard"), [(1.0, True), (0.0, False)])
+    def test_speech_after_long_music(self, quiet_reset_s, heard):
+        music = load_mono_16k(ROOT / "datasets" / "genres" / "clips" / "classical"
+                              / "wesnoth-the_dangerous_symphony.ogg")[: 30 * 16000]
+        speech = load_mono_16k(ROOT / "datasets" / "speech" / "clips" / "fotaq-01.ogg")
+        voice = VoiceActivity(SileroVad(), quiet_reset_s=quiet_reset_s)
+        voice.push(np.concatenate([music, speech[: 6 * 16000]]))
+        assert (speech_share(voice.chunk_probabilities(32.0, 35.0)) > 0.35) is heard
