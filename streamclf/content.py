@@ -7,10 +7,12 @@ Two kinds of evidence, each from a real pretrained model, and the level:
   audio the resampler makes for the framer; a window's speech evidence is the share of its
   chunks over `SPEECH_CHUNK_THRESHOLD`;
 - music: the MagnaTagATune tagger inside the fused default, read off the embedding the engine
-  already returns (`engines/mtt_tag_head.npz`): the strongest of its instrument and beat tags.
-  A voice model fires on singing too (docs/content.md measures how often); a singer comes with
-  instruments, a talker does not, so high speech with high music evidence is `music+speech`,
-  never `speech`.
+  already returns (`engines/mtt_tag_head.npz`): the strongest of its instrument, beat and
+  sung-voice tags. A voice model fires on singing too (docs/content.md measures how often); a
+  singer comes with instruments or sings like one, a talker does not, so high speech with high
+  music evidence is `music+speech`, never `speech`.
+- after a second of sure non-speech the VAD's recurrent state starts afresh: after long music it
+  stayed deaf to talk for seconds.
 
 The window's four probabilities treat the two evidences as independent; the held content has
 its own EMA and hysteresis (the genre's `Hysteresis`), and a talk segment holds the genre
