@@ -98,6 +98,15 @@ class LoudnessConfig:
 
 
 @dataclass(frozen=True)
+class ContentConfig:
+    enabled: bool = True  # music / speech / music+speech / silence per window (docs/content.md)
+    talk_genre: Literal["talk", "hold"] = "talk"  # the genre a talk segment publishes
+    time_constant_s: float = 1.0  # these three: tools/content_eval.py, docs/content.md
+    switch_margin: float = 0.1
+    min_dwell_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class AlarmsConfig:
     silence_lufs: float = -60.0  # momentary loudness under this is silence ...
     silence_s: float = 10.0  # ... for this long starts the alarm; 0 = off
@@ -183,6 +192,7 @@ class Config:
     streams: tuple[StreamConfig, ...] = (StreamConfig(),)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     loudness: LoudnessConfig = field(default_factory=LoudnessConfig)
+    content: ContentConfig = field(default_factory=ContentConfig)
     alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     outputs: tuple[OutputConfig, ...] = ()
@@ -460,6 +470,15 @@ def _check_feed(f: FeedConfig, where: str) -> None:
              f"must be 0.1..3600 s, got {f.status_interval_s}")
 
 
+def _check_content(c: ContentConfig, where: str) -> None:
+    _require(0 <= c.time_constant_s <= 600, f"{where}.time_constant_s",
+             f"must be 0 (no smoothing)..600 s, got {c.time_constant_s}")
+    _require(0 <= c.switch_margin <= 1, f"{where}.switch_margin",
+             f"must be 0..1, got {c.switch_margin}")
+    _require(0 <= c.min_dwell_s <= 600, f"{where}.min_dwell_s",
+             f"must be 0..600 s, got {c.min_dwell_s}")
+
+
 def _check_alarms(a: AlarmsConfig, where: str) -> None:
     for key, low, high, unit in (("silence_lufs", -120, 0, "LUFS"), ("silence_s", 0, 86400, "s"),
                                  ("true_peak_ceiling_dbtp", -60, 6, "dBTP"),
@@ -596,6 +615,7 @@ _SECTION_CHECKS: dict[type, Callable[[Any, str], None]] = {
     FeedConfig: _check_feed,
     StreamConfig: _check_stream,
     AlarmsConfig: _check_alarms,
+    ContentConfig: _check_content,
     MetricsConfig: _check_metrics,
     OutputConfig: _check_output,
 }

@@ -52,6 +52,9 @@ class PipelineCollector(Collector):
                                 labels=["stream"])
         genre = GaugeMetricFamily("streamclf_genre_probability", "Smoothed probability per genre",
                                   labels=["stream", "genre"])
+        content = GaugeMetricFamily("streamclf_content_probability", "Probability of each content "
+                                    "(music, speech, music+speech, silence) in the last window",
+                                    labels=["stream", "content"])
         windows = CounterMetricFamily("streamclf_windows", "Windows classified", labels=["stream"])
         dropped = CounterMetricFamily("streamclf_dropped_windows", "Windows dropped (engine "
                                       "behind or failed)", labels=["stream"])
@@ -80,12 +83,14 @@ class PipelineCollector(Collector):
             if smoothed is not None:
                 for name in p.genres:
                     genre.add_metric([sid, name], float(smoothed[p.card.labels.index(name)]))
+            for label, p_content in (latest.content_probs or []) if latest else []:
+                content.add_metric([sid, label], p_content)
             windows.add_metric([sid], stream.smoother.windows)
             dropped.add_metric([sid], stream.windows.dropped + stream.engine_failures)
             overruns.add_metric([sid], stream.ring.overrun_samples)
             for kind in KINDS:
                 alarms.add_metric([sid, kind], float(kind in active))
-        yield from (up, level, peak, loudness, lra, genre, windows, dropped, overruns, alarms,
+        yield from (up, level, peak, loudness, lra, genre, content, windows, dropped, overruns, alarms,
                     feed_drops)
 
 

@@ -28,6 +28,14 @@ from streamclf.backends.runner import WindowRunner, load_runner
 from streamclf.backends.selftest import checked_runner
 from streamclf.boundaries import BoundaryDetector, detector_for
 from streamclf.config import Config, FeedConfig
+from streamclf.content import (
+    ContentSmoother,
+    MusicEvidence,
+    SileroVad,
+    TalkGate,
+    VoiceActivity,
+    window_content,
+)
 from streamclf.errors import ConfigError
 from streamclf.features.framer import LogMelFramer, Window
 from streamclf.features.mel import SAMPLE_RATE_HZ, WINDOW_FRAMES, frames_for_seconds
@@ -114,6 +122,9 @@ class Stream:
     smoother: Smoother
     health: HealthAlarms
     levels: LevelStage | None = None  # None when [loudness] is off
+    voice: VoiceActivity | None = None  # these three None when [content] is off
+    content: ContentSmoother | None = None
+    talk: TalkGate | None = None
     smoothed: np.ndarray | None = None  # the last window's smoothed tag probabilities
     finished: threading.Event = field(default_factory=threading.Event)
     engine_failures: int = 0
@@ -142,6 +153,8 @@ class Stream:
         self.framer.reset()
         if self.levels is not None:
             self.levels.meter.reset()
+        if self.voice is not None:
+            self.voice.reset()
         self.windows.mark_gap()
         self.gaps += 1
         log.info("stream_gap", stream=self.stream_id, reason=reason, gaps=self.gaps)
@@ -192,14 +205,20 @@ class StreamWorker(threading.Thread):
                 stream.restart_audio_stages(stream.ring.gap)
             if stream.levels is not None:
                 stream.alarm_events.extend(stream.levels.push(self._block[:n]))
-            for window in stream.framer.push(stream.resampler.push(self._block[:n]), arrival):
-                stream.windows.put(window)
+            self._frame(stream.resampler.push(self._block[:n]), arrival)
         if not self._stopping.is_set():
-            arrival = time.monotonic()
-            for window in stream.framer.push(stream.resampler.flush(), arrival):
-                stream.windows.put(window)
+            self._frame(stream.resampler.flush(), time.monotonic())
             log.info("stream_ended", stream=stream.stream_id, state=stream.source.state)
         stream.finished.set()
+
+    def _frame(self, audio: np.ndarray, arrival: float) -> None:
+        """16 kHz audio to the VAD first (a window's chunks are scored before it is queued),
+        then to the framer."""
+        stream = self._stream
+        if stream.voice is not None:
+            stream.voice.push(audio)
+        for window in stream.framer.push(audio, arrival):
+            stream.windows.put(window)
 
 
 class LatencyWindow:
@@ -232,7 +251,8 @@ class EngineWorker(threading.Thread):
     def __init__(self, *, streams: list[Stream], runner: WindowRunner, feed: FeedFanout,
                  card: ModelCard, genres: tuple[str, ...], feed_config: FeedConfig,
                  metrics: MetricsServer | None, stop: threading.Event, ready: threading.Condition,
-                 all_finished: threading.Event, started: float) -> None:
+                 all_finished: threading.Event, started: float,
+                 music_evidence: MusicEvidence | None = None) -> None:
         super().__init__(name="engine", daemon=True)
         self._streams = streams
         self._runner = runner
@@ -242,6 +262,7 @@ class EngineWorker(threading.Thread):
         self._genre_index = np.array([card.labels.index(g) for g in genres], dtype=np.intp)
         self.feed_config = feed_config  # replaced on reload (top_k, probs, status interval)
         self._metrics = metrics
+        self._music_evidence = music_evidence  # None when [content] is off
         self._stopping = stop
         self._ready = ready
         self._all_finished = all_finished
@@ -345,12 +366,19 @@ class EngineWorker(threading.Thread):
             if stream.tracks is not None:
                 stream.tracks.push(probs[self._genre_index], t_end_s=window.t_end_s,
                                    silence=state.silence)
+            content = None if stream.content is None else window_content(
+                stream.voice, stream.content, self._music_evidence, t0_s=window.t_start_s,
+                t1_s=window.t_end_s, embedding=outputs["embedding"][row], silent=state.silence)
+            genre, previous = (state.genre, state.previous) if content is None \
+                else stream.talk.apply(state.genre, content.content)
             self._feed.emit(messages.genre_message(
                 stream.stream_id, window, probs, state, labels=self._card.labels,
                 model=self._card.name, engine=self._runner.info.name, top_k=feed.top_k,
-                publish_probs=feed.publish_probs))
-            if state.changed:
-                self._feed.emit(messages.change_message(stream.stream_id, window, state))
+                publish_probs=feed.publish_probs, genre=genre, content=content))
+            if genre != previous or (content is not None and content.changed):
+                self._feed.emit(messages.change_message(stream.stream_id, window, state,
+                                                        genre=genre, previous=previous,
+                                                        content=content))
             if stream.boundaries is not None:
                 for t_s in stream.boundaries.push(outputs["embedding"][row], window.t_end_s):
                     self._cut_track(stream, t_s, "", source="audio")
@@ -469,6 +497,7 @@ class Pipeline:
             self.publisher = self.feed.publisher = Publisher(cfg.feed)
         if cfg.metrics.enabled:
             self.metrics = MetricsServer(self, cfg.metrics)
+        music_evidence = MusicEvidence(self.card.name) if cfg.content.enabled else None
         if cfg.outputs:
             self.outputs = self.feed.outputs = Outputs(cfg.outputs)
             self.outputs.start()
@@ -488,6 +517,10 @@ class Pipeline:
                 levels=LevelStage(LoudnessMeter(source.sample_rate, source.channels), cfg.alarms)
                 if cfg.loudness.enabled else None,
             ))
+            if cfg.content.enabled:
+                self.streams[-1].voice = VoiceActivity(SileroVad())
+                self.streams[-1].content = ContentSmoother(cfg.content)
+                self.streams[-1].talk = TalkGate(cfg.content.talk_genre)
             if spec.source == "url" and spec.track_titles and is_http_url(spec.url):
                 self.streams[-1].titles = IcyTitleWatcher(spec.url)
                 # a title's boundary lies at most one window back
@@ -501,7 +534,8 @@ class Pipeline:
         self._engine_worker = EngineWorker(
             streams=self.streams, runner=self.runner, feed=self.feed, card=self.card,
             genres=self.genres, feed_config=cfg.feed, metrics=self.metrics, stop=self.stop_event,
-            ready=self.ready, all_finished=self.all_finished, started=self._started)
+            ready=self.ready, all_finished=self.all_finished, started=self._started,
+            music_evidence=music_evidence)
         self._workers = [self._engine_worker]
         for stream in self.streams:
             block_frames = max(1024, stream.source.sample_rate // 20)

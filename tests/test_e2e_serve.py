@@ -11,6 +11,7 @@ import pytest
 from audio_helpers import wait_for
 from e2e_helpers import CLIP, assert_one_line_error, free_tcp_endpoint, run_cli
 
+from streamclf.content import LABELS as CONTENT_LABELS
 from streamclf.feed.schema import ChangeMessage, GenreMessage, StatusMessage
 from streamclf.feed.subscriber import Subscriber
 from streamclf.models.card import load_model_card
@@ -67,6 +68,9 @@ class TestServe:
         assert genres[0].stream == "main" and genres[0].engine == "onnxruntime"
         assert {g.genre for g in genres} <= {"rock", "unknown"} and genres[-1].genre == "rock"
         assert all(0 < g.confidence <= 1 for g in genres)
+        assert all(g.content in CONTENT_LABELS and g.raw_content in CONTENT_LABELS
+                   and [label for label, _ in g.content_probs] == list(CONTENT_LABELS)
+                   for g in genres)
         assert all(0 <= g.latency_ms < 5000 for g in genres)
         assert [m.genre for m in messages if isinstance(m, ChangeMessage)][:1] in ([], ["rock"])
         statuses = [m for m in messages if isinstance(m, StatusMessage)]

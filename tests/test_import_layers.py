@@ -24,7 +24,7 @@ LAYERS = (
     ("streamclf.models",),
     ("streamclf.backends",),
     ("streamclf.smoothing", "streamclf.tracks", "streamclf.boundaries", "streamclf.loudness",
-     "streamclf.alarms"),
+     "streamclf.alarms", "streamclf.content"),
     ("streamclf.feed",),
     ("streamclf.outputs",),
 )

@@ -107,6 +107,7 @@ def test_alarms_status_and_metrics_scraped_by_prometheus(daemon, prometheus):
     assert samples[("streamclf_alarm_active", (("alarm", "silence"), *main))] == 0.0
     assert samples[("streamclf_input_up", main)] == 1.0
     assert 0 < samples[("streamclf_genre_probability", (("genre", "rock"), *main))] <= 1
+    assert 0 <= samples[("streamclf_content_probability", (("content", "speech"), *main))] <= 1
     assert samples[("streamclf_windows_total", main)] >= 1
     assert samples[("streamclf_inference_seconds_count", main)] >= 1
     assert samples[("streamclf_feed_drops_total", ())] == 0.0

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from streamclf.alarms import AlarmEvent
+from streamclf.content import LABELS as CONTENT_LABELS
+from streamclf.content import ContentState
 from streamclf.features.framer import Window
 from streamclf.feed.schema import (
     AlarmMessage,
@@ -28,8 +30,10 @@ from streamclf.tracks import TrackSummary
 
 def genre_message(stream_id: str, window: Window, probs: np.ndarray, state: SmoothingState, *,
                   labels: Sequence[str], model: str, engine: str, top_k: int,
-                  publish_probs: bool) -> GenreMessage:
-    """One window's result: the smoothed genre, the top tags of `probs` [n_tags] by label."""
+                  publish_probs: bool, genre: str | None = None,
+                  content: ContentState | None = None) -> GenreMessage:
+    """One window's result: the smoothed genre (or `genre`, the talk gate's), the top tags of
+    `probs` [n_tags] by label, and the window's content when [content] is on."""
     top = np.argsort(probs)[::-1][:top_k]
     return GenreMessage(
         stream=stream_id,
@@ -37,7 +41,7 @@ def genre_message(stream_id: str, window: Window, probs: np.ndarray, state: Smoo
         t1=window.t_end_s,
         wall=time.time(),
         latency_ms=(time.monotonic() - window.arrival) * 1000.0,
-        genre=state.genre,
+        genre=genre or state.genre,
         confidence=state.confidence,
         raw_genre=state.raw_genre,
         top=[[labels[i], float(probs[i])] for i in top],
@@ -47,13 +51,30 @@ def genre_message(stream_id: str, window: Window, probs: np.ndarray, state: Smoo
         engine=engine,
         probs=[float(x) for x in probs] if publish_probs else None,
         candidates=state.candidates,
+        content=content.content if content else None,
+        raw_content=content.raw_content if content else None,
+        content_probs=content_scores(content),
     )
 
 
-def change_message(stream_id: str, window: Window, state: SmoothingState) -> ChangeMessage:
+def content_scores(content: ContentState | None) -> list[list[str | float]] | None:
+    """[[label, p], …] of a window's content probabilities, for the feed."""
+    if content is None:
+        return None
+    return [[label, float(p)] for label, p in zip(CONTENT_LABELS, content.probs, strict=True)]
+
+
+def change_message(stream_id: str, window: Window, state: SmoothingState, *,
+                   genre: str | None = None, previous: str | None = None,
+                   content: ContentState | None = None) -> ChangeMessage:
+    """A change of the published genre (`genre`/`previous` when the talk gate decides it) or
+    of the held content."""
     return ChangeMessage(stream=stream_id, wall=time.time(), t1=window.t_end_s,
-                         genre=state.genre, previous=state.previous,
-                         confidence=state.confidence)
+                         genre=genre or state.genre,
+                         previous=state.previous if previous is None else previous,
+                         confidence=state.confidence,
+                         content=content.content if content else None,
+                         previous_content=content.previous if content else None)
 
 
 def track_start_message(stream_id: str, t_s: float, title: str, source: str) -> TrackMessage:

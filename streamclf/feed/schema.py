@@ -86,6 +86,9 @@ class GenreMessage(_Message):
     engine: str
     probs: list[float] | None = None
     candidates: TagScores | None = None
+    content: str | None = None  # held: "music", "speech", "music+speech", "silence"
+    raw_content: str | None = None  # this window's own
+    content_probs: TagScores | None = None  # this window's, [[label, p], …] in that order
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +101,8 @@ class ChangeMessage(_Message):
     genre: str
     previous: str
     confidence: float
+    content: str | None = None  # the held content, and the one before it
+    previous_content: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
