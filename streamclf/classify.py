@@ -159,7 +159,7 @@ def run(args) -> int:
     genres = genre_vocabulary(card, tuple(g.strip() for g in args.genres.split(",") if g.strip())
                               if args.genres else (), key="--genres")
     runner = load_runner(card, args.engine or "auto", hop_frames=hop_frames,
-                         max_batch=BATCH_WINDOWS)
+                         max_batch=BATCH_WINDOWS, cpu_precision=args.cpu_precision or "fp32")
     docs = []
     progress = Progress(TextColumn("{task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total} windows"), TimeRemainingColumn(),

@@ -249,6 +249,7 @@ class IncrementalRunner:
         threads: int | None = None,
         split_dir: Path = SPLIT_DIR,
         max_streams: int = MAX_STREAMS,
+        precision: str = "fp32",
         reason: str = "",
     ) -> None:
         from streamclf.backends.onnx import default_threads, new_run_options, open_session
@@ -262,7 +263,7 @@ class IncrementalRunner:
         self._window = open_session(self.split.window_path, threads=threads, mem_pattern=True)
         self._run_options = new_run_options()
         self.info = EngineInfo(
-            name="onnxruntime", device=f"cpu ({threads} threads)", precision="fp32",
+            name="onnxruntime", device=f"cpu ({threads} threads)", precision=precision,
             max_batch=max_batch, model=card.name, embedding_dim=card.embedding_dim,
             reason=f"incremental{': ' + reason if reason else ''}", n_tags=len(card.labels),
         )
@@ -391,6 +392,7 @@ def load_runner(
     threads: int | None = None,
     plan_dir: str | os.PathLike[str] | None = None,
     split_dir: Path = SPLIT_DIR,
+    cpu_precision: str = "fp32",
 ) -> WindowRunner:
     """The incremental runner where the model and the engine allow it, else full windows.
 
@@ -398,7 +400,8 @@ def load_runner(
     split graphs have two inputs, which the TensorRT and torch engines do not take); under
     "auto" a usable GPU wins, with full windows on TensorRT. Windows `hop_frames` apart (when
     known) must overlap by more than the 6 edge frames for anything to be reused, so `classify`'s
-    non-overlapping patches run full windows. The choice is logged with its reason.
+    non-overlapping patches run full windows. `cpu_precision` picks the int8 split where
+    one is shipped (`streamclf.backends.quantize`). The choice is logged with its reason.
     """
     card = model if isinstance(model, ModelCard) else load_model_card(model)
     reason = ""
@@ -419,13 +422,19 @@ def load_runner(
         if chosen != "onnxruntime":
             reason = f"engine {chosen} ({why}) runs full windows only"
         else:
+            from streamclf.backends.quantize import choose_split
+
+            split_dir, cpu_chosen, cpu_why = choose_split(card.name, cpu_precision,
+                                                          fp32_dir=split_dir)
             try:
                 runner = IncrementalRunner(card, max_batch=max_batch, threads=threads,
-                                           split_dir=split_dir, reason=why)
+                                           split_dir=split_dir, precision=cpu_chosen,
+                                           reason=f"{why}; {cpu_chosen}: {cpu_why}")
             except ModelError as exc:
                 reason = str(exc)
             else:
-                log.info("runner_selected", mode="incremental", model=card.name, reason=why)
+                log.info("runner_selected", mode="incremental", model=card.name, reason=why,
+                         precision=cpu_chosen, precision_reason=cpu_why)
                 return runner
     log.info("runner_selected", mode="full", model=card.name, reason=reason)
     engine = load_engine(card, kind=kind, max_batch=max_batch, precision=precision,
