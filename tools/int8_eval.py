@@ -162,38 +162,55 @@ def frame_call(frames: np.ndarray) -> np.ndarray:
         np.lib.stride_tricks.sliding_window_view(frames, 7, axis=0).transpose(0, 2, 1)[:32])
 
 
-def profile(split_dir: Path, card, frames: np.ndarray, threads: int, work: Path) -> dict:
-    """ms per call by operator (and provider) of the frame graph at 32 patches and the window
-    graph at one window, from ONNX Runtime's profiler; the first calls are warm-up, left out."""
+def profile(variants: dict[str, Path], card, frames: np.ndarray, threads: int,
+            work: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """{variant: {graph: {operator (provider): ms per call}}} from ONNX Runtime's profiler: the
+    frame graph at 32 patches a call, the window graph at one window a call. The sessions take
+    turns call by call, so machine load falls on all alike; the first calls are warm-up, left
+    out. A graph file shared by several variants is profiled once."""
     import onnxruntime as ort
 
-    document = json.loads((split_dir / f"{card.name}.json").read_text())
     warmup, calls = 5, 20
+    docs = {name: json.loads((d / f"{card.name}.json").read_text())
+            for name, d in variants.items()}
+    any_doc = next(iter(docs.values()))
     feeds = {
         "frame": lambda w: {"context": frame_call(w)},
         "window": lambda w: {"logmel": w[None], "core": np.zeros(
-            (1, document["core_frames"], document["timbral_dim"]), np.float32)},
+            (1, any_doc["core_frames"], any_doc["timbral_dim"]), np.float32)},
     }
-    result = {}
+    result: dict = {name: {} for name in variants}
     for part, feed in feeds.items():
-        options = session_options(threads=threads, mem_pattern=True)
-        options.enable_profiling = True
-        options.profile_file_prefix = str(work / f"profile-{split_dir.name}-{part}")
-        session = ort.InferenceSession(str(split_dir / document[part]["file"]), options,
-                                       providers=["CPUExecutionProvider"])
+        files = {name: (variants[name] / docs[name][part]["file"]).resolve()
+                 for name in variants}
+        sessions = {}
+        for path in dict.fromkeys(files.values()):
+            options = session_options(threads=threads, mem_pattern=True)
+            options.enable_profiling = True
+            options.profile_file_prefix = str(work / f"profile-{part}-{len(sessions)}")
+            sessions[path] = ort.InferenceSession(str(path), options,
+                                                  providers=["CPUExecutionProvider"])
         for w in frames[: warmup + calls]:
-            session.run(None, feed(w))
-        events = json.loads(Path(session.end_profiling()).read_text())
-        runs = [e["ts"] for e in events if e.get("name") == "model_run"]
-        per_op = defaultdict(float)
-        for event in events:
-            if (event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
-                    and event["ts"] >= runs[warmup]):
-                args = event["args"]
-                per_op[f"{args['op_name']} ({args.get('provider', '?')[:3]})"] += event["dur"]
-        result[part] = {op: us / calls / 1000 for op, us in
-                        sorted(per_op.items(), key=lambda kv: -kv[1])}
+            for session in sessions.values():
+                session.run(None, feed(w))
+        per_file = {path: per_operator(Path(session.end_profiling()), warmup, calls)
+                    for path, session in sessions.items()}
+        for name, path in files.items():
+            result[name][part] = per_file[path]
     return result
+
+
+def per_operator(trace: Path, warmup: int, calls: int) -> dict[str, float]:
+    """ms per call by operator (provider) in an ONNX Runtime profile, after `warmup` runs."""
+    events = json.loads(trace.read_text())
+    runs = [e["ts"] for e in events if e.get("name") == "model_run"]
+    per_op = defaultdict(float)
+    for event in events:
+        if (event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
+                and event["ts"] >= runs[warmup]):
+            args = event["args"]
+            per_op[f"{args['op_name']} ({args.get('provider', '?')[:3]})"] += event["dur"]
+    return {op: us / calls / 1000 for op, us in sorted(per_op.items(), key=lambda kv: -kv[1])}
 
 
 # -- speed ------------------------------------------------------------------------------------
@@ -254,14 +271,26 @@ def render_markdown(doc: dict) -> str:
         lines.append(f"| {name} | {' | '.join(acc_cells)} | {spd['windows_per_s_median']:.1f} | "
                      f"{spd['ratio_median']:.2f} | {v.get('meets_accuracy', '')} | "
                      f"{v.get('meets_speed', '')} |")
-    lines += ["", ("## Per operator (ONNX Runtime profiler, ms per call; frame graph: 32 "
-              "patches, window graph: one window)"), ""]
-    for name, v in doc["variants"].items():
-        for part, ops in v["profile"].items():
-            total = sum(ops.values())
-            top = ", ".join(f"{op} {ms:.2f}" for op, ms in list(ops.items())[:8])
-            lines.append(f"- **{name}**, {part} graph, {total:.2f} ms: {top}")
+    lines += ["", "## Per operator (ONNX Runtime's profiler, ms per call)", ""]
+    for part, what in (("frame", "frame graph, 32 patches a call"),
+                       ("window", "window graph, one window a call")):
+        lines += [f"{what}:", "", profile_table(doc["variants"], part), ""]
     return "\n".join(lines) + "\n"
+
+
+def profile_table(variants: dict, part: str) -> str:
+    """One row per operator (kernel, provider), one column per variant, and the total."""
+    names = list(variants)
+    ops = list(dict.fromkeys(op for v in variants.values() for op in v["profile"][part]))
+    rows = ["| operator | " + " | ".join(names) + " |",
+            "| --- |" + " ---: |" * len(names)]
+    for op in ops:
+        cells = [f"{variants[n]['profile'][part][op]:.2f}" if op in variants[n]["profile"][part]
+                 else "" for n in names]
+        rows.append(f"| {op} | " + " | ".join(cells) + " |")
+    totals = [f"**{sum(variants[n]['profile'][part].values()):.2f}**" for n in names]
+    rows.append("| total | " + " | ".join(totals) + " |")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,8 +355,9 @@ def main(argv: list[str] | None = None) -> int:
                                                      *(sys.argv[1:] if argv is None else argv)]),
            "cpu": cpu, "onnxruntime": onnxruntime.__version__, "dataset": str(args.dataset),
            "clips": len(streams), "windows": n_windows, "ort_every": ort_every, "variants": {}}
+    profiles = profile(variants, card, frames, threads, work)
     for name, split_dir in variants.items():
-        entry = {"profile": profile(split_dir, card, frames, threads, work)}
+        entry = {"profile": profiles[name]}
         if name != "fp32":
             ort = name.startswith("ort_")
             scored = ort_windows if ort else np.ones(n_windows, bool)
@@ -361,4 +391,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from streamclf.errors import StreamclfError
+
+    try:
+        raise SystemExit(main())
+    except (StreamclfError, OSError) as exc:
+        raise SystemExit(f"error: {exc}") from None

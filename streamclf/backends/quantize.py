@@ -286,4 +286,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from streamclf.errors import StreamclfError
+
+    try:
+        raise SystemExit(main())
+    except (StreamclfError, OSError) as exc:
+        raise SystemExit(f"error: {exc}") from None
