@@ -278,16 +278,22 @@ def render_markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def profile_table(variants: dict, part: str) -> str:
-    """One row per operator (kernel, provider), one column per variant, and the total."""
+def profile_table(variants: dict, part: str, *, shown_ms: float = 0.2) -> str:
+    """One row per operator (kernel, provider) taking `shown_ms` or more in some variant, the
+    rest summed in one row; one column per variant; the total."""
     names = list(variants)
-    ops = list(dict.fromkeys(op for v in variants.values() for op in v["profile"][part]))
+    times = {n: variants[n]["profile"][part] for n in names}
+    ops = list(dict.fromkeys(op for n in names for op in times[n]))
+    shown = [op for op in ops if max(times[n].get(op, 0.0) for n in names) >= shown_ms]
+    rest = [op for op in ops if op not in shown]
     rows = ["| operator | " + " | ".join(names) + " |",
             "| --- |" + " ---: |" * len(names)]
-    for op in ops:
-        cells = [f"{variants[n]['profile'][part][op]:.2f}" if op in variants[n]["profile"][part]
-                 else "" for n in names]
+    for op in shown:
+        cells = [f"{times[n][op]:.2f}" if op in times[n] else "" for n in names]
         rows.append(f"| {op} | " + " | ".join(cells) + " |")
+    if rest:
+        cells = [f"{sum(times[n].get(op, 0.0) for op in rest):.2f}" for n in names]
+        rows.append(f"| {len(rest)} others | " + " | ".join(cells) + " |")
     totals = [f"**{sum(variants[n]['profile'][part].values()):.2f}**" for n in names]
     rows.append("| total | " + " | ".join(totals) + " |")
     return "\n".join(rows)
