@@ -1,5 +1,5 @@
 """int8: VNNI detection from CPU flags, the precision choice, and the shipped int8 split on real
-music (the accuracy bound of docs/engines.md, on a few windows; tools/int8_eval.py does all)."""
+music (a few windows; tools/int8_eval.py scores every window of datasets/genres)."""
 
 from __future__ import annotations
 
@@ -101,9 +101,10 @@ def run(runner, streams) -> np.ndarray:
     return np.array([runner.run([(sid, w)])["tags"][0] for sid, ws in streams for w in ws])
 
 
-def test_the_shipped_int8_split_keeps_the_accuracy_bound(card, streams):
-    """Every family probability within 0.03 of fp32, so the top family agrees wherever fp32's
-    lead is wider than 2 × 0.03."""
+def test_the_shipped_int8_split_stays_near_fp32(card, streams):
+    """On these windows every family probability is within 0.03 of fp32, so the top family
+    agrees wherever fp32's lead is wider than 2 × 0.03 (a broken graph fails this; over every
+    window of the set the largest move is 0.034: docs/engines.md, "int8")."""
     fp32 = run(IncrementalRunner(card, threads=1), streams)
     int8 = run(IncrementalRunner(card, threads=1, split_dir=INT8_DIR), streams)
     assert np.abs(int8 - fp32).max() <= MAX_ABS_DP
