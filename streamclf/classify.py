@@ -186,7 +186,7 @@ def run(args) -> int:
                               if args.genres else (), key="--genres")
     files = audio_paths(args.files)
     runner = load_runner(card, args.engine or "auto", hop_frames=hop_frames,
-                         max_batch=BATCH_WINDOWS)
+                         max_batch=BATCH_WINDOWS, cpu_precision=args.cpu_precision or "fp32")
     docs, failed = [], 0
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("files"), TimeRemainingColumn(),

@@ -51,6 +51,8 @@ class EngineConfig:
     kind: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "auto"
     model: str = "fused_musicnn"
     precision: Literal["fp16", "fp32"] = "fp16"
+    # the ONNX Runtime incremental runner: int8 frame graph, "auto" = where the CPU has VNNI/AMX
+    cpu_precision: Literal["auto", "fp32", "int8"] = "fp32"
     max_batch: int = 8  # memory: batch buffers, and a full-window engine's arena (docs/config.md)
     threads: int = 0
     plan_cache_dir: str = ""
@@ -269,6 +271,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "engine_kind": ("engine", "kind"),
     "model": ("engine", "model"),
     "precision": ("engine", "precision"),
+    "cpu_precision": ("engine", "cpu_precision"),
     "max_batch": ("engine", "max_batch"),
     "threads": ("engine", "threads"),
     "plan_cache_dir": ("engine", "plan_cache_dir"),

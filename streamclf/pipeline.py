@@ -483,6 +483,7 @@ class Pipeline:
         self.runner = load_runner(self.card, cfg.engine.kind, incremental=cfg.engine.incremental,
                                   hop_frames=hop_frames, max_batch=cfg.engine.max_batch,
                                   precision=cfg.engine.precision, threads=cfg.engine.threads,
+                                  cpu_precision=cfg.engine.cpu_precision,
                                   plan_dir=cfg.engine.plan_cache_dir or None)
         if self._runner_wrapper is not None:
             self.runner = self._runner_wrapper(self.runner)

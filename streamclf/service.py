@@ -64,6 +64,7 @@ def config_for_listen(args) -> Config:
                                    **common)
     return config_with_overrides(base, streams=[stream] if stream else None,
                                  engine_kind=args.engine, model=args.model, hop_s=args.hop,
+                                 cpu_precision=args.cpu_precision,
                                  endpoint=args.endpoint)
 
 

@@ -183,6 +183,7 @@ class IncrementalRunner:
         threads: int | None = None,
         split_dir: Path = SPLIT_DIR,
         max_streams: int = MAX_STREAMS,
+        precision: str = "fp32",
         reason: str = "",
     ) -> None:
         from streamclf.backends.onnx import default_threads, new_run_options, open_session
@@ -196,7 +197,7 @@ class IncrementalRunner:
         self._window = open_session(self.split.window_path, threads=threads, mem_pattern=True)
         self._run_options = new_run_options()
         self.info = EngineInfo(
-            name="onnxruntime", device=f"cpu ({threads} threads)", precision="fp32",
+            name="onnxruntime", device=f"cpu ({threads} threads)", precision=precision,
             max_batch=max_batch, model=card.name, embedding_dim=card.embedding_dim,
             reason=f"incremental{': ' + reason if reason else ''}", n_tags=len(card.labels),
         )

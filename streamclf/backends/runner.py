@@ -27,6 +27,7 @@ from streamclf.backends.base import (
     run_batched,
 )
 from streamclf.backends.incremental import CONTEXT_FRAMES, SPLIT_DIR, IncrementalRunner
+from streamclf.backends.quantize import choose_split
 from streamclf.errors import EngineError, ModelError
 from streamclf.features.framer import Window
 from streamclf.features.mel import N_MELS, WINDOW_FRAMES
@@ -213,6 +214,7 @@ def load_runner(
     threads: int | None = None,
     plan_dir: str | os.PathLike[str] | None = None,
     split_dir: Path = SPLIT_DIR,
+    cpu_precision: str = "fp32",
 ) -> WindowRunner:
     """The incremental runner where the model and the engine allow it, else full windows.
 
@@ -220,7 +222,8 @@ def load_runner(
     split graphs have two inputs, which the TensorRT and torch engines do not take); under
     "auto" a usable GPU wins, with full windows on TensorRT. Windows `hop_frames` apart (when
     known) must overlap by more than the 6 edge frames for anything to be reused, so `classify`'s
-    non-overlapping patches run full windows. The choice is logged with its reason.
+    non-overlapping patches run full windows. `cpu_precision` picks the int8 split where
+    one is shipped (`streamclf.backends.quantize`). The choice is logged with its reason.
     """
     card = model if isinstance(model, ModelCard) else load_model_card(model)
     choice = decide_engine(kind)
@@ -235,12 +238,16 @@ def load_runner(
         reason = f"engine {choice.kind} ({choice.reason}) runs full windows only"
     else:
         try:
+            split_dir, cpu_chosen, cpu_why = choose_split(card.name, cpu_precision,
+                                                          fp32_dir=split_dir)
             runner = IncrementalRunner(card, max_batch=max_batch, threads=threads,
-                                       split_dir=split_dir, reason=choice.reason)
+                                       split_dir=split_dir, precision=cpu_chosen,
+                                       reason=f"{choice.reason}; {cpu_chosen}: {cpu_why}")
         except ModelError as exc:
             reason = str(exc)
         else:
-            log.info("runner_selected", mode="incremental", model=card.name, reason=choice.reason)
+            log.info("runner_selected", mode="incremental", model=card.name, reason=choice.reason,
+                     precision=cpu_chosen, precision_reason=cpu_why)
             return runner
     log.info("runner_selected", mode="full", model=card.name, reason=reason)
     engine = load_engine(card, kind=choice, max_batch=max_batch, precision=precision,
