@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamclf.backends.incremental import SPLIT_DIR, IncrementalRunner, load_runner
+from streamclf.backends.incremental import SPLIT_DIR, IncrementalRunner
 from streamclf.backends.quantize import (
     choose_cpu_precision,
     choose_split,
     cpu_flags,
     int8_dot_product,
 )
+from streamclf.backends.runner import load_runner
 from streamclf.evaluate import load_manifest
 from streamclf.features.framer import logmel_windows_for_file
 from streamclf.features.mel import frames_for_seconds

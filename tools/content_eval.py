@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamclf.backends.incremental import load_runner
+from streamclf.backends.runner import load_runner
 from streamclf.config import ContentConfig
 from streamclf.content import (
     LABELS,
