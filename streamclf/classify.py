@@ -23,13 +23,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from streamclf.audio.files import AUDIO_SUFFIXES, audio_files
 from streamclf.backends.runner import WindowRunner, load_runner
 from streamclf.errors import AudioInputError, ConfigError
 from streamclf.features.framer import stream_file_windows
 from streamclf.features.mel import WINDOW_FRAMES, frames_for_seconds
 from streamclf.models.card import DEFAULT_MODEL, ModelCard, genre_vocabulary, load_model_card
-from streamclf.train.datasets import AUDIO_SUFFIXES
-from streamclf.train.library import audio_files
 
 log = structlog.get_logger(__name__)
 

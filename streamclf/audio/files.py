@@ -147,3 +147,15 @@ def _wait_for_room(ring: RingBuffer, frames: int, stopping: threading.Event) -> 
     """Offline pacing: a file read as fast as possible must not lap its own reader."""
     while ring.capacity - ring.available < frames and not stopping.wait(0.002):
         pass
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".au", ".aiff", ".aif", ".m4a")
+
+
+def audio_files(root: Path) -> list[Path]:
+    """The audio files under the folder `root`, recursively, sorted; hidden files left out."""
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith(".")
+    )

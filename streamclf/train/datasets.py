@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
+from streamclf.audio.files import AUDIO_SUFFIXES
 from streamclf.errors import ConfigError
 
 log = structlog.get_logger(__name__)
@@ -36,7 +37,6 @@ SPLIT_ALIASES = {
     "eval": "test",
     "holdout": "test",
 }
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".au", ".aiff", ".aif", ".m4a")
 
 
 @dataclass(frozen=True)

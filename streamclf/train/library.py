@@ -23,9 +23,10 @@ from typing import Any
 from rich.console import Console
 from rich.progress import track
 
+from streamclf.audio.files import AUDIO_SUFFIXES, audio_files
 from streamclf.errors import AudioInputError, ConfigError
 from streamclf.features.mel import WINDOW_FRAMES
-from streamclf.train.datasets import AUDIO_SUFFIXES, Item
+from streamclf.train.datasets import Item
 
 MIN_LENGTH_S = WINDOW_FRAMES * 0.016  # one window of 187 hops of 16 ms: shorter files give none
 SHOWN = 5  # files or names named on the terminal per kind of problem; the report has them all
@@ -128,14 +129,6 @@ class LibraryScan:
             "several_classes": {str(p): list(c) for p, c in self.ambiguous},
             "unmapped_genres": dict(self.unmapped.most_common()),
         }
-
-
-def audio_files(root: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith(".")
-    )
 
 
 def scan_library(root: str | Path, genre_map: dict[str, str] | None = None) -> LibraryScan:
