@@ -32,9 +32,6 @@ LAYERS = (
 ALLOWED_UPWARD = {
     # a head trained by `streamclf train` is rebuilt by the train extra's own code
     ("streamclf.backends.torch", "streamclf.train.export"),
-    # the int8 builder (`python -m streamclf.backends.quantize`, offline) calibrates on the
-    # dataset's clips; the daemon's part of the module (choose_split) never reaches it
-    ("streamclf.backends.quantize", "streamclf.evaluate"),
 }
 TORCH_MODULES = ("streamclf.models.musicnn", "streamclf.models.importer",
                  "streamclf.models.from_onnx", "streamclf.backends.torch", "streamclf.train")

@@ -244,16 +244,22 @@ def dataset_windows(dataset: Path, *, split: str | None, hop_frames: int
     """Every window the daemon would make of each clip of `dataset` (of `split`, or all):
     frames [N, 187, 96], their start frames [N] and, per clip, (clip id, its split, its
     window count), in order."""
-    from streamclf.evaluate import load_manifest
+    import csv
+
     from streamclf.features.framer import logmel_windows_for_file
 
+    # the manifest's path and split columns only (streamclf.evaluate reads the rest, for the
+    # application; a backend module does not reach up to it)
+    with open(dataset / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
     frames, starts, clips = [], [], []
-    for clip in load_manifest(dataset):
-        if split is None or clip.split == split:
-            windows = logmel_windows_for_file(clip.path, hop_frames=hop_frames)
+    for row in rows:
+        if split is None or row["split"] == split:
+            path = dataset / row["path"]
+            windows = logmel_windows_for_file(path, hop_frames=hop_frames)
             frames += [w.frames for w in windows]
             starts += [w.start_frame for w in windows]
-            clips.append((clip.path.stem, clip.split, len(windows)))
+            clips.append((path.stem, row["split"], len(windows)))
     return np.stack(frames), np.array(starts), clips
 
 
