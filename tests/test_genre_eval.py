@@ -188,8 +188,8 @@ class TestGenreSet:
     def test_an_mma_groove_is_played_over_mma_own_preview_chart(self):
         tool = _make_genre_set()
         song = tool.groove_chart(Path("/x/lib/stdlib/blues.mma"), "Blues", bars=6)
-        assert song.splitlines() == [
-            "Use /x/lib/stdlib/blues.mma", "Groove Blues", "I", "vi", "ii", "V7", "I", "vi"]
+        assert song.splitlines() == ["RndSeed 1", "Use /x/lib/stdlib/blues.mma", "Groove Blues",
+                                     "I", "vi", "ii", "V7", "I", "vi"]
 
     def test_every_clip_names_how_it_became_sound(self, rows):
         tool = _make_genre_set()

@@ -38,7 +38,7 @@ Evaluations across packages and artists ignore it and group by ``package`` and `
 Reserved packages (kept for an independent evaluation; listed in
 datasets/genres/reserved-packages.txt) are refused.
 
-Usage (root, Debian mirrors reachable; ~1.2 GB of packages are downloaded to --work):
+Usage (root, Debian mirrors reachable; 2.0 GB of packages are downloaded to --work):
 
     python tools/make_genre_set.py --out datasets/genres --work /tmp/genres
 """
@@ -77,6 +77,7 @@ RCC_SEPARATOR = "!"  # "<Qt .rcc file in the package>!<path inside it>"
 GROOVE_SEPARATOR = "#"  # "<MMA library file in the package>#<groove defined in it>"
 PREVIEW_CHORDS = ("I", "vi", "ii", "V7")  # the chart of MMA's own groove preview (mma -V)
 GROOVE_BARS = 32  # one bar a chord: ≥ 48 s at MMA's default 120 bpm, room for a 30 s excerpt
+GROOVE_SEED = 1  # MMA's RndSeed: its random humanisation repeats from one build to the next
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")  # Debian fluid-soundfont-gm
 RECORDED = "recording (decoded by ffmpeg)"
 SCORE_SUFFIXES = (".mscx", ".mscz")  # MuseScore scores, rendered by musescore3
@@ -178,10 +179,11 @@ def groove_chart(library: Path, groove: str, *, bars: int = GROOVE_BARS) -> str:
     """An MMA song that plays one groove of a library file over the preview chart, one chord a bar.
 
     The chart is MMA's own for previewing a groove (``mma -V``), so no chord choice of ours
-    favours one style: the groove alone carries it.
+    favours one style: the groove alone carries it. Grooves humanise with random skips, timing
+    and volume; a fixed seed makes a rebuild give the same notes.
     """
     chords = [PREVIEW_CHORDS[bar % len(PREVIEW_CHORDS)] for bar in range(bars)]
-    return "\n".join([f"Use {library}", f"Groove {groove}", *chords]) + "\n"
+    return "\n".join([f"RndSeed {GROOVE_SEED}", f"Use {library}", f"Groove {groove}", *chords]) + "\n"
 
 
 def play_groove(root: Path, library: str, groove: str, work: Path) -> Path:
