@@ -20,16 +20,21 @@ CLIP = REPO / "streamclf" / "data" / "clip.ogg"
 GENRES = REPO / "datasets" / "genres"
 
 
-def genre_sample(dest: Path, *, per_split: int = 4) -> Path:
-    """A folder whose manifest.csv lists the first `per_split` clips of each family and split of
-    datasets/genres (absolute paths), so that the training tests' time stays put as the set grows.
+def genre_sample(dest: Path, *, per_split: int = 3, families: int = 8) -> Path:
+    """A folder whose manifest.csv lists the first `per_split` clips of each split for the
+    `families` largest families of datasets/genres (absolute paths; ties by name), so that the
+    training tests' time stays put as the set grows in tracks and in families.
     """
     with open(GENRES / "manifest.csv", newline="") as fh:
         reader = csv.DictReader(fh)
         fields, rows = reader.fieldnames, list(reader)
+    sizes = Counter(row["label"] for row in rows)
+    largest = sorted(sizes, key=lambda label: (-sizes[label], label))[:families]
     taken: Counter = Counter()
     keep = []
     for row in rows:
+        if row["label"] not in largest:
+            continue
         taken[row["label"], row["split"]] += 1
         if taken[row["label"], row["split"]] <= per_split:
             keep.append({**row, "path": str(GENRES / row["path"])})
