@@ -167,5 +167,6 @@ class TestWriteReport:
         """The loudness stage's CPU per stream is measured and set beside a whole stream's."""
         onair = bench[0]["onair"]
         assert 0 < onair["loudness_cpu_percent"] < 100
+        assert 0 < onair["content_cpu_percent"] < 100
         assert onair["stream_cpu_percent"] > 0 and onair["share_of_stream"] > 0
         assert "onair_share_of_stream" in bench[0]["checks"]

@@ -68,7 +68,7 @@ SECTIONS: list[Section] = [
             render_incremental_section),
     Section("end_to_end", "End to end: ring → subscriber", bench_end_to_end, render_end_to_end),
     Section("capacity", "Capacity: concurrent real-time streams", bench_capacity, render_capacity),
-    Section("onair", "On-air stages: loudness and alarms per stream",
+    Section("onair", "On-air stages: loudness, alarms and content per stream",
             lambda ctx: bench_onair(ctx, block_s=BLOCK_S, repeats=1 if ctx.quick else 3,
                                     check=check), render_onair),
     Section("daemon", "Memory and start-up", bench_daemon, render_daemon),
