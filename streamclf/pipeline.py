@@ -316,6 +316,7 @@ class Pipeline:
         self.card = load_model_card(cfg.engine.model)
         self.genres = genre_vocabulary(self.card, cfg.engine.genres)
         self.genre_index = np.array([self.card.labels.index(g) for g in self.genres], dtype=np.intp)
+        smoothing = cfg.smoothing.with_card_threshold(self.card.unknown_threshold)
         hop_frames = frames_for_seconds(cfg.framing.hop_s)
         on_progress("loading engine")
         self.runner = load_runner(self.card, cfg.engine.kind, incremental=cfg.engine.incremental,
@@ -343,7 +344,7 @@ class Pipeline:
                 resampler=Resampler(source.sample_rate, source.channels, spec.channel),
                 framer=LogMelFramer(window_frames=WINDOW_FRAMES, hop_frames=hop_frames),
                 windows=WindowQueue(cfg.framing.queue_windows, self.ready),
-                smoother=Smoother(cfg.smoothing, labels=self.card.labels, genres=self.genres),
+                smoother=Smoother(smoothing, labels=self.card.labels, genres=self.genres),
                 health=HealthAlarms(cfg.alarms),
                 levels=LevelStage(LoudnessMeter(source.sample_rate, source.channels), cfg.alarms)
                 if cfg.loudness.enabled else None,
@@ -364,6 +365,7 @@ class Pipeline:
                 stream.titles.start()
         log.info("pipeline_started", streams=[s.stream_id for s in self.streams],
                  engine=self.runner.info.name, device=self.runner.info.device, model=self.card.name,
+                 unknown_threshold=smoothing.unknown_threshold,
                  endpoint=cfg.feed.endpoint if self.publish else None,
                  metrics_port=self.metrics.port if self.metrics else None)
 
@@ -398,8 +400,10 @@ class Pipeline:
     def reload(self, config: Config) -> None:
         """Apply a reloaded config (`config.split_reload`): smoothing, alarms and per-message feed
         options; sources and engine stay as they are."""
+        smoothing = config.smoothing.with_card_threshold(
+            self.card.unknown_threshold if self.card else None)
         for stream in self.streams:
-            stream.smoother.reconfigure(config.smoothing)
+            stream.smoother.reconfigure(smoothing)
             stream.health.reconfigure(config.alarms)
             if stream.levels is not None:
                 stream.levels.alarms.reconfigure(config.alarms)

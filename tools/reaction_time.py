@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config) if args.config else default_config()
+        card = load_model_card(config.engine.model)
+        config = dataclasses.replace(
+            config, smoothing=config.smoothing.with_card_threshold(card.unknown_threshold))
         variants = [config.smoothing, *(parse_variant(v, config.smoothing) for v in args.variant)]
         if args.windows and args.windows.is_file():
             joins, about = load_joins(args.windows)
@@ -239,7 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     except StreamclfError as exc:
         print(f"reaction_time: error: {exc}", file=sys.stderr)
         return 2
-    card = load_model_card(config.engine.model)
     genres = genre_vocabulary(card, config.engine.genres)
     rows = []
     for smoothing in variants:
