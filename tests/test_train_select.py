@@ -12,20 +12,22 @@ from streamclf.models.card import MSD_LABELS, MTT_LABELS
 from streamclf.models.taxonomy import FAMILIES
 from streamclf.train.folds import Track, group_folds
 from streamclf.train.fused import FusedMusicnn
-from streamclf.train.select import (
+from streamclf.train.maphead import (
     MUSICNN,
     HeadSpec,
-    Result,
     Windows,
+    fit_head,
+    head_from_calibration,
+    softmax,
+)
+from streamclf.train.select import (
+    Result,
     aggregate,
     beats,
     cross_validate,
-    fit_head,
     fixed_fusion,
     head,
-    head_from_calibration,
     main,
-    softmax,
     unknown_threshold,
 )
 
