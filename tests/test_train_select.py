@@ -20,6 +20,7 @@ from streamclf.train.maphead import (
     head_from_calibration,
     softmax,
 )
+from streamclf.train.pooling import attention_pool, fit_attention
 from streamclf.train.select import (
     Result,
     aggregate,
@@ -177,6 +178,41 @@ class TestDecisions:
         assert not beats(Result("lucky", window_f1=[0.9, 0.1, 0.1]), today)  # mean up, 1 of 3
         assert beats(Result("steady", window_f1=[0.3, 0.3, 0.1]), today)
         assert not beats(Result("same", window_f1=[0.2, 0.2, 0.2]), today)
+
+
+class TestAttentionPooling:
+    """Attention over a track's windows: the plain mean at u = 0, and it learns which windows
+    tell when a feature marks them."""
+
+    def test_zero_attention_is_the_mean(self, rng):
+        probs = softmax(rng.standard_normal((7, len(FAMILIES))))
+        owners = np.array([3, 3, 3, 5, 5, 5, 5])
+        ids, pooled = attention_pool(probs, rng.standard_normal((7, 4)), owners, np.zeros(4))
+        assert ids.tolist() == [3, 5]
+        np.testing.assert_allclose(pooled, [probs[:3].mean(0), probs[3:].mean(0)])
+
+    def test_learns_to_listen_to_the_marked_windows(self):
+        """Each track: one window that names its family (feature +1) and two louder ones that
+        name the other family (feature −1): the mean is wrong, the fitted attention right."""
+        rock, jazz = FAMILIES.index("rock"), FAMILIES.index("jazz")
+        probs, features, owners, truth = [], [], [], []
+        for track in range(8):
+            own, other = (rock, jazz) if track % 2 else (jazz, rock)
+            for telling in (True, False, False):
+                p = np.full(len(FAMILIES), 0.01)
+                p[own if telling else other] = 0.6 if telling else 0.7
+                probs.append(p / p.sum())
+                features.append([1.0 if telling else -1.0])
+                owners.append(track)
+                truth.append(own)
+        probs, features = np.array(probs), np.array(features)
+        owners, truth = np.array(owners), np.array(truth)
+        track_truth = truth[::3]
+        mean = np.array([probs[owners == t].mean(0) for t in range(8)]).argmax(1)
+        assert (mean != track_truth).all()
+        u = fit_attention(probs, features, owners, truth, strength=1e-3)
+        _, pooled = attention_pool(probs, features, owners, u)
+        assert (pooled.argmax(1) == track_truth).all()
 
 
 class TestCommand:

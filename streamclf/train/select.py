@@ -55,13 +55,15 @@ from streamclf.train.maphead import (
     fit_head,
     softmax,
 )
+from streamclf.train.pooling import attention_pool, fit_attention
 
 log = structlog.get_logger(__name__)
 
 VGG = ("MTT_vgg", "MSD_vgg")
 LAMBDAS = (1e-2, 1e-1, 1.0, 10.0)  # strengths of the pull toward the map, chosen inside the folds
 INNER_K = 3
-AGGREGATES = ("mean", "logmean", "vote")
+AGGREGATES = ("mean", "logmean", "vote", "attention")
+ATTENTION_PULL = 0.1  # attention pooling's pull toward the plain mean (streamclf.train.pooling)
 TODAY = "today's fused calibration"
 MIN_FAMILY_F1 = 0.5  # out-of-fold window F1 a family needs to be published as a genre
 MIN_FAMILY_GROUPS = 2  # independent groups a family needs to be measured on unseen music at all
@@ -159,18 +161,20 @@ def ensemble(name: str, parts: Sequence[Candidate]) -> Candidate:
 def candidates(*, vgg: bool, augmented: bool = False) -> list[Candidate]:
     tags_head = head("tags head → map", HeadSpec(MUSICNN, "tags"))
     emb_head = head("embedding head → map", HeadSpec(MUSICNN, "embedding"))
+    map_head = head("map head (a, c pulled toward the map)", HeadSpec(MUSICNN))
     found = [
         zero_shot("MTT_musicnn"), zero_shot("MSD_musicnn"), fixed_fusion(MUSICNN),
-        todays_calibration(), tags_head, emb_head,
-        head("map head (a, c pulled toward the map)", HeadSpec(MUSICNN)),
+        todays_calibration(), tags_head, emb_head, map_head,
         head("embedding head, free", HeadSpec(MUSICNN, "embedding", prior=False)),
         head("tags head → map, unbalanced", HeadSpec(MUSICNN, "tags", balanced=False)),
         head("tags head → map, label smoothing 0.1", HeadSpec(MUSICNN, "tags", smoothing=0.1)),
         ensemble("ensemble: zero-shot fusion + tags head", [fixed_fusion(MUSICNN), tags_head]),
         ensemble("ensemble: tags head + embedding head", [tags_head, emb_head]),
+        ensemble("ensemble: zero-shot fusion + map head", [fixed_fusion(MUSICNN), map_head]),
     ]
     if augmented:
-        found += [head("tags head → map, augmented", HeadSpec(MUSICNN, "tags", augmented=True)),
+        found += [head("map head, augmented", HeadSpec(MUSICNN, augmented=True)),
+                  head("tags head → map, augmented", HeadSpec(MUSICNN, "tags", augmented=True)),
                   head("embedding head → map, augmented",
                        HeadSpec(MUSICNN, "embedding", augmented=True))]
     if vgg:
@@ -181,7 +185,8 @@ def candidates(*, vgg: bool, augmented: bool = False) -> list[Candidate]:
 
 
 def aggregate(probs: np.ndarray, owners: np.ndarray, allowed: np.ndarray, how: str) -> tuple:
-    """Per track (sorted owner ids): the argmax of the mean, log-mean or the vote of windows."""
+    """Per track (sorted owner ids): the argmax of the mean, log-mean or the vote of windows
+    (attention pooling: `attention_pool`, fitted per fold in `cross_validate`)."""
     ids = np.unique(owners)
     preds = []
     for i in ids:
@@ -194,6 +199,24 @@ def aggregate(probs: np.ndarray, owners: np.ndarray, allowed: np.ndarray, how: s
             score = np.bincount(decide_among(p, allowed), minlength=len(FAMILIES)).astype(float)
         preds.append(decide_among(score[None, :], allowed)[0])
     return ids, np.array(preds)
+
+
+def attention_features(windows: Windows, train_rows: np.ndarray) -> np.ndarray:
+    """[N, 28]: both taggers' zero-shot family logits, standardised on the training rows."""
+    x = np.concatenate([windows.family_logits(t) for t in MUSICNN], axis=1)
+    return (x - x[train_rows].mean(axis=0)) / (x[train_rows].std(axis=0) + 1e-6)
+
+
+def attended_tracks(predict: Callable[[np.ndarray], np.ndarray], windows: Windows,
+                    train_rows: np.ndarray, test_rows: np.ndarray, allowed: np.ndarray) -> tuple:
+    """Per held-out track (sorted ids): the decision of attention pooling fitted on the
+    candidate's own window probabilities of the training tracks."""
+    features = attention_features(windows, train_rows)
+    u = fit_attention(predict(train_rows), features[train_rows], windows.clip[train_rows],
+                      windows.truth[train_rows], strength=ATTENTION_PULL)
+    ids, pooled = attention_pool(predict(test_rows), features[test_rows],
+                                 windows.clip[test_rows], u)
+    return ids, decide_among(pooled, allowed)
 
 
 @dataclass
@@ -254,7 +277,11 @@ def cross_validate(windows: Windows, tracks: Sequence[Track], folds: Sequence[in
                          window_macro_f1=round(result.window_f1[-1], 3))
                 result.window_acc.append(float((pred == truth).mean()))
                 for how in AGGREGATES:
-                    ids, track_pred = aggregate(probs, windows.clip[test_rows], allowed, how)
+                    if how == "attention":
+                        ids, track_pred = attended_tracks(predict, windows, train_rows, test_rows,
+                                                          allowed)
+                    else:
+                        ids, track_pred = aggregate(probs, windows.clip[test_rows], allowed, how)
                     track_truth = np.array([FAMILIES.index(tracks[i].family) for i in ids])
                     result.track_acc[how].append(float((track_pred == track_truth).mean()))
                 progress.advance(task)
@@ -265,8 +292,9 @@ def render(results: Sequence[Result], baseline: str) -> str:
     """Markdown: mean ± sd over folds, and on how many folds a candidate beats `baseline`."""
     base = next(r for r in results if r.name == baseline)
     header = ("| candidate | window macro-F1 | window accuracy | track accuracy (mean) | "
-              "track accuracy (log-mean) | track accuracy (vote) | folds > today's |")
-    lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "track accuracy (log-mean) | track accuracy (vote) | track accuracy (attention) | "
+              "folds > today's |")
+    lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in sorted(results, key=lambda r: -np.mean(r.window_f1)):
         wins = sum(a > b for a, b in zip(r.window_f1, base.window_f1, strict=True))
         cells = [r.window_f1, r.window_acc, *r.track_acc.values()]
