@@ -173,6 +173,15 @@ class TestDecisions:
         truth = np.array([1, 1, 0, 0])  # and the likelier 1s are wrong: nothing reaches 2 in 3
         assert unknown_threshold(probs, truth, genres) == 0.9
 
+    def test_unknown_threshold_holds_for_each_published_genre(self):
+        """Six right windows of family 0 would carry family 1's two wrong ones of three overall
+        (7 of 9 right); per genre, 1 is right only above its wrong windows."""
+        probs = np.zeros((9, len(FAMILIES)))
+        probs[:6, 0] = 0.3
+        probs[6:, 1] = [0.3, 0.3, 0.6]
+        truth = np.array([0] * 6 + [2, 2, 1])
+        assert unknown_threshold(probs, truth, np.ones(len(FAMILIES), bool)) == pytest.approx(0.35)
+
     def test_beating_needs_the_mean_and_more_folds_won_than_lost(self):
         today = Result("today", window_f1=[0.2, 0.2, 0.2])
         assert not beats(Result("lucky", window_f1=[0.9, 0.1, 0.1]), today)  # mean up, 1 of 3
