@@ -184,6 +184,27 @@ class TestGenreSet:
             assert row["source_file"] == " + ".join(track.files)
         assert {p.stem for p in (DATASET / "copyright").iterdir()} == {r["package"] for r in rows}
 
+    def test_an_mma_groove_is_played_over_mma_own_preview_chart(self):
+        tool = _make_genre_set()
+        song = tool.groove_chart(Path("/x/lib/stdlib/blues.mma"), "Blues", bars=6)
+        assert song.splitlines() == [
+            "Use /x/lib/stdlib/blues.mma", "Groove Blues", "I", "vi", "ii", "V7", "I", "vi"]
+
+    def test_every_clip_names_how_it_became_sound(self, rows):
+        tool = _make_genre_set()
+        for row in rows:
+            how, source = row["rendered_with"], row["source_file"]
+            if tool.GROOVE_SEPARATOR in source:
+                assert how.startswith(f"mma {row['version']} (groove over I, vi, ii, V7"), row["id"]
+            if source.endswith(".mid") or tool.GROOVE_SEPARATOR in source:
+                assert "fluidsynth" in how and "FluidR3_GM.sf2" in how, row["id"]
+            elif source.endswith(tool.SCORE_SUFFIXES):
+                assert how.startswith("musescore3 ") and "mscore3 -o" in how, row["id"]
+            elif source.endswith(tool.LMMS_SUFFIXES):
+                assert how.startswith("lmms ") and "lmms render" in how, row["id"]
+            else:
+                assert how == tool.RECORDED, row["id"]
+
     def test_one_spelling_per_artist(self, rows):
         spellings = defaultdict(set)
         for row in rows:

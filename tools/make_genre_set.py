@@ -23,7 +23,12 @@ Fret-on-Fire songs ship the guitar as its own stem; the two stems are mixed back
 played through Debian's fluidsynth with the FluidR3 General MIDI soundfont
 (``apt-get install fluidsynth fluid-soundfont-gm``), and the manifest's ``rendered_with`` names
 both versions; every other clip is a decoded recording. GCompris keeps its recordings in Qt
-resource files; a file named ``<file.rcc>!<path>`` is read out of one.
+resource files; a file named ``<file.rcc>!<path>`` is read out of one. MMA (Musical MIDI
+Accompaniment) ships a library of grooves named after their style; a file named
+``<library.mma>#<Groove>`` is that groove played by the package's own ``mma`` over the chord
+chart of MMA's groove preview (``mma -V``), then rendered like any MIDI file. MuseScore demo
+scores and LMMS demo projects are played by the program they were written for, headless
+(``apt-get install musescore3 lmms``); ``rendered_with`` names its version.
 
 The ``split`` column (calib/test) is for the older tools that fit on ``calib`` and score
 ``test``. It is by track: within each label and each batch of added tracks, ids in sha1 order,
@@ -69,8 +74,13 @@ def load_reserved(path: Path = RESERVED_TXT) -> frozenset[str]:
 LABEL_SOURCES = ("genre_tag", "credits", "title", "curator")
 NEXUIZ_PK3 = "usr/share/games/nexuiz/data/music.pk3"
 RCC_SEPARATOR = "!"  # "<Qt .rcc file in the package>!<path inside it>"
+GROOVE_SEPARATOR = "#"  # "<MMA library file in the package>#<groove defined in it>"
+PREVIEW_CHORDS = ("I", "vi", "ii", "V7")  # the chart of MMA's own groove preview (mma -V)
+GROOVE_BARS = 32  # one bar a chord: ≥ 48 s at MMA's default 120 bpm, room for a 30 s excerpt
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")  # Debian fluid-soundfont-gm
 RECORDED = "recording (decoded by ffmpeg)"
+SCORE_SUFFIXES = (".mscx", ".mscz")  # MuseScore scores, rendered by musescore3
+LMMS_SUFFIXES = (".mmp", ".mmpz")  # LMMS projects, rendered by lmms
 
 
 @dataclass(frozen=True)
@@ -111,8 +121,8 @@ def load_tracks(path: Path = TRACKS_CSV) -> tuple[Track, ...]:
                      for r in csv.DictReader(fh))
 
 
-def _run(*cmd: str, cwd: Path | None = None) -> str:
-    return subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True).stdout
+def _run(*cmd: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    return subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
 
 
 def fetch_package(package: Package, work: Path) -> Path:
@@ -164,8 +174,33 @@ def rcc_entries(path: Path) -> dict[str, bytes]:
     return dict(walk(0, ""))
 
 
-def _source(root: Path, name: str) -> Path:
-    """A file of the unpacked package, out of nexuiz's pk3 or a GCompris .rcc where named so."""
+def groove_chart(library: Path, groove: str, *, bars: int = GROOVE_BARS) -> str:
+    """An MMA song that plays one groove of a library file over the preview chart, one chord a bar.
+
+    The chart is MMA's own for previewing a groove (``mma -V``), so no chord choice of ours
+    favours one style: the groove alone carries it.
+    """
+    chords = [PREVIEW_CHORDS[bar % len(PREVIEW_CHORDS)] for bar in range(bars)]
+    return "\n".join([f"Use {library}", f"Groove {groove}", *chords]) + "\n"
+
+
+def play_groove(root: Path, library: str, groove: str, work: Path) -> Path:
+    """The groove as a MIDI file, written by the package's own mma (pure Python, not installed)."""
+    midi = work / "mma" / f"{Path(library).parent.name}-{Path(library).stem}-{groove}.mid"
+    if not midi.is_file():
+        midi.parent.mkdir(parents=True, exist_ok=True)
+        song = midi.with_suffix(".mma")
+        song.write_text(groove_chart(root / library, groove))
+        _run("python3", str(root / "usr/bin/mma"), str(song), "-f", str(midi),
+             env={"PATH": "/usr/bin:/bin", "MMA_HOME": str(root / "usr/share/mma")})
+    return midi
+
+
+def _source(root: Path, name: str, work: Path) -> Path:
+    """A file of the unpacked package, out of nexuiz's pk3, a GCompris .rcc or MMA where named so."""
+    if GROOVE_SEPARATOR in name:
+        library, groove = name.split(GROOVE_SEPARATOR)
+        return play_groove(root, library, groove, work)
     if name.startswith("pk3:"):
         return root / "pk3" / name[4:]
     if RCC_SEPARATOR in name:
@@ -178,14 +213,12 @@ def _source(root: Path, name: str) -> Path:
     return root / name
 
 
-def renderer() -> str:
-    """fluidsynth and the soundfont package, versions as installed, for the manifest."""
-    versions = _run("dpkg-query", "-W", "-f", "${Package} ${Version}\\n", "fluidsynth",
-                    "fluid-soundfont-gm").strip().splitlines()
-    return f"{' + '.join(versions)} ({SOUNDFONT.name}, 44.1 kHz)"
+def installed(*names: str) -> str:
+    """'name version + …' of Debian packages as installed here, for the manifest."""
+    return " + ".join(_run("dpkg-query", "-W", "-f", "${Package} ${Version}", n) for n in names)
 
 
-def render_midi(midi: Path, work: Path) -> Path:
+def render_midi(midi: Path, work: Path) -> tuple[Path, str]:
     """A General MIDI file played through fluidsynth with the FluidR3 GM soundfont, as WAV.
 
     MIDI holds notes, not sound: the timbre is the soundfont's, the same for every MIDI track,
@@ -195,7 +228,35 @@ def render_midi(midi: Path, work: Path) -> Path:
     if not wav.is_file():
         wav.parent.mkdir(parents=True, exist_ok=True)
         _run("fluidsynth", "-ni", "-q", "-r", "44100", "-F", str(wav), str(SOUNDFONT), str(midi))
-    return wav
+    return wav, f"{installed('fluidsynth', 'fluid-soundfont-gm')} ({SOUNDFONT.name}, 44.1 kHz)"
+
+
+def render_project(project: Path, work: Path) -> tuple[Path, str]:
+    """A MuseScore score or an LMMS project played by the program it was written for, as WAV.
+
+    Both run headless (Qt offscreen) and synthesise with their own instruments: MuseScore with
+    its General MIDI soundfont, LMMS with its synthesizer plugins and samples.
+    """
+    wav = work / "projects" / f"{project.stem}.wav"
+    score = project.suffix in SCORE_SUFFIXES
+    if not wav.is_file():
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(work / "home"), "QT_QPA_PLATFORM": "offscreen"}
+        if score:
+            _run("mscore3", "-o", str(wav), str(project), env=env)
+        else:
+            _run("lmms", "--allowroot", "render", str(project), "-f", "wav", "-o", str(wav), env=env)
+    how = installed("musescore3", "musescore-general-soundfont-small") if score else installed("lmms")
+    return wav, f"{how} ({'mscore3 -o' if score else 'lmms render'}, headless)"
+
+
+def to_audio(source: Path, work: Path) -> tuple[Path, str]:
+    """(audio file, how it became sound): notes and projects are rendered, recordings kept."""
+    if source.suffix == ".mid":
+        return render_midi(source, work)
+    if source.suffix in SCORE_SUFFIXES + LMMS_SUFFIXES:
+        return render_project(source, work)
+    return source, RECORDED
 
 
 def duration_s(path: Path) -> float:
@@ -239,10 +300,11 @@ def build(out: Path, work: Path, tracks: tuple[Track, ...],
         package = packages[track.package]
         if package.name not in roots:
             roots[package.name] = fetch_package(package, work)
-        sources = [_source(roots[package.name], f) for f in track.files]
-        midi = all(s.suffix == ".mid" for s in sources)
-        if midi:
-            sources = [render_midi(s, work) for s in sources]
+        audio = [to_audio(_source(roots[package.name], f, work), work) for f in track.files]
+        sources, how = [a for a, _ in audio], audio[0][1]
+        if any(GROOVE_SEPARATOR in f for f in track.files):
+            chart = ", ".join(PREVIEW_CHORDS)
+            how = f"{package.name} {package.version} (groove over {chart}, {GROOVE_BARS} bars) + {how}"
         start = excerpt_start_s(min(duration_s(s) for s in sources))
         clip = Path("clips") / track.label / f"{track.id}.ogg"
         cut_excerpt(sources, start, out / clip)
@@ -252,7 +314,7 @@ def build(out: Path, work: Path, tracks: tuple[Track, ...],
             "version": package.version, "source_file": " + ".join(track.files),
             "start_s": f"{start:g}", "duration_s": f"{EXCERPT_S:g}",
             "license": package.license, "label_source": track.label_source,
-            "reason": track.reason, "rendered_with": renderer() if midi else RECORDED,
+            "reason": track.reason, "rendered_with": how,
         })
         print(f"{track.label:10s} {track.split:5s} {track.id}")
     (out / "copyright").mkdir(parents=True, exist_ok=True)
@@ -265,6 +327,12 @@ def build(out: Path, work: Path, tracks: tuple[Track, ...],
     return rows
 
 
+def _last_line(exc: subprocess.CalledProcessError) -> str:
+    """The program's last word (mma writes its errors to stdout, the others to stderr)."""
+    text = (exc.stderr or exc.stdout or "").strip()
+    return text.splitlines()[-1] if text else str(exc)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("datasets/genres"))
@@ -275,7 +343,7 @@ def main() -> None:
     try:
         rows = build(args.out, args.work, load_tracks(args.tracks), load_packages(args.packages))
     except subprocess.CalledProcessError as exc:
-        msg = f"{' '.join(exc.cmd)}: {exc.stderr.strip().splitlines()[-1] if exc.stderr else exc}"
+        msg = f"{' '.join(exc.cmd)}: {_last_line(exc)}"
         raise SystemExit(msg) from None
     except FileNotFoundError as exc:  # a program not installed (fluidsynth for MIDI, ffmpeg)
         raise SystemExit(f"{exc.filename}: not found") from None
