@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +43,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from streamclf.errors import StreamclfError
-from streamclf.evaluate import Clip, confusion_matrix, load_manifest, macro_f1
+from streamclf.evaluate import FUSED_MODEL, Clip, confusion_matrix, load_manifest, macro_f1
 from streamclf.models.card import dataset_of
 from streamclf.models.taxonomy import FAMILIES, family_scores, vocabulary_matrix
 from streamclf.train.folds import Track, family_groups, group_folds, link_groups
@@ -386,11 +388,20 @@ def ship(result: Result, spec: HeadSpec, windows: Windows, tracks: Sequence[Trac
         "out_of_fold_window_f1": f1,
         "cross_validation": [s for s in summary if s["name"] in (result.name, TODAY)],
     }
-    document = write_default(out, params=params, calibration=calibration, residual=residual,
-                             genres=validated, validation=validation,
-                             trained_on=f"{dataset.name} (all tracks)",
-                             builder="python -m streamclf.train.select --ship")
-    split_models(["fused_musicnn"], engines_dir=out, out_dir=out / "split")
+    with tempfile.TemporaryDirectory(dir=out) as staging:  # all or nothing lands in `out`
+        staged = Path(staging)
+        for part in MUSICNN:  # the split step rebuilds the fused graph from the parts beside it
+            (staged / f"{part}.onnx").symlink_to((out / f"{part}.onnx").resolve())
+        document = write_default(staged, params=params, calibration=calibration,
+                                 residual=residual, genres=validated, validation=validation,
+                                 trained_on=f"{dataset.name} (all tracks)",
+                                 builder="python -m streamclf.train.select --ship")
+        split_models([FUSED_MODEL], engines_dir=staged, out_dir=staged / "split")
+        (out / "split").mkdir(exist_ok=True)
+        for name in (f"{FUSED_MODEL}.onnx", f"{FUSED_MODEL}.json",
+                     *(f"split/{FUSED_MODEL}{suffix}"
+                       for suffix in (".frame.onnx", ".window.onnx", ".json"))):
+            os.replace(staged / name, out / name)
     return document
 
 
@@ -431,6 +442,13 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{f} {n}" for f, n in groups.items()) + "\n")
     print(render(results, "today's fused calibration"))
     summary = [r.summary() for r in results]
+    if args.json:
+        args.json.write_text(json.dumps({
+            "dataset": str(args.dataset), "tracks": len(clips),
+            "windows": len(clean(windows, np.arange(len(windows.truth)))),
+            "k": args.k, "groups_per_family": groups,
+            "folds": {t.id: f for t, f in zip(tracks, folds, strict=True)},
+            "results": summary}, indent=1) + "\n")
     if args.ship:
         shippable = [(r, c.spec) for r, c in zip(results, chosen, strict=True) if c.spec]
         best, spec = max(shippable, key=lambda rs: np.mean(rs[0].window_f1))
@@ -439,18 +457,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nnot shipped: the best head ({best.name}) does not beat {TODAY} "
                   "(higher mean macro-F1 and better on more folds than worse)")
         else:
-            document = ship(best, spec, windows, tracks, out=args.ship, dataset=args.dataset,
-                            summary=summary, k=args.k)
+            try:
+                document = ship(best, spec, windows, tracks, out=args.ship,
+                                dataset=args.dataset, summary=summary, k=args.k)
+            except StreamclfError as exc:  # e.g. split graphs that drift from the full one
+                parser.exit(exc.exit_code, f"streamclf: not shipped ({best.name}): {exc}; "
+                                           f"{args.ship} is unchanged\n")
             print(f"\nshipped {best.name} to {args.ship}: genres "
                   f"{', '.join(document['genres'])}; unknown threshold "
                   f"{document['calibration']['unknown_threshold']}")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "dataset": str(args.dataset), "tracks": len(clips),
-            "windows": len(clean(windows, np.arange(len(windows.truth)))),
-            "k": args.k, "groups_per_family": groups,
-            "folds": {t.id: f for t, f in zip(tracks, folds, strict=True)},
-            "results": summary}, indent=1) + "\n")
     return 0
 
 
