@@ -224,6 +224,64 @@ class TestAttentionPooling:
         assert (pooled.argmax(1) == track_truth).all()
 
 
+class TestShipStaging:
+    """The ship step changes `engines/` all at once or not at all (the graph export and the
+    split are stood in for: their own tests run the real ones)."""
+
+    FILES = ("fused_musicnn.onnx", "fused_musicnn.json", "split/fused_musicnn.frame.onnx",
+             "split/fused_musicnn.window.onnx", "split/fused_musicnn.json")
+
+    @pytest.fixture
+    def shipping(self, rng, tmp_path, monkeypatch):
+        import streamclf.train.fused
+        import streamclf.train.split
+        from streamclf.errors import ModelError
+        from streamclf.train.select import ship
+
+        windows, tracks = synthetic(rng)
+        for part in MUSICNN:
+            (tmp_path / f"{part}.onnx").write_bytes(b"part")
+
+        def write_default(out, **card):
+            (out / "fused_musicnn.onnx").write_bytes(b"graph")
+            (out / "fused_musicnn.json").write_text("{}")
+            return {"genres": card["genres"]}
+
+        def split_models(names, *, engines_dir, out_dir, fail=False):
+            assert (engines_dir / "MTT_musicnn.onnx").read_bytes() == b"part"
+            if fail:
+                raise ModelError("split graphs differ")
+            out_dir.mkdir()
+            for suffix in (".frame.onnx", ".window.onnx", ".json"):
+                (out_dir / f"fused_musicnn{suffix}").write_text("split")
+
+        monkeypatch.setattr(streamclf.train.fused, "write_default", write_default)
+
+        def run(*, fail: bool) -> None:
+            monkeypatch.setattr(streamclf.train.split, "split_models",
+                                lambda *a, **kw: split_models(*a, **kw, fail=fail))
+            result = Result("map", oof=softmax(rng.standard_normal((len(windows.truth),
+                                                                     len(FAMILIES)))))
+            ship(result, HeadSpec(MUSICNN), windows, tracks, out=tmp_path, dataset=tmp_path,
+                 summary=[], k=3)
+        return run, tmp_path
+
+    def test_a_failed_split_leaves_engines_unchanged(self, shipping):
+        from streamclf.errors import ModelError
+
+        run, out = shipping
+        with pytest.raises(ModelError):
+            run(fail=True)
+        assert sorted(p.name for p in out.iterdir()) == ["MSD_musicnn.onnx", "MTT_musicnn.onnx"]
+
+    def test_a_passed_split_moves_everything_in(self, shipping):
+        run, out = shipping
+        run(fail=False)
+        assert all((out / name).is_file() for name in self.FILES)
+        assert (out / "MTT_musicnn.onnx").read_bytes() == b"part"
+        assert len(list(out.iterdir())) == 5  # the two parts, the graph, its card, split/
+
+
 class TestCommand:
     """Bad input ends in one line, not a traceback."""
 
