@@ -29,6 +29,7 @@ WINDOW_S = 3.0  # fixed by the model: 187 frames of 256 samples at 16 kHz (2.992
 WINDOW_TOLERANCE_S = 0.01
 MIN_HOP_S = 256 / 16000  # one STFT frame
 AUDIO_BOUNDARIES_HOP_S = 1.0  # streamclf/boundaries.py counts in windows of this hop
+DEFAULT_UNKNOWN_THRESHOLD = 0.35  # for a model whose card names no unknown threshold
 STREAM_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ENDPOINT_PATTERN = re.compile(r"(tcp://.+:[0-9*]+|ipc://.+)")
 OUTPUT_KEYS = {  # the keys that only mean something for one kind of output
@@ -73,7 +74,17 @@ class SmoothingConfig:
     switch_margin: float = 0.05
     min_dwell_s: float = 0.0
     silence_dbfs: float = -55.0
-    unknown_threshold: float = 0.35  # chosen on the calibration tracks: docs/model-quality.md
+    # None (the key absent): the model card's `calibration.unknown_threshold`, chosen with the
+    # head on unseen music (docs/model-selection.md), else DEFAULT_UNKNOWN_THRESHOLD
+    unknown_threshold: float | None = None
+
+    def with_card_threshold(self, card_threshold: float | None) -> SmoothingConfig:
+        """This config with the unknown threshold to run: an explicit value wins, then the
+        model card's, then DEFAULT_UNKNOWN_THRESHOLD (so a head ships with its own threshold)."""
+        if self.unknown_threshold is not None:
+            return self
+        chosen = DEFAULT_UNKNOWN_THRESHOLD if card_threshold is None else card_threshold
+        return dataclasses.replace(self, unknown_threshold=chosen)
 
 
 @dataclass(frozen=True)
@@ -387,6 +398,8 @@ def _options(hint: Any) -> tuple[Any, ...]:
 
 
 def _match(value: Any, option: Any) -> tuple[bool, Any]:
+    if option is types.NoneType:  # "not set": never in TOML, only in a config's own copy
+        return (value is None, value)
     if typing.get_origin(option) is Literal:
         return (isinstance(value, str) and value in typing.get_args(option), value)
     if option is bool:
@@ -414,6 +427,8 @@ def _describe(hint: Any) -> str:
         return "an integer index or a name"
     parts = []
     for option in _options(hint):
+        if option is types.NoneType:
+            continue
         if typing.get_origin(option) is Literal:
             parts.append(" | ".join(f'"{v}"' for v in typing.get_args(option)))
         elif typing.get_origin(option) is tuple:
@@ -454,8 +469,8 @@ def _check_smoothing(s: SmoothingConfig, where: str) -> None:
              f"must be 0..3600 s, got {s.min_dwell_s}")
     _require(-200 <= s.silence_dbfs <= 0, f"{where}.silence_dbfs",
              f"must be -200..0 dBFS, got {s.silence_dbfs}")
-    _require(0 <= s.unknown_threshold <= 1, f"{where}.unknown_threshold",
-             f"must be 0 (off)..1, got {s.unknown_threshold}")
+    _require(s.unknown_threshold is None or 0 <= s.unknown_threshold <= 1,
+             f"{where}.unknown_threshold", f"must be 0 (off)..1, got {s.unknown_threshold}")
 
 
 def _check_curve(c: CurveConfig, where: str) -> None:

@@ -473,6 +473,7 @@ class Pipeline:
         cfg = self.config
         self.card = load_model_card(cfg.engine.model)
         self.genres = genre_vocabulary(self.card, cfg.engine.genres)
+        smoothing = cfg.smoothing.with_card_threshold(self.card.unknown_threshold)
         hop_frames = frames_for_seconds(cfg.framing.hop_s)
         for i, spec in enumerate(cfg.streams):
             if spec.audio_boundaries and detector_for(self.card.name) is None:
@@ -513,7 +514,7 @@ class Pipeline:
                 resampler=Resampler(source.sample_rate, source.channels, spec.channel),
                 framer=LogMelFramer(window_frames=WINDOW_FRAMES, hop_frames=hop_frames),
                 windows=WindowQueue(cfg.framing.queue_windows, self.ready),
-                smoother=Smoother(cfg.smoothing, labels=self.card.labels, genres=self.genres),
+                smoother=Smoother(smoothing, labels=self.card.labels, genres=self.genres),
                 health=HealthAlarms(cfg.alarms),
                 levels=LevelStage(LoudnessMeter(source.sample_rate, source.channels), cfg.alarms)
                 if cfg.loudness.enabled else None,
@@ -549,6 +550,7 @@ class Pipeline:
                 stream.titles.start()
         log.info("pipeline_started", streams=[s.stream_id for s in self.streams],
                  engine=self.runner.info.name, device=self.runner.info.device, model=self.card.name,
+                 unknown_threshold=smoothing.unknown_threshold,
                  endpoint=cfg.feed.endpoint if self.publish else None,
                  metrics_port=self.metrics.port if self.metrics else None)
 
@@ -583,8 +585,10 @@ class Pipeline:
     def reload(self, config: Config) -> None:
         """Apply a reloaded config (`config.split_reload`): smoothing, alarms and per-message feed
         options; sources and engine stay as they are."""
+        smoothing = config.smoothing.with_card_threshold(
+            self.card.unknown_threshold if self.card else None)
         for stream in self.streams:
-            stream.smoother.reconfigure(config.smoothing)
+            stream.smoother.reconfigure(smoothing)
             stream.health.reconfigure(config.alarms)
             if stream.levels is not None:
                 stream.levels.alarms.reconfigure(config.alarms)

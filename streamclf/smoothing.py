@@ -131,6 +131,7 @@ class Smoother:
         self.labels = tuple(labels)
         self.genres = tuple(genres)
         self._genre_index = np.array([self.labels.index(g) for g in genres], dtype=np.intp)
+        config = config.with_card_threshold(None)  # the pipeline resolves it with its card first
         self._hysteresis = Hysteresis(margin=config.switch_margin, dwell_s=config.min_dwell_s)
         self._gate = ConfidenceGate(threshold=config.unknown_threshold,
                                     margin=config.switch_margin, dwell_s=config.min_dwell_s)
@@ -139,6 +140,7 @@ class Smoother:
 
     def reconfigure(self, config: SmoothingConfig) -> None:
         """Apply new settings (SIGHUP reload); the average and the held genre carry on."""
+        config = config.with_card_threshold(None)
         self.config = config
         self._hysteresis.margin = self._gate.margin = config.switch_margin
         self._hysteresis.dwell_s = self._gate.dwell_s = config.min_dwell_s

@@ -65,6 +65,9 @@ class TestErrors:
         ("[framing]\nhop_s = 4.0\n", "framing.hop_s: must be between"),
         ("[framing]\nhop_s = nan\n", "framing.hop_s: expected a finite number, got nan"),
         ("[smoothing]\nswitch_margin = 2\n", "smoothing.switch_margin: must be 0..1"),
+        ("[smoothing]\nunknown_threshold = 1.5\n", "smoothing.unknown_threshold: must be 0 (off)..1"),
+        ("[smoothing]\nunknown_threshold = 'card'\n",
+         "smoothing.unknown_threshold: expected a finite number, got 'card'"),
         ("[feed]\nendpoint = 'udp://x'\n", "feed.endpoint: expected tcp://HOST:PORT"),
         ("[feed.curve]\nenabled = true\n", "feed.curve.server_secret_key_file: is required"),
         ("[feed]\ncurve = 1\n", "feed.curve: expected a table, got 1"),
@@ -122,6 +125,27 @@ class TestErrors:
         cfg = parse_config("[smoothing]\ntime_constant_s = 10\n")
         assert cfg.smoothing.time_constant_s == 10.0
         assert isinstance(cfg.smoothing.time_constant_s, float)
+
+
+class TestUnknownThreshold:
+    """Absent from the config, the unknown threshold is the model card's; set, the config's."""
+
+    def test_absent_key_leaves_it_to_the_card(self):
+        smoothing = parse_config("[smoothing]\ntime_constant_s = 2\n").smoothing
+        assert smoothing.unknown_threshold is None
+        assert smoothing.with_card_threshold(0.2).unknown_threshold == 0.2
+
+    def test_a_card_without_one_gets_the_old_default(self):
+        assert default_config().smoothing.with_card_threshold(None).unknown_threshold == 0.35
+
+    @pytest.mark.parametrize("value", [0, 0.6])
+    def test_an_explicit_value_wins_over_the_card(self, value):
+        smoothing = parse_config(f"[smoothing]\nunknown_threshold = {value}\n").smoothing
+        assert smoothing.with_card_threshold(0.2).unknown_threshold == value
+
+    def test_overrides_keep_it_unset(self):
+        cfg = config_with_overrides(default_config(), hop_s=0.5)
+        assert cfg.smoothing.unknown_threshold is None
 
 
 class TestOverrides:

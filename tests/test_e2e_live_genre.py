@@ -12,6 +12,7 @@ import soundfile as sf
 from e2e_helpers import REPO, run_cli
 
 from streamclf.config import default_config
+from streamclf.models.card import load_model_card
 from streamclf.smoothing import SILENCE, UNKNOWN
 
 CLIPS = REPO / "datasets" / "genres" / "clips"
@@ -36,7 +37,8 @@ def genre_messages(tmp_path: Path) -> list[dict]:
 
 
 def test_changes_publish_no_genre_under_the_threshold_and_do_not_flip(tmp_path):
-    threshold = default_config().smoothing.unknown_threshold
+    card_threshold = load_model_card().unknown_threshold
+    threshold = default_config().smoothing.with_card_threshold(card_threshold).unknown_threshold
     messages = genre_messages(tmp_path)
     under = [(m["t1"], m["genre"], round(m["confidence"], 2)) for m in messages
              if m["genre"] not in (UNKNOWN, SILENCE) and m["confidence"] < threshold]

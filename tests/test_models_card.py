@@ -62,6 +62,14 @@ class TestPackagedCards:
         )
         assert "Permission to use" in (ENGINES_DIR / LICENSE_FILE).read_text()
 
+    def test_the_default_carries_its_unknown_threshold(self):
+        """The daemon's default threshold comes from here (docs/config.md); stock taggers have
+        none and get the config's fallback."""
+        default = load_model_card()
+        assert default.unknown_threshold == default.document["calibration"]["unknown_threshold"]
+        assert 0.0 <= default.unknown_threshold <= 1.0
+        assert load_model_card("MSD_musicnn").unknown_threshold is None
+
     def test_genre_vocabularies(self):
         msd, mtt = load_model_card("MSD_musicnn"), load_model_card("MTT_musicnn")
         assert {"rock", "pop", "jazz", "metal", "Hip-Hop", "blues", "country"} <= set(msd.genres)
@@ -127,6 +135,17 @@ class TestVerification:
             path.write_text(json.dumps(doc))
         with pytest.raises(ModelError, match="model card"):
             load_model_card(path)
+
+    @pytest.mark.parametrize("threshold", [1.5, "0.3", True])
+    def test_bad_unknown_threshold_is_one_line(self, copied_engine, threshold):
+        path = copied_engine / "MTT_vgg.json"
+        doc = json.loads(path.read_text())
+        doc["calibration"] = {"unknown_threshold": threshold}
+        path.write_text(json.dumps(doc))
+        with pytest.raises(ModelError, match=r"calibration\.unknown_threshold must be a number "
+                                             r"0\.\.1") as info:
+            load_model_card(path)
+        assert "\n" not in str(info.value)
 
 
 def test_fixture_taggrams_are_sane():

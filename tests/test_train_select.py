@@ -12,20 +12,23 @@ from streamclf.models.card import MSD_LABELS, MTT_LABELS
 from streamclf.models.taxonomy import FAMILIES
 from streamclf.train.folds import Track, group_folds
 from streamclf.train.fused import FusedMusicnn
-from streamclf.train.select import (
+from streamclf.train.maphead import (
     MUSICNN,
     HeadSpec,
-    Result,
     Windows,
+    fit_head,
+    head_from_calibration,
+    softmax,
+)
+from streamclf.train.pooling import attention_pool, fit_attention
+from streamclf.train.select import (
+    Result,
     aggregate,
     beats,
     cross_validate,
-    fit_head,
     fixed_fusion,
     head,
-    head_from_calibration,
     main,
-    softmax,
     unknown_threshold,
 )
 
@@ -170,11 +173,113 @@ class TestDecisions:
         truth = np.array([1, 1, 0, 0])  # and the likelier 1s are wrong: nothing reaches 2 in 3
         assert unknown_threshold(probs, truth, genres) == 0.9
 
+    def test_unknown_threshold_holds_for_each_published_genre(self):
+        """Six right windows of family 0 would carry family 1's two wrong ones of three overall
+        (7 of 9 right); per genre, 1 is right only above its wrong windows."""
+        probs = np.zeros((9, len(FAMILIES)))
+        probs[:6, 0] = 0.3
+        probs[6:, 1] = [0.3, 0.3, 0.6]
+        truth = np.array([0] * 6 + [2, 2, 1])
+        assert unknown_threshold(probs, truth, np.ones(len(FAMILIES), bool)) == pytest.approx(0.35)
+
     def test_beating_needs_the_mean_and_more_folds_won_than_lost(self):
         today = Result("today", window_f1=[0.2, 0.2, 0.2])
         assert not beats(Result("lucky", window_f1=[0.9, 0.1, 0.1]), today)  # mean up, 1 of 3
         assert beats(Result("steady", window_f1=[0.3, 0.3, 0.1]), today)
         assert not beats(Result("same", window_f1=[0.2, 0.2, 0.2]), today)
+
+
+class TestAttentionPooling:
+    """Attention over a track's windows: the plain mean at u = 0, and it learns which windows
+    tell when a feature marks them."""
+
+    def test_zero_attention_is_the_mean(self, rng):
+        probs = softmax(rng.standard_normal((7, len(FAMILIES))))
+        owners = np.array([3, 3, 3, 5, 5, 5, 5])
+        ids, pooled = attention_pool(probs, rng.standard_normal((7, 4)), owners, np.zeros(4))
+        assert ids.tolist() == [3, 5]
+        np.testing.assert_allclose(pooled, [probs[:3].mean(0), probs[3:].mean(0)])
+
+    def test_learns_to_listen_to_the_marked_windows(self):
+        """Each track: one window that names its family (feature +1) and two louder ones that
+        name the other family (feature −1): the mean is wrong, the fitted attention right."""
+        rock, jazz = FAMILIES.index("rock"), FAMILIES.index("jazz")
+        probs, features, owners, truth = [], [], [], []
+        for track in range(8):
+            own, other = (rock, jazz) if track % 2 else (jazz, rock)
+            for telling in (True, False, False):
+                p = np.full(len(FAMILIES), 0.01)
+                p[own if telling else other] = 0.6 if telling else 0.7
+                probs.append(p / p.sum())
+                features.append([1.0 if telling else -1.0])
+                owners.append(track)
+                truth.append(own)
+        probs, features = np.array(probs), np.array(features)
+        owners, truth = np.array(owners), np.array(truth)
+        track_truth = truth[::3]
+        mean = np.array([probs[owners == t].mean(0) for t in range(8)]).argmax(1)
+        assert (mean != track_truth).all()
+        u = fit_attention(probs, features, owners, truth, strength=1e-3)
+        _, pooled = attention_pool(probs, features, owners, u)
+        assert (pooled.argmax(1) == track_truth).all()
+
+
+class TestShipStaging:
+    """The ship step changes `engines/` all at once or not at all (the graph export and the
+    split are stood in for: their own tests run the real ones)."""
+
+    FILES = ("fused_musicnn.onnx", "fused_musicnn.json", "split/fused_musicnn.frame.onnx",
+             "split/fused_musicnn.window.onnx", "split/fused_musicnn.json")
+
+    @pytest.fixture
+    def shipping(self, rng, tmp_path, monkeypatch):
+        import streamclf.train.fused
+        import streamclf.train.split
+        from streamclf.errors import ModelError
+        from streamclf.train.select import ship
+
+        windows, tracks = synthetic(rng)
+        for part in MUSICNN:
+            (tmp_path / f"{part}.onnx").write_bytes(b"part")
+
+        def write_default(out, **card):
+            (out / "fused_musicnn.onnx").write_bytes(b"graph")
+            (out / "fused_musicnn.json").write_text("{}")
+            return {"genres": card["genres"]}
+
+        def split_models(names, *, engines_dir, out_dir, fail=False):
+            assert (engines_dir / "MTT_musicnn.onnx").read_bytes() == b"part"
+            if fail:
+                raise ModelError("split graphs differ")
+            out_dir.mkdir()
+            for suffix in (".frame.onnx", ".window.onnx", ".json"):
+                (out_dir / f"fused_musicnn{suffix}").write_text("split")
+
+        monkeypatch.setattr(streamclf.train.fused, "write_default", write_default)
+
+        def run(*, fail: bool) -> None:
+            monkeypatch.setattr(streamclf.train.split, "split_models",
+                                lambda *a, **kw: split_models(*a, **kw, fail=fail))
+            result = Result("map", oof=softmax(rng.standard_normal((len(windows.truth),
+                                                                     len(FAMILIES)))))
+            ship(result, HeadSpec(MUSICNN), windows, tracks, out=tmp_path, dataset=tmp_path,
+                 summary=[], k=3)
+        return run, tmp_path
+
+    def test_a_failed_split_leaves_engines_unchanged(self, shipping):
+        from streamclf.errors import ModelError
+
+        run, out = shipping
+        with pytest.raises(ModelError):
+            run(fail=True)
+        assert sorted(p.name for p in out.iterdir()) == ["MSD_musicnn.onnx", "MTT_musicnn.onnx"]
+
+    def test_a_passed_split_moves_everything_in(self, shipping):
+        run, out = shipping
+        run(fail=False)
+        assert all((out / name).is_file() for name in self.FILES)
+        assert (out / "MTT_musicnn.onnx").read_bytes() == b"part"
+        assert len(list(out.iterdir())) == 5  # the two parts, the graph, its card, split/
 
 
 class TestCommand:

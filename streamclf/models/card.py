@@ -109,6 +109,13 @@ class ModelCard:
     card_path: Path
     document: dict[str, Any]
 
+    @property
+    def unknown_threshold(self) -> float | None:
+        """The threshold chosen with the model's head (`calibration.unknown_threshold`), the
+        daemon's default when `[smoothing] unknown_threshold` is not set; None if it has none."""
+        value = _calibration(self.document).get("unknown_threshold")
+        return None if value is None else float(value)
+
     def genre_indices(self, genres: tuple[str, ...] | list[str] | None = None) -> list[int]:
         """Indices into `labels` of `genres` (default: the card's genre vocabulary)."""
         chosen = self.genres if genres is None else tuple(genres)
@@ -117,6 +124,11 @@ class ModelCard:
             msg = f"{self.name} has no tag {unknown[0]!r}"
             raise ModelError(msg)
         return [self.labels.index(g) for g in chosen]
+
+
+def _calibration(document: dict[str, Any]) -> dict[str, Any]:
+    calibration = document.get("calibration")
+    return calibration if isinstance(calibration, dict) else {}
 
 
 def genre_vocabulary(card: ModelCard, chosen: tuple[str, ...], *,
@@ -227,6 +239,12 @@ def load_model_card(name_or_path: str | Path = DEFAULT_MODEL) -> ModelCard:
         msg = f"model card {card_path} lists {len(model_card.labels)} labels for a wider output"
         raise ModelError(msg)
     model_card.genre_indices()
+    threshold = _calibration(document).get("unknown_threshold")
+    if threshold is not None and not (isinstance(threshold, int | float)
+                                      and not isinstance(threshold, bool) and 0 <= threshold <= 1):
+        msg = (f"model card {card_path}: calibration.unknown_threshold must be a number "
+               f"0..1, got {threshold!r}")
+        raise ModelError(msg)
     try:
         actual = sha256_file(onnx_path)
     except OSError as exc:
