@@ -12,7 +12,7 @@ import soundfile as sf
 from reliability_helpers import CLIP, EXIT_PROMISE_S, PacedWavServer, children_named
 
 from streamclf.feed.schema import GenreMessage
-from streamclf.pipeline import STALL_S
+from streamclf.streams import STALL_S
 from streamclf.testing.daemon import START_TIMEOUT_S, Daemon, wait_for, write_config
 from streamclf.testing.feed import FeedRecorder
 

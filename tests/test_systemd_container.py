@@ -30,7 +30,7 @@ from container_helpers import (
 )
 from e2e_helpers import free_tcp_port
 
-from streamclf.pipeline import STALL_S
+from streamclf.streams import STALL_S
 
 pytestmark = pytest.mark.timeout(2400)
 

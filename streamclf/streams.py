@@ -1,0 +1,200 @@
+"""One input stream's stages, from ring to window queue, and the thread that runs them.
+
+A `StreamWorker` per stream turns ring audio into windows (resampler, framer, loudness, voice
+activity) and hands them to the engine worker through a bounded `WindowQueue`; `Stream` holds
+every stage of one stream and the one reset protocol across a gap in its audio.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+
+from streamclf.alarms import AlarmEvent, HealthAlarms, LevelStage
+from streamclf.audio.icy import IcyTitleWatcher
+from streamclf.audio.resample import Resampler
+from streamclf.audio.ring import RingBuffer
+from streamclf.backends.runner import WindowRunner
+from streamclf.boundaries import BoundaryDetector
+from streamclf.content import (
+    ContentSmoother,
+    TalkGate,
+    VoiceActivity,
+)
+from streamclf.features.framer import LogMelFramer, Window
+from streamclf.features.mel import SAMPLE_RATE_HZ
+from streamclf.smoothing import Smoother
+from streamclf.tracks import TrackSegmenter
+
+log = structlog.get_logger(__name__)
+
+POLL_S = 0.01  # how often an empty ring is looked at once the next window's audio is due
+MAX_IDLE_S = 0.25  # the longest a stream worker sleeps before looking at its ring again
+STALL_S = 5.0  # a thread (engine, stream worker, source reader) silent this long counts as stuck
+
+
+class WindowQueue:
+    """Bounded hand-over of windows from one stream worker to the engine worker.
+
+    When the engine falls behind, the oldest window is dropped and counted, so latency stays
+    bounded and memory does not grow (docs/reliability.md: overload).
+
+    Each window carries the number of gaps its stream had before it, so that the engine worker
+    never gets windows from both sides of a gap at once and restarts its stages between them.
+    """
+
+    def __init__(self, capacity: int, ready: threading.Condition) -> None:
+        self._windows: collections.deque[tuple[int, Window]] = collections.deque()
+        self._capacity = capacity
+        self._ready = ready
+        self.dropped = 0
+        self._gaps_put = 0  # stream worker: gaps before the windows it puts now
+        self._gaps_taken = 0  # engine worker: gaps before the windows it took last
+
+    def put(self, window: Window) -> None:
+        with self._ready:
+            if len(self._windows) >= self._capacity:
+                self._windows.popleft()
+                self.dropped += 1
+            self._windows.append((self._gaps_put, window))
+            self._ready.notify()
+
+    def mark_gap(self) -> None:
+        """Stream worker: the windows put from now on follow a gap in the audio."""
+        with self._ready:
+            self._gaps_put += 1
+
+    def take_all(self) -> tuple[list[Window], bool]:
+        """The queued windows up to the next gap, and whether a gap lies before them (the
+        engine worker then restarts its stages of this stream before it runs them).
+
+        Called with the condition held by the engine worker.
+        """
+        if not self._windows:
+            return [], False
+        gaps = self._windows[0][0]
+        taken = []
+        while self._windows and self._windows[0][0] == gaps:
+            taken.append(self._windows.popleft()[1])
+        after_gap, self._gaps_taken = gaps != self._gaps_taken, gaps
+        return taken, after_gap
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+
+@dataclass
+class Stream:
+    """Everything that belongs to one input stream, from source to smoother."""
+
+    stream_id: str
+    source: object
+    ring: RingBuffer
+    resampler: Resampler
+    framer: LogMelFramer
+    windows: WindowQueue
+    smoother: Smoother
+    health: HealthAlarms
+    levels: LevelStage | None = None  # None when [loudness] is off
+    voice: VoiceActivity | None = None  # these three None when [content] is off
+    content: ContentSmoother | None = None
+    talk: TalkGate | None = None
+    smoothed: np.ndarray | None = None  # the last window's smoothed tag probabilities
+    finished: threading.Event = field(default_factory=threading.Event)
+    engine_failures: int = 0
+    gaps: int = 0  # source restarts and overruns after which every stage started afresh
+    # Liveness, written by the stream worker: each turn of its loop, and each read that got audio.
+    worker_beat: float = field(default_factory=time.monotonic)
+    audio_at: float = field(default_factory=time.monotonic)
+
+    def stalled(self, now: float) -> str | None:
+        """Which part of this stream is stuck: "worker", "source" (a running source that
+        delivers nothing, e.g. a blocked reader) or None. A lost or ended source is no stall:
+        it reconnects or ends by itself."""
+        if self.finished.is_set():
+            return None
+        if now - self.worker_beat > STALL_S:
+            return "worker"
+        if self.source.state == "running" and now - self.audio_at > STALL_S:
+            return "source"
+        return None
+
+    def restart_audio_stages(self, reason: str) -> None:
+        """Stream worker, at a gap in the audio (`RingBuffer.gap`): its resampler, framer and
+        loudness meter forget the audio before it, in that order; the engine worker restarts
+        its own stages when it takes the first window after the gap."""
+        self.resampler.reset()
+        self.framer.reset()
+        if self.levels is not None:
+            self.levels.meter.reset()
+        if self.voice is not None:
+            self.voice.reset()
+        self.windows.mark_gap()
+        self.gaps += 1
+        log.info("stream_gap", stream=self.stream_id, reason=reason, gaps=self.gaps)
+
+    def restart_window_stages(self, runner: WindowRunner) -> None:
+        """Engine worker, before the first window after a gap: the runner's per-stream state
+        and the smoother's average and held genre (the open track, named by its title, goes
+        on)."""
+        runner.reset(self.stream_id)
+        self.smoother.start_track()
+        if self.boundaries is not None:
+            self.boundaries.reset()
+
+    # Level alarms from the stream worker, waiting for the engine worker to publish them (a
+    # deque: append and popleft are thread-safe).
+    alarm_events: collections.deque[AlarmEvent] = field(default_factory=collections.deque)
+    titles: IcyTitleWatcher | None = None  # http(s) url streams: the ICY title of the track
+    tracks: TrackSegmenter | None = None
+    boundaries: BoundaryDetector | None = None  # audio_boundaries: tracks cut from the audio
+
+
+class StreamWorker(threading.Thread):
+    """Ring → resampler → framer → window queue, for one stream; ends when its source ends."""
+
+    def __init__(self, stream: Stream, stop: threading.Event, block_frames: int) -> None:
+        super().__init__(name=f"stream-{stream.stream_id}", daemon=True)
+        self._stream = stream
+        self._stopping = stop
+        self._block = np.zeros((block_frames, stream.ring.channels), dtype=np.float32)
+
+    def _idle_s(self) -> float:
+        """Sleep until the next window's audio is due, then poll: few wake-ups, no added latency."""
+        due_s = self._stream.framer.samples_to_next_window() / SAMPLE_RATE_HZ
+        return min(MAX_IDLE_S, max(POLL_S, due_s - POLL_S))
+
+    def run(self) -> None:
+        stream = self._stream
+        while not self._stopping.is_set():
+            n, arrival = stream.ring.read(self._block)
+            stream.worker_beat = time.monotonic()
+            if n == 0:
+                if stream.source.state in ("ended", "failed"):
+                    break
+                self._stopping.wait(self._idle_s())
+                continue
+            stream.audio_at = stream.worker_beat
+            if stream.ring.gap:
+                stream.restart_audio_stages(stream.ring.gap)
+            if stream.levels is not None:
+                stream.alarm_events.extend(stream.levels.push(self._block[:n]))
+            self._frame(stream.resampler.push(self._block[:n]), arrival)
+        if not self._stopping.is_set():
+            self._frame(stream.resampler.flush(), time.monotonic())
+            log.info("stream_ended", stream=stream.stream_id, state=stream.source.state)
+        stream.finished.set()
+
+    def _frame(self, audio: np.ndarray, arrival: float) -> None:
+        """16 kHz audio to the VAD first (a window's chunks are scored before it is queued),
+        then to the framer."""
+        stream = self._stream
+        if stream.voice is not None:
+            stream.voice.push(audio)
+        for window in stream.framer.push(audio, arrival):
+            stream.windows.put(window)
