@@ -34,7 +34,7 @@ ALLOWED_UPWARD = {
     ("streamclf.backends.torch", "streamclf.train.export"),
 }
 TORCH_MODULES = ("streamclf.models.musicnn", "streamclf.models.importer",
-                 "streamclf.models.from_onnx", "streamclf.backends.torch", "streamclf.train")
+                 "streamclf.backends.torch", "streamclf.train")
 DAEMON_ENTRY = "streamclf.service"
 TORCH_ENGINE = "streamclf.backends.torch"  # loaded only when the config asks for it
 

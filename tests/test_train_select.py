@@ -302,7 +302,7 @@ def test_split_graphs_carry_the_residual_head(rng, residual_input):
     """The incremental path's window part computes the same head as the full fused model."""
     from streamclf.features.framer import logmel_windows_for_file
     from streamclf.models.card import ENGINES_DIR
-    from streamclf.models.from_onnx import load_torch_from_onnx
+    from streamclf.models.musicnn import load_torch_from_onnx
     from streamclf.train.split import FrameNet, FusedWindowNet
 
     parts = [load_torch_from_onnx(ENGINES_DIR / f"{n}.onnx") for n in MUSICNN]

@@ -1,7 +1,7 @@
 """PyTorch eager on the CPU: for development and for comparison with the shipped engines only.
 
 Needs the `train` extra. The network is the port in `streamclf.models.musicnn` with the weights
-of the ONNX file itself (`streamclf.models.from_onnx`), so torch runs exactly the parameters the
+of the ONNX file itself (`streamclf.models.musicnn`), so torch runs exactly the parameters the
 other engines run; a head trained by `streamclf train` is rebuilt by `streamclf.train.export`.
 """
 
@@ -26,7 +26,7 @@ def load_torch_model(path: Path):
         from streamclf.train.export import load_torch_custom
 
         return load_torch_custom(path).eval()
-    from streamclf.models.from_onnx import load_torch_from_onnx
+    from streamclf.models.musicnn import load_torch_from_onnx
 
     return load_torch_from_onnx(path)
 

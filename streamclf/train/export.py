@@ -22,7 +22,6 @@ from torch import nn
 
 from streamclf.errors import ModelError
 from streamclf.models import card as cards
-from streamclf.models.from_onnx import load_torch_from_onnx
 from streamclf.models.importer import (
     ONNX_TOLERANCE,
     export_onnx,
@@ -31,6 +30,7 @@ from streamclf.models.importer import (
     parity_batch,
     torch_predictor,
 )
+from streamclf.models.musicnn import load_torch_from_onnx
 from streamclf.train.heads import build_head
 
 log = structlog.get_logger(__name__)

@@ -30,7 +30,7 @@ from torch import nn
 
 from streamclf.evaluate import FUSED_MODEL, clip_windows, load_manifest, run_outputs
 from streamclf.models import card
-from streamclf.models.from_onnx import load_torch_from_onnx
+from streamclf.models.musicnn import load_torch_from_onnx
 from streamclf.models.taxonomy import (
     FAMILIES,
     MSD_FAMILY_TAGS,

@@ -36,9 +36,8 @@ from torch import nn
 
 from streamclf.errors import ModelError
 from streamclf.models import card
-from streamclf.models.from_onnx import load_torch_from_onnx
 from streamclf.models.importer import ONNX_OPSET, parity_batch, sha256_of
-from streamclf.models.musicnn import Musicnn
+from streamclf.models.musicnn import Musicnn, load_torch_from_onnx
 
 log = structlog.get_logger(__name__)
 
