@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 
 import pytest
 from chain_helpers import Mosquitto, MqttListener
@@ -16,7 +16,6 @@ from feed_helpers import assert_round_trips, change_message, genre_message, stat
 
 from streamclf.config import OutputConfig, config_with_overrides, default_config, parse_config
 from streamclf.errors import ConfigError
-from streamclf.feed.schema import GenreMessage
 from streamclf.outputs import make_sink
 from streamclf.outputs.liquidsoap import LiquidsoapSink, insert_command, quote
 from streamclf.outputs.mqtt import MqttSink
@@ -158,14 +157,6 @@ class TestOutputWorker:
             broker.stop()
 
 
-@dataclass(frozen=True, kw_only=True)
-class GenreWithContent(GenreMessage):
-    """The genre message as content detection extends it: `content` is music, speech,
-    music+speech or silence."""
-
-    content: str | None = None
-
-
 class TestRds:
     """Programme-type codes of both tables (talk for speech), RT+ genre tags, written as encoder
     commands to a real FIFO."""
@@ -225,10 +216,8 @@ class TestRds:
         worker.start()
         try:
             worker.offer(genre_message(genre="rock"))
-            worker.offer(GenreWithContent(**{**vars(genre_message(genre="rock")),
-                                            "content": "speech"}))
-            worker.offer(GenreWithContent(**{**vars(genre_message(genre="rock")),
-                                            "content": "music+speech"}))
+            worker.offer(replace(genre_message(genre="rock"), content="speech"))
+            worker.offer(replace(genre_message(genre="rock"), content="music+speech"))
             assert read_until(reader, b"PTY 11\nRT Genre: rock\nRTP 11,7,3,0,0,0\nRTPF 1,1\n"
                                       b"PTY 9\nRT Genre: talk\nRTP 11,7,3,0,0,0\nRTPF 1,0\n"
                                       b"PTY 11\nRT Genre: rock\nRTP 11,7,3,0,0,0\nRTPF 1,1\n")

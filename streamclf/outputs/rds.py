@@ -85,7 +85,7 @@ class RdsSink:
     def send(self, message: Message) -> None:
         if not isinstance(message, GenreMessage):
             return
-        label = on_air_label(message.genre, getattr(message, "content", None))
+        label = on_air_label(message.genre, message.content)
         if label is None or label == self._on_air:
             return
         toggle = 1 - self._toggle
