@@ -25,6 +25,7 @@ from rich.progress import (
 
 from streamclf.audio.files import AUDIO_SUFFIXES, audio_files
 from streamclf.backends.runner import WindowRunner, load_runner
+from streamclf.config.sections import DEFAULT_UNKNOWN_THRESHOLD
 from streamclf.errors import AudioInputError, ConfigError
 from streamclf.features.framer import stream_file_windows
 from streamclf.features.mel import WINDOW_FRAMES, frames_for_seconds
@@ -102,7 +103,19 @@ def audio_paths(paths: list[Path]) -> list[Path]:
     return found
 
 
-def to_json(result: FileTags, card: ModelCard, genres: tuple[str, ...], *, top_k: int) -> dict:
+def is_confident(genre: str, confidence: float, card: ModelCard,
+                 published: tuple[str, ...]) -> bool:
+    """Whether the live feed would publish this genre at this probability: it is one the model
+    may publish (its card's validated genres, or those chosen) and reaches its threshold."""
+    default = card.unknown_threshold
+    threshold = card.genre_thresholds.get(
+        genre, DEFAULT_UNKNOWN_THRESHOLD if default is None else default)
+    return genre in published and confidence >= threshold
+
+
+def to_json(result: FileTags, card: ModelCard, genres: tuple[str, ...], *, top_k: int,
+            published: tuple[str, ...] | None = None) -> dict:
+    """`genres`: what the decision picks among; `published`: those it may call confident."""
     summary = result.summary()
     genre, confidence = top_genre(summary, card, genres)
     return {
@@ -120,6 +133,8 @@ def to_json(result: FileTags, card: ModelCard, genres: tuple[str, ...], *, top_k
             "windows": len(result.tags),
             "genre": genre,
             "confidence": round(confidence, 6),
+            "confident": is_confident(genre, confidence, card,
+                                      genres if published is None else published),
             "top": _top(summary, card.labels, top_k),
         },
     }
@@ -162,7 +177,9 @@ def _print_text(doc: dict, out) -> None:
         print(f"  {w['start']:7.2f}–{w['end']:7.2f} s  {w['genre']:<12} {tags}", file=out)
     s = doc["summary"]
     tags = "  ".join(f"{tag} {p:.2f}" for tag, p in s["top"])
-    print(f"  track ({s['windows']} windows): {s['genre']} {s['confidence']:.2f}   {tags}", file=out)
+    unsure = "" if s["confident"] else " (unsure)"
+    print(f"  track ({s['windows']} windows): {s['genre']} {s['confidence']:.2f}{unsure}   {tags}",
+          file=out)
 
 
 def run(args) -> int:
@@ -181,8 +198,9 @@ def run(args) -> int:
         msg = f"--top-k: must be at least 1, got {args.top_k}"
         raise ConfigError(msg)
     card = load_model_card(args.model or DEFAULT_MODEL)
-    genres = genre_vocabulary(card, tuple(g.strip() for g in args.genres.split(",") if g.strip())
-                              if args.genres else (), key="--genres")
+    chosen = tuple(g.strip() for g in args.genres.split(",") if g.strip()) if args.genres else ()
+    genres = genre_vocabulary(card, chosen, key="--genres")
+    families = chosen or card.families
     files = audio_paths(args.files)
     runner = load_runner(card, args.engine or "auto", hop_frames=hop_frames,
                          max_batch=BATCH_WINDOWS, cpu_precision=args.cpu_precision or "fp32")
@@ -205,7 +223,7 @@ def run(args) -> int:
                     continue
                 finally:
                     progress.advance(task)
-                doc = to_json(result, card, genres, top_k=args.top_k)
+                doc = to_json(result, card, families, published=genres, top_k=args.top_k)
                 if args.json:
                     docs.append(doc)
                 else:

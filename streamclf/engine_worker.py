@@ -63,8 +63,9 @@ class EngineWorker(threading.Thread):
     """
 
     def __init__(self, *, streams: list[Stream], runner: WindowRunner, feed: FeedFanout,
-                 card: ModelCard, genres: tuple[str, ...], feed_config: FeedConfig,
-                 metrics: MetricsServer | None, stop: threading.Event, ready: threading.Condition,
+                 card: ModelCard, genres: tuple[str, ...], families: tuple[str, ...],
+                 feed_config: FeedConfig, metrics: MetricsServer | None,
+                 stop: threading.Event, ready: threading.Condition,
                  all_finished: threading.Event, started: float,
                  music_evidence: MusicEvidence | None = None) -> None:
         super().__init__(name="engine", daemon=True)
@@ -73,7 +74,7 @@ class EngineWorker(threading.Thread):
         self._feed = feed
         self._card = card
         self._genres = genres
-        self._genre_index = np.array([card.labels.index(g) for g in genres], dtype=np.intp)
+        self._family_index = np.array([card.labels.index(g) for g in families], dtype=np.intp)
         self.feed_config = feed_config  # replaced on reload (top_k, probs, status interval)
         self._metrics = metrics
         self._music_evidence = music_evidence  # None when [content] is off
@@ -178,7 +179,7 @@ class EngineWorker(threading.Thread):
             if self._metrics is not None:
                 self._metrics.observe_inference(stream.stream_id, per_window_ms / 1000.0)
             if stream.tracks is not None:
-                stream.tracks.push(probs[self._genre_index], t_end_s=window.t_end_s,
+                stream.tracks.push(probs[self._family_index], t_end_s=window.t_end_s,
                                    silence=state.silence)
             content = None if stream.content is None else window_content(
                 stream.voice, stream.content, self._music_evidence, t0_s=window.t_start_s,

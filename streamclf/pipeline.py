@@ -68,7 +68,8 @@ class Pipeline:
         self.view_messages = self.feed.view_messages
         self.streams: list[Stream] = []
         self.card: ModelCard | None = None
-        self.genres: tuple[str, ...] = ()
+        self.genres: tuple[str, ...] = ()  # what may be published as a stream's genre
+        self.families: tuple[str, ...] = ()  # what the genre decision picks among
         self.runner: WindowRunner | None = None
         self.publisher: Publisher | None = None
         self.metrics: MetricsServer | None = None
@@ -84,7 +85,9 @@ class Pipeline:
         cfg = self.config
         self.card = load_model_card(cfg.engine.model)
         self.genres = genre_vocabulary(self.card, cfg.engine.genres)
+        self.families = cfg.engine.genres or self.card.families
         smoothing = cfg.smoothing.with_card_threshold(self.card.unknown_threshold)
+        thresholds = self._genre_thresholds(cfg)
         hop_frames = frames_for_seconds(cfg.framing.hop_s)
         for i, spec in enumerate(cfg.streams):
             if spec.audio_boundaries and detector_for(self.card.name) is None:
@@ -125,7 +128,8 @@ class Pipeline:
                 resampler=Resampler(source.sample_rate, source.channels, spec.channel),
                 framer=LogMelFramer(window_frames=WINDOW_FRAMES, hop_frames=hop_frames),
                 windows=WindowQueue(cfg.framing.queue_windows, self.ready),
-                smoother=Smoother(smoothing, labels=self.card.labels, genres=self.genres),
+                smoother=Smoother(smoothing, labels=self.card.labels, genres=self.families,
+                                  published=self.genres, thresholds=thresholds),
                 health=HealthAlarms(cfg.alarms),
                 levels=LevelStage(LoudnessMeter(source.sample_rate, source.channels), cfg.alarms)
                 if cfg.loudness.enabled else None,
@@ -138,15 +142,17 @@ class Pipeline:
                 self.streams[-1].titles = IcyTitleWatcher(spec.url)
                 # a title's boundary lies at most one window back
                 late = math.ceil(cfg.framing.window_s / cfg.framing.hop_s)
-                self.streams[-1].tracks = TrackSegmenter(self.genres, late_windows=late)
+                self.streams[-1].tracks = TrackSegmenter(self.families, self.genres,
+                                                            late_windows=late)
             elif spec.audio_boundaries:
                 detector = detector_for(self.card.name)
                 self.streams[-1].boundaries = detector
                 self.streams[-1].tracks = TrackSegmenter(
-                    self.genres, late_windows=detector.delay_windows + 1)
+                    self.families, self.genres, late_windows=detector.delay_windows + 1)
         self._engine_worker = EngineWorker(
             streams=self.streams, runner=self.runner, feed=self.feed, card=self.card,
-            genres=self.genres, feed_config=cfg.feed, metrics=self.metrics, stop=self.stop_event,
+            genres=self.genres, families=self.families, feed_config=cfg.feed,
+            metrics=self.metrics, stop=self.stop_event,
             ready=self.ready, all_finished=self.all_finished, started=self._started,
             music_evidence=music_evidence)
         self._workers = [self._engine_worker]
@@ -198,14 +204,21 @@ class Pipeline:
         options; sources and engine stay as they are."""
         smoothing = config.smoothing.with_card_threshold(
             self.card.unknown_threshold if self.card else None)
+        thresholds = self._genre_thresholds(config)
         for stream in self.streams:
-            stream.smoother.reconfigure(smoothing)
+            stream.smoother.reconfigure(smoothing, thresholds)
             stream.health.reconfigure(config.alarms)
             if stream.levels is not None:
                 stream.levels.alarms.reconfigure(config.alarms)
         if self._engine_worker is not None:
             self._engine_worker.feed_config = config.feed
         self.config = config
+
+    def _genre_thresholds(self, config: Config) -> dict[str, float]:
+        """The card's per-genre thresholds, unless the config sets one threshold for all."""
+        if self.card is None or config.smoothing.unknown_threshold is not None:
+            return {}
+        return self.card.genre_thresholds
 
     def status_line(self) -> str:
         """The current genre of each stream (or what is stuck), for systemd's STATUS= line."""

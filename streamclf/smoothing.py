@@ -13,7 +13,10 @@ through a bridge and changes when the music does. Three small pieces, one state 
   only while that score is at least `unknown_threshold`, so a genre under the threshold is never
   published (it turns "unknown" in the window it falls under); back from "unknown" it needs
   `unknown_threshold + switch_margin` for `min_dwell_s`, so a score hovering near the threshold
-  does not flip between "unknown" and the genre.
+  does not flip between "unknown" and the genre. A validated head gives each genre its own
+  threshold (`thresholds`, from its card), and a family it decides among but cannot name
+  reliably (not `published`) never opens the gate: its music reads "unknown", with the family
+  first among the candidates, never as the nearest genre that is published.
 
 `confidence` is the smoothed probability of the published genre (musicnn's tags are independent
 sigmoids, so genre probabilities need not sum to 1); for "unknown" it is that of the best
@@ -24,7 +27,7 @@ from "silence" and "unknown".
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,29 +125,40 @@ class ConfidenceGate:
 class Smoother:
     """EMA + silence gate + hysteresis + unknown threshold for one stream (engine worker thread)."""
 
-    def __init__(self, config: SmoothingConfig, *, labels: Sequence[str],
-                 genres: Sequence[str]) -> None:
-        missing = [g for g in genres if g not in labels]
+    def __init__(self, config: SmoothingConfig, *, labels: Sequence[str], genres: Sequence[str],
+                 published: Sequence[str] | None = None,
+                 thresholds: Mapping[str, float] | None = None) -> None:
+        """`genres`: what the decision picks among; `published`: those of them that may be the
+        published genre (default: all), each at its own threshold in `thresholds`, else at the
+        config's `unknown_threshold`."""
+        published = tuple(genres) if published is None else tuple(published)
+        missing = [g for g in (*genres, *published) if g not in labels]
         if missing or not genres:
             msg = f"genres {missing or '[]'} are not among the model's {len(labels)} labels"
             raise ModelError(msg)
         self.labels = tuple(labels)
         self.genres = tuple(genres)
+        self.published = published
         self._genre_index = np.array([self.labels.index(g) for g in genres], dtype=np.intp)
-        config = config.with_card_threshold(None)  # the pipeline resolves it with its card first
         self._hysteresis = Hysteresis(margin=config.switch_margin, dwell_s=config.min_dwell_s)
-        self._gate = ConfidenceGate(threshold=config.unknown_threshold,
-                                    margin=config.switch_margin, dwell_s=config.min_dwell_s)
-        self.config = config
+        self._gate = ConfidenceGate(threshold=0.0, margin=config.switch_margin,
+                                    dwell_s=config.min_dwell_s)
+        self.reconfigure(config, thresholds or {})
         self.reset()
 
-    def reconfigure(self, config: SmoothingConfig) -> None:
-        """Apply new settings (SIGHUP reload); the average and the held genre carry on."""
-        config = config.with_card_threshold(None)
+    def reconfigure(self, config: SmoothingConfig,
+                    thresholds: Mapping[str, float] | None = None) -> None:
+        """Apply new settings (SIGHUP reload); the average and the held genre carry on.
+        `thresholds` None keeps the per-genre thresholds given before."""
+        config = config.with_card_threshold(None)  # the pipeline resolves it with its card first
         self.config = config
+        if thresholds is not None:
+            self._thresholds = dict(thresholds)
         self._hysteresis.margin = self._gate.margin = config.switch_margin
         self._hysteresis.dwell_s = self._gate.dwell_s = config.min_dwell_s
-        self._gate.threshold = config.unknown_threshold
+        self._gate_thresholds = np.array(
+            [self._thresholds.get(g, config.unknown_threshold) if g in self.published
+             else math.inf for g in self.genres])
 
     def reset(self) -> None:
         self._average: np.ndarray | None = None
@@ -206,6 +220,7 @@ class Smoother:
         held_before = self._hysteresis.held
         held = self._hysteresis.step(scores, t_s)
         raw = self.genres[int(np.argmax(instant[self._genre_index]))]
+        self._gate.threshold = float(self._gate_thresholds[held])
         if not self._gate.step(float(scores[held]), t_s, new_genre=held != held_before):
             order = np.argsort(scores)[::-1][:N_CANDIDATES]
             candidates = [[self.genres[i], float(scores[i])] for i in order]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamclf.smoothing import SILENCE
+from streamclf.smoothing import SILENCE, UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,13 @@ class _Window:
     silence: bool
 
 
-def track_genre(mean_probs: np.ndarray, genres: Sequence[str]) -> tuple[str, float]:
-    """(genre, probability) of the best of a track's mean genre probabilities [n_genres]."""
+def track_genre(mean_probs: np.ndarray, genres: Sequence[str],
+                published: Sequence[str] | None = None) -> tuple[str, float]:
+    """(genre, probability) of the best of a track's mean genre probabilities [n_genres];
+    "unknown" (with that probability) when the best is not among `published` (default: all)."""
     best = int(np.argmax(mean_probs))
+    if published is not None and genres[best] not in published:
+        return UNKNOWN, float(mean_probs[best])
     return genres[best], float(mean_probs[best])
 
 
@@ -59,8 +63,10 @@ class TrackSegmenter:
     `late_windows`: how many of the open track's last windows a late boundary can still move to
     the next track (a boundary further back than that keeps them in the old one)."""
 
-    def __init__(self, genres: Sequence[str], *, late_windows: int = 4) -> None:
+    def __init__(self, genres: Sequence[str], published: Sequence[str] | None = None, *,
+                 late_windows: int = 4) -> None:
         self.genres = tuple(genres)
+        self.published = self.genres if published is None else tuple(published)
         self.title: str | None = None  # None: no track open yet
         self.last_end_s = 0.0  # the end of the last window pushed, stream s
         self.start_s = 0.0
@@ -105,7 +111,8 @@ class TrackSegmenter:
         for window in self._recent:
             self._settle(window)
         if self._voting:
-            genre, confidence = track_genre(self._sum / self._voting, self.genres)
+            genre, confidence = track_genre(self._sum / self._voting, self.genres,
+                                              self.published)
         else:
             genre, confidence = SILENCE, 0.0
         end_s = self.last_end_s if t_s is None else t_s

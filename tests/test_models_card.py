@@ -70,6 +70,17 @@ class TestPackagedCards:
         assert 0.0 <= default.unknown_threshold <= 1.0
         assert load_model_card("MSD_musicnn").unknown_threshold is None
 
+    def test_the_default_publishes_only_its_validated_genres(self):
+        """It decides among all 14 families but publishes those its cross-validation on unseen
+        packages validated, each with its own threshold (docs/model-selection.md)."""
+        default = load_model_card()
+        validated = default.document["validation"]["validated_families"]
+        assert default.families == default.labels and len(default.labels) == 14
+        assert list(default.genres) == validated and set(validated) < set(default.labels)
+        assert set(default.genre_thresholds) == set(validated)
+        msd = load_model_card("MSD_musicnn")
+        assert msd.families == msd.genres and msd.genre_thresholds == {}
+
     def test_genre_vocabularies(self):
         msd, mtt = load_model_card("MSD_musicnn"), load_model_card("MTT_musicnn")
         assert {"rock", "pop", "jazz", "metal", "Hip-Hop", "blues", "country"} <= set(msd.genres)
@@ -137,12 +148,14 @@ class TestVerification:
             load_model_card(path)
 
     @pytest.mark.parametrize("threshold", [1.5, "0.3", True])
-    def test_bad_unknown_threshold_is_one_line(self, copied_engine, threshold):
+    @pytest.mark.parametrize("key", ["unknown_threshold", "genre_thresholds.rock"])
+    def test_bad_unknown_threshold_is_one_line(self, copied_engine, threshold, key):
         path = copied_engine / "MTT_vgg.json"
         doc = json.loads(path.read_text())
-        doc["calibration"] = {"unknown_threshold": threshold}
+        doc["calibration"] = ({"unknown_threshold": threshold} if key == "unknown_threshold"
+                              else {"genre_thresholds": {"rock": threshold}})
         path.write_text(json.dumps(doc))
-        with pytest.raises(ModelError, match=r"calibration\.unknown_threshold must be a number "
+        with pytest.raises(ModelError, match=rf"calibration\.{key} must be a number "
                                              r"0\.\.1") as info:
             load_model_card(path)
         assert "\n" not in str(info.value)

@@ -229,6 +229,51 @@ class TestUnknown:
             assert state.genre == UNKNOWN or state.confidence >= threshold
 
 
+class TestPublishedGenres:
+    """A validated head decides among every family but publishes only its validated genres,
+    each at its own threshold."""
+
+    @staticmethod
+    def validated(**overrides) -> Smoother:
+        config = SmoothingConfig(**{"unknown_threshold": 0.35, "time_constant_s": 0.0,
+                                    **overrides})
+        return Smoother(config, labels=LABELS, genres=GENRES, published=("rock", "jazz"),
+                        thresholds={"rock": 0.3, "jazz": 0.6})
+
+    def test_an_unpublished_family_reads_unknown_with_it_first(self):
+        """pop leads at 0.9: unknown with pop first, never rock (the best published genre)."""
+        state = self.validated().update(probs(pop=0.9, rock=0.4), 0.0, LOUD_DBFS)
+        assert state.genre == UNKNOWN
+        assert [c[0] for c in state.candidates][:2] == ["pop", "rock"]
+
+    def test_each_genre_at_its_own_threshold(self):
+        s = self.validated()
+        assert s.update(probs(rock=0.32), 0.0, LOUD_DBFS).genre == "rock"  # over rock's 0.3
+        s = self.validated()
+        assert s.update(probs(jazz=0.5), 0.0, LOUD_DBFS).genre == UNKNOWN  # under jazz's 0.6
+        assert s.update(probs(jazz=0.7), 1.0, LOUD_DBFS).genre == "jazz"
+
+    def test_reconfigure_with_one_threshold_for_all(self):
+        s = self.validated()
+        s.reconfigure(SmoothingConfig(unknown_threshold=0.2, time_constant_s=0.0), {})
+        assert s.update(probs(jazz=0.5), 0.0, LOUD_DBFS).genre == "jazz"  # 0.2 for all now
+        s.reconfigure(SmoothingConfig(unknown_threshold=0.2, time_constant_s=0.0))
+        assert s.update(probs(pop=0.9), 1.0, LOUD_DBFS).genre == UNKNOWN  # still unpublished
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.lists(st.lists(st.floats(0, 1), min_size=4, max_size=4), min_size=2, max_size=40),
+           st.floats(0.0, 0.3), st.floats(0.0, 3.0))
+    def test_never_publishes_an_unvalidated_family_or_under_its_threshold(self, rows, margin,
+                                                                         dwell_s):
+        s = self.validated(time_constant_s=2.0, switch_margin=margin, min_dwell_s=dwell_s)
+        for i, row in enumerate(rows):
+            state = s.update(probs(rock=row[0], pop=row[1], jazz=row[2], techno=row[3]),
+                             float(i), LOUD_DBFS)
+            assert state.genre in (UNKNOWN, "rock", "jazz")
+            if state.genre != UNKNOWN:
+                assert state.confidence >= {"rock": 0.3, "jazz": 0.6}[state.genre]
+
+
 class TestConfidenceGate:
     """The gate alone: closes at once under the threshold, reopens on threshold + margin held."""
 

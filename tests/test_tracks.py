@@ -78,6 +78,13 @@ class TestTrackSegmenter:
         tracks.push(np.array([0.5, 0.5]), t_end_s=43.0, silence=True)
         second = tracks.close(50.0)
         assert (second.genre, second.confidence, second.windows) == (SILENCE, 0.0, 1)
+
+    def test_a_track_of_an_unpublished_family_is_unknown(self):
+        tracks = TrackSegmenter(["rock", "jazz"], ["jazz"], late_windows=0)
+        tracks.boundary(0.0, "Rock song")
+        tracks.push(np.array([0.8, 0.3]), t_end_s=3.0, silence=False)
+        closed = tracks.close()
+        assert (closed.genre, closed.confidence) == ("unknown", pytest.approx(0.8))
         assert tracks.close(60.0) is None
 
     @pytest.mark.parametrize("late_windows", [12, 13, 40])

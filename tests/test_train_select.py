@@ -29,8 +29,8 @@ from streamclf.train.select import (
     fixed_fusion,
     head,
     main,
-    unknown_threshold,
 )
+from streamclf.train.ship import MIN_PUBLISHED, genre_thresholds, validate_card
 
 TRACKS_PER_FAMILY = 6
 WINDOWS_PER_TRACK = 8
@@ -159,29 +159,6 @@ class TestDecisions:
         assert aggregate(probs, owners[:2], allowed, "mean")[1].tolist() == [0]
         assert aggregate(probs, owners[:2], allowed, "logmean")[1].tolist() == [2]
 
-    def test_unknown_threshold_is_the_smallest_that_reaches_two_in_three(self):
-        probs = np.zeros((4, len(FAMILIES)))
-        probs[:, 0] = [0.9, 0.8, 0.6, 0.6]
-        probs[:, 1] = [0.1, 0.2, 0.4, 0.4]
-        genres = np.ones(len(FAMILIES), bool)
-        truth = np.array([0, 0, 0, 1])  # 3 of 4 right already
-        assert unknown_threshold(probs, truth, genres) == 0.0
-        truth = np.array([0, 0, 1, 1])  # both 0.6 windows wrong: publish only above them
-        assert unknown_threshold(probs, truth, genres) == pytest.approx(0.65)
-        genres[0] = False  # family 0 is not published: every window says 1 (at 0.1 … 0.4),
-        assert unknown_threshold(probs, truth, genres) == pytest.approx(0.15)  # 2 of the top 3
-        truth = np.array([1, 1, 0, 0])  # and the likelier 1s are wrong: nothing reaches 2 in 3
-        assert unknown_threshold(probs, truth, genres) == 0.9
-
-    def test_unknown_threshold_holds_for_each_published_genre(self):
-        """Six right windows of family 0 would carry family 1's two wrong ones of three overall
-        (7 of 9 right); per genre, 1 is right only above its wrong windows."""
-        probs = np.zeros((9, len(FAMILIES)))
-        probs[:6, 0] = 0.3
-        probs[6:, 1] = [0.3, 0.3, 0.6]
-        truth = np.array([0] * 6 + [2, 2, 1])
-        assert unknown_threshold(probs, truth, np.ones(len(FAMILIES), bool)) == pytest.approx(0.35)
-
     def test_beating_needs_the_mean_and_more_folds_won_than_lost(self):
         today = Result("today", window_f1=[0.2, 0.2, 0.2])
         assert not beats(Result("lucky", window_f1=[0.9, 0.1, 0.1]), today)  # mean up, 1 of 3
@@ -224,6 +201,61 @@ class TestAttentionPooling:
         assert (pooled.argmax(1) == track_truth).all()
 
 
+class TestValidation:
+    """Which genres the default may publish, each at its own threshold, from out-of-fold
+    probabilities on unseen groups."""
+
+    @staticmethod
+    def named(family: str, confidences: list[float]) -> np.ndarray:
+        probs = np.zeros((len(confidences), len(FAMILIES)))
+        probs[:, FAMILIES.index(family)] = confidences
+        probs[:, FAMILIES.index("ambient")] = 0.01
+        return probs
+
+    def test_each_family_gets_the_smallest_threshold_that_reaches_two_in_three(self):
+        rock, jazz = FAMILIES.index("rock"), FAMILIES.index("jazz")
+        # rock: 12 right at 0.9, 8 wrong at 0.5 (12 of 20 overall: under 2 in 3)
+        # jazz: 10 right at 0.3, 5 wrong at 0.2 (10 of 15: 2 in 3 from the start)
+        probs = np.concatenate([self.named("rock", [0.9] * 12 + [0.5] * 8),
+                                self.named("jazz", [0.3] * 10 + [0.2] * 5)])
+        truth = np.array([rock] * 12 + [jazz] * 8 + [jazz] * 10 + [rock] * 5)
+        found = genre_thresholds(probs, truth, {"rock": 2, "jazz": 2})
+        assert found["rock"] == {"threshold": 0.55, "precision": 1.0, "recall": round(12 / 17, 4)}
+        assert found["jazz"]["threshold"] == 0.0
+        assert found["jazz"]["precision"] == round(10 / 15, 4)
+
+    def test_one_group_or_too_few_windows_is_never_published(self):
+        rock = FAMILIES.index("rock")
+        many = self.named("rock", [0.9] * 20)
+        assert genre_thresholds(many, np.full(20, rock), {"rock": 1}) == {}
+        few = self.named("rock", [0.9] * (MIN_PUBLISHED - 1))
+        assert genre_thresholds(few, np.full(len(few), rock), {"rock": 2}) == {}
+
+    def test_a_family_never_right_enough_is_not_published(self):
+        rock, jazz = FAMILIES.index("rock"), FAMILIES.index("jazz")
+        probs = self.named("rock", np.linspace(0.2, 0.9, 30).tolist())
+        truth = np.array([rock, jazz] * 15)
+        assert genre_thresholds(probs, truth, {"rock": 3, "jazz": 3}) == {}
+
+    def test_validate_card_rewrites_only_what_it_publishes(self, rng, tmp_path):
+        import json
+
+        windows, tracks = synthetic(rng)
+        oof = np.full((len(windows.truth), len(FAMILIES)), 0.01)
+        oof[np.arange(len(oof)), windows.truth] = 0.9  # every family right, surely
+        card = {"name": "fused_musicnn", "genres": list(FAMILIES),
+                "calibration": {"unknown_threshold": 0.35, "bias": [0.0]}}
+        (tmp_path / "fused_musicnn.json").write_text(json.dumps(card))
+        validate_card(Result("today", oof=oof), windows, tracks, out=tmp_path, k=3,
+                      summary=[{"name": "today"}, {"name": "other"}])
+        written = json.loads((tmp_path / "fused_musicnn.json").read_text())
+        assert written["genres"] == [f for f in FAMILIES if f in CLASSES]
+        assert written["calibration"] == {"unknown_threshold": 0.35, "bias": [0.0],
+                                          "genre_thresholds": dict.fromkeys(
+                                              written["genres"], 0.0)}
+        assert written["validation"]["cross_validation"] == [{"name": "today"}]
+
+
 class TestShipStaging:
     """The ship step changes `engines/` all at once or not at all (the graph export and the
     split are stood in for: their own tests run the real ones)."""
@@ -236,7 +268,7 @@ class TestShipStaging:
         import streamclf.train.fused
         import streamclf.train.split
         from streamclf.errors import ModelError
-        from streamclf.train.select import ship
+        from streamclf.train.ship import ship
 
         windows, tracks = synthetic(rng)
         for part in MUSICNN:
@@ -262,8 +294,8 @@ class TestShipStaging:
                                 lambda *a, **kw: split_models(*a, **kw, fail=fail))
             result = Result("map", oof=softmax(rng.standard_normal((len(windows.truth),
                                                                      len(FAMILIES)))))
-            ship(result, HeadSpec(MUSICNN), windows, tracks, out=tmp_path, dataset=tmp_path,
-                 summary=[], k=3)
+            ship(result, HeadSpec(MUSICNN), windows, tracks, strength=1.0, out=tmp_path,
+                 dataset=tmp_path, summary=[], k=3, compared_with="today")
         return run, tmp_path
 
     def test_a_failed_split_leaves_engines_unchanged(self, shipping):

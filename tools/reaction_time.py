@@ -42,7 +42,7 @@ from streamclf.errors import ConfigError, StreamclfError
 from streamclf.evaluate import load_manifest
 from streamclf.features.framer import LogMelFramer, Window, load_mono_16k
 from streamclf.features.mel import SAMPLE_RATE_HZ, WINDOW_FRAMES, frames_for_seconds
-from streamclf.models.card import genre_vocabulary, load_model_card
+from streamclf.models.card import ModelCard, genre_vocabulary, load_model_card
 from streamclf.smoothing import SILENCE, UNKNOWN, Smoother
 
 ALLOWED_BETWEEN = (UNKNOWN, SILENCE)
@@ -85,9 +85,12 @@ def measure(published: list[str], t_end_s: np.ndarray, *, join_s: float, old: st
 
 
 def replay(join: Join, smoothing: SmoothingConfig, *, labels: tuple[str, ...],
-           genres: tuple[str, ...]) -> list[str]:
-    """The genre the daemon would publish for each window of `join` under `smoothing`."""
-    smoother = Smoother(smoothing, labels=labels, genres=genres)
+           families: tuple[str, ...], genres: tuple[str, ...],
+           thresholds: dict[str, float]) -> list[str]:
+    """The genre the daemon would publish for each window of `join` under `smoothing`: it
+    decides among `families` and publishes `genres`, each at its threshold in `thresholds`."""
+    smoother = Smoother(smoothing, labels=labels, genres=families, published=genres,
+                        thresholds=thresholds)
     return [smoother.update(p, t, level).genre
             for p, t, level in zip(join.tags, join.t_end_s, join.level_dbfs, strict=True)]
 
@@ -105,13 +108,20 @@ def frame(samples: np.ndarray, hop_frames: int) -> list[Window]:
     return [*framer.push(samples), *framer.flush()]
 
 
-def recognised(tags: np.ndarray, index: list[int], genres: tuple[str, ...], label: str,
+def recognised(tags: np.ndarray, index: list[int], families: tuple[str, ...], label: str,
                threshold: float) -> bool:
-    """Whether the mean genre probabilities of a stretch of music name `label`, at least as
-    surely as the unknown threshold asks (else the daemon could never publish it)."""
+    """Whether the mean probabilities of a stretch of music name `label` as the best family,
+    at least as surely as its threshold asks (else the daemon could never publish it)."""
     mean = tags.mean(axis=0)[index]
     best = int(np.argmax(mean))
-    return genres[best] == label and mean[best] >= threshold
+    return families[best] == label and mean[best] >= threshold
+
+
+def genre_thresholds(card: ModelCard, config: Config) -> dict[str, float]:
+    """The card's own threshold per genre, unless the config (or a variant) sets one for all:
+    `config.smoothing` is resolved with the card's single threshold first (`main`)."""
+    explicit = config.smoothing.unknown_threshold != card.unknown_threshold
+    return {} if explicit else card.genre_thresholds
 
 
 def build_joins(config: Config, dataset: Path, *, pairs: int, seed: int, split: str | None
@@ -126,8 +136,9 @@ def build_joins(config: Config, dataset: Path, *, pairs: int, seed: int, split: 
     if not clips:
         msg = f"{card.name} publishes none of the families in {dataset} as a genre"
         raise ConfigError(msg)
-    index = card.genre_indices(genres)
-    threshold = config.smoothing.unknown_threshold
+    families = config.engine.genres or card.families
+    index = card.genre_indices(families)
+    thresholds = genre_thresholds(card, config)
     whole = load_runner(card, "onnxruntime", incremental=False, max_batch=RUN_BATCH)
     tails, heads = {}, {}
     olds, news = [], []
@@ -137,7 +148,8 @@ def build_joins(config: Config, dataset: Path, *, pairs: int, seed: int, split: 
         heads[clip.path] = audio[:int(NEW_S * SAMPLE_RATE_HZ)]
         for part, chosen in ((tails, olds), (heads, news)):
             tags = run_windows(whole, "clip", frame(part[clip.path], WINDOW_FRAMES))
-            if recognised(tags, index, genres, clip.label, threshold):
+            threshold = thresholds.get(clip.label, config.smoothing.unknown_threshold)
+            if recognised(tags, index, families, clip.label, threshold):
                 chosen.append(clip)
     whole.close()
     candidates = [(a, b) for a in olds for b in news if a.label != b.label]
@@ -247,10 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reaction_time: error: {exc}", file=sys.stderr)
         return 2
     genres = genre_vocabulary(card, config.engine.genres)
+    families = config.engine.genres or card.families
     rows = []
     for smoothing in variants:
-        reactions = [measure(replay(j, smoothing, labels=card.labels, genres=genres), j.t_end_s,
-                             join_s=j.join_s, old=j.old, new=j.new) for j in joins]
+        thresholds = genre_thresholds(card, dataclasses.replace(config, smoothing=smoothing))
+        reactions = [measure(replay(j, smoothing, labels=card.labels, families=families,
+                                    genres=genres, thresholds=thresholds),
+                             j.t_end_s, join_s=j.join_s, old=j.old, new=j.new) for j in joins]
         rows.append({"smoothing": dataclasses.asdict(smoothing), **summarise(reactions)})
     if args.json:
         json.dump({**about, "results": rows}, sys.stdout, indent=1)

@@ -116,6 +116,21 @@ class ModelCard:
         value = _calibration(self.document).get("unknown_threshold")
         return None if value is None else float(value)
 
+    @property
+    def families(self) -> tuple[str, ...]:
+        """What the genre decision picks among. A validated family head (its card has
+        `validation`) decides among all its outputs and publishes only `genres`, so music of
+        a family it cannot name reliably reads as unknown, not as the nearest validated genre;
+        any other model decides among its genre vocabulary."""
+        return self.labels if "validation" in self.document else self.genres
+
+    @property
+    def genre_thresholds(self) -> dict[str, float]:
+        """Each published genre's own unknown threshold, chosen on unseen music
+        (`calibration.genre_thresholds`); empty when the card has one threshold for all."""
+        found = _calibration(self.document).get("genre_thresholds") or {}
+        return {genre: float(found[genre]) for genre in self.genres if genre in found}
+
     def genre_indices(self, genres: tuple[str, ...] | list[str] | None = None) -> list[int]:
         """Indices into `labels` of `genres` (default: the card's genre vocabulary)."""
         chosen = self.genres if genres is None else tuple(genres)
@@ -239,12 +254,20 @@ def load_model_card(name_or_path: str | Path = DEFAULT_MODEL) -> ModelCard:
         msg = f"model card {card_path} lists {len(model_card.labels)} labels for a wider output"
         raise ModelError(msg)
     model_card.genre_indices()
-    threshold = _calibration(document).get("unknown_threshold")
-    if threshold is not None and not (isinstance(threshold, int | float)
-                                      and not isinstance(threshold, bool) and 0 <= threshold <= 1):
-        msg = (f"model card {card_path}: calibration.unknown_threshold must be a number "
-               f"0..1, got {threshold!r}")
+    calibration = _calibration(document)
+    thresholds = {"unknown_threshold": calibration.get("unknown_threshold")}
+    per_genre = calibration.get("genre_thresholds") or {}
+    if not isinstance(per_genre, dict):
+        msg = f"model card {card_path}: calibration.genre_thresholds must map genres to numbers"
         raise ModelError(msg)
+    thresholds |= {f"genre_thresholds.{genre}": value for genre, value in per_genre.items()}
+    for key, threshold in thresholds.items():
+        if threshold is not None and not (isinstance(threshold, int | float)
+                                          and not isinstance(threshold, bool)
+                                          and 0 <= threshold <= 1):
+            msg = (f"model card {card_path}: calibration.{key} must be a number 0..1, "
+                   f"got {threshold!r}")
+            raise ModelError(msg)
     try:
         actual = sha256_file(onnx_path)
     except OSError as exc:

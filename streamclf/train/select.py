@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +41,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from streamclf.errors import StreamclfError
-from streamclf.evaluate import FUSED_MODEL, Clip, confusion_matrix, load_manifest, macro_f1
+from streamclf.evaluate import Clip, confusion_matrix, load_manifest, macro_f1
 from streamclf.models.card import dataset_of
 from streamclf.models.taxonomy import FAMILIES, family_scores, vocabulary_matrix
 from streamclf.train.folds import Track, family_groups, group_folds, link_groups
@@ -58,6 +56,7 @@ from streamclf.train.maphead import (
     softmax,
 )
 from streamclf.train.pooling import attention_pool, fit_attention
+from streamclf.train.ship import ship, validate_card
 
 log = structlog.get_logger(__name__)
 
@@ -67,9 +66,6 @@ INNER_K = 3
 AGGREGATES = ("mean", "logmean", "vote", "attention")
 ATTENTION_PULL = 0.1  # attention pooling's pull toward the plain mean (streamclf.train.pooling)
 TODAY = "today's fused calibration"
-MIN_FAMILY_F1 = 0.5  # out-of-fold window F1 a family needs to be published as a genre
-MIN_FAMILY_GROUPS = 2  # independent groups a family needs to be measured on unseen music at all
-TARGET_PRECISION = 2 / 3  # unknown threshold: the smallest with each genre right 2 times in 3
 
 
 def choose_strength(spec: HeadSpec, windows: Windows, tracks: Sequence[Track],
@@ -310,99 +306,36 @@ def tracks_of(clips: Sequence[Clip]) -> list[Track]:
             for c in clips]
 
 
-# -- shipping the winner ------------------------------------------------------------------------
+def ship_winner(results: Sequence[Result], chosen: Sequence[Candidate], windows: Windows,
+                tracks: Sequence[Track], *, args: argparse.Namespace, summary: list[dict]) -> None:
+    """Ship the best head if it beats today's calibration and its split graphs pass; else write
+    today's validation into its card, so the default publishes only what it gets right."""
+    shippable = [(r, c.spec) for r, c in zip(results, chosen, strict=True) if c.spec]
+    best, spec = max(shippable, key=lambda rs: np.mean(rs[0].window_f1))
+    today = next(r for r in results if r.name == TODAY)
+    if beats(best, today):
+        rows = np.arange(len(windows.truth))
+        strength = choose_strength(spec, windows, tracks, rows if spec.augmented
+                                   else clean(windows, rows))
+        try:
+            document = ship(best, spec, windows, tracks, strength=strength, out=args.ship,
+                            dataset=args.dataset, summary=summary, k=args.k,
+                            compared_with=TODAY)
+        except StreamclfError as exc:  # e.g. split graphs that drift from the full one
+            print(f"\nnot shipped ({best.name}): {exc}")
+        else:
+            print(f"\nshipped {best.name} to {args.ship}: publishes {_published(document)}")
+            return
+    else:
+        print(f"\nnot shipped: the best head ({best.name}) does not beat {TODAY} (higher mean "
+              "macro-F1 and better on more folds than worse)")
+    document = validate_card(today, windows, tracks, out=args.ship, k=args.k, summary=summary)
+    print(f"{TODAY} stays, and now publishes {_published(document)}")
 
 
-def per_family_f1(probs: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    from streamclf.evaluate import per_class_prf
-
-    present = np.bincount(truth, minlength=len(FAMILIES)) > 0
-    f1 = per_class_prf(confusion_matrix(truth=truth, pred=decide_among(probs, present),
-                                        n_classes=len(FAMILIES)))[2]
-    return {f: round(float(f1[i]), 4) for i, f in enumerate(FAMILIES) if present[i]}
-
-
-def unknown_threshold(probs: np.ndarray, truth: np.ndarray, genres: np.ndarray) -> float:
-    """Smallest threshold (0.05 steps) at which, for every genre published at all, at least
-    TARGET_PRECISION of its published windows are right, when the genre is the best of `genres`
-    and is published only above the threshold. Per genre, not overall: a large family that is
-    nearly always right must not carry a genre that mostly names other music (a rock track
-    published as "dance")."""
-    pred = decide_among(probs, genres)
-    confidence = probs[np.arange(len(pred)), pred]
-    for threshold in np.round(np.arange(0.0, 0.95, 0.05), 2):
-        published = confidence >= threshold
-        precisions = [(truth[published & (pred == g)] == g).mean()
-                      for g in np.unique(pred[published])]
-        if precisions and min(precisions) >= TARGET_PRECISION:
-            return round(float(threshold), 2)
-    return 0.9
-
-
-def ship(result: Result, spec: HeadSpec, windows: Windows, tracks: Sequence[Track], *,
-         out: Path, dataset: Path, summary: list[dict], k: int) -> dict:
-    """Fit the winner on every track (λ by group CV on all of them), export it with its card
-    and rebuild the split graphs; the card lists the validated families and how."""
-    from streamclf.train.fused import write_default
-    from streamclf.train.split import split_models
-
-    rows = np.arange(len(windows.truth))
-    if not spec.augmented:
-        rows = clean(windows, rows)
-    strength = choose_strength(spec, windows, tracks, rows)
-    fitted = fit_head(spec, windows, rows, strength=strength)
-    groups = family_groups(tracks)
-    measured = clean(windows, np.arange(len(windows.truth)))
-    f1 = per_family_f1(result.oof[measured], windows.truth[measured])
-    validated = [f for f in FAMILIES if groups.get(f, 0) >= MIN_FAMILY_GROUPS
-                 and f1.get(f, 0.0) >= MIN_FAMILY_F1]
-    genre_mask = np.array([f in validated for f in FAMILIES])
-    threshold = unknown_threshold(result.oof[measured], windows.truth[measured], genre_mask)
-
-    def rounded(values: np.ndarray) -> np.ndarray:
-        return np.round(np.asarray(values, np.float64), 6).astype(np.float32)
-
-    params = {"weight_mtt": rounded(fitted.weight[0]), "weight_msd": rounded(fitted.weight[1]),
-              "bias": rounded(fitted.bias)}
-    residual = None
-    if spec.residual:
-        residual = {"input": spec.residual, "weight": rounded(fitted.residual_weight),
-                    "mean": rounded(fitted.mean), "scale": rounded(fitted.scale)}
-    calibration = {
-        "method": f"{result.name}: softmax of per-family weights on the two taggers' zero-shot "
-                  "family logits" + (f", plus a linear correction on the {spec.residual}" if
-                                     spec.residual else "") + " (docs/model-selection.md)",
-        "fitted_on": f"{dataset.name}: {len(tracks)} tracks, {len(rows)} windows",
-        "strength": None if spec.fixed else strength, "unknown_threshold": threshold,
-        **{key: value.tolist() for key, value in params.items()},
-    }
-    if residual:
-        calibration["residual"] = {key: v if isinstance(v, str) else v.tolist()
-                                   for key, v in residual.items()}
-    validation = {
-        "method": f"group {k}-fold cross-validation over packages and artists "
-                  "(python -m streamclf.train.select)",
-        "rule": f"a genre is published only for a family found in >= {MIN_FAMILY_GROUPS} "
-                f"independent groups with out-of-fold window F1 >= {MIN_FAMILY_F1}",
-        "validated_families": validated, "groups_per_family": groups,
-        "out_of_fold_window_f1": f1,
-        "cross_validation": [s for s in summary if s["name"] in (result.name, TODAY)],
-    }
-    with tempfile.TemporaryDirectory(dir=out) as staging:  # all or nothing lands in `out`
-        staged = Path(staging)
-        for part in MUSICNN:  # the split step rebuilds the fused graph from the parts beside it
-            (staged / f"{part}.onnx").symlink_to((out / f"{part}.onnx").resolve())
-        document = write_default(staged, params=params, calibration=calibration,
-                                 residual=residual, genres=validated, validation=validation,
-                                 trained_on=f"{dataset.name} (all tracks)",
-                                 builder="python -m streamclf.train.select --ship")
-        split_models([FUSED_MODEL], engines_dir=staged, out_dir=staged / "split")
-        (out / "split").mkdir(exist_ok=True)
-        for name in (f"{FUSED_MODEL}.onnx", f"{FUSED_MODEL}.json",
-                     *(f"split/{FUSED_MODEL}{suffix}"
-                       for suffix in (".frame.onnx", ".window.onnx", ".json"))):
-            os.replace(staged / name, out / name)
-    return document
+def _published(document: dict) -> str:
+    thresholds = document["calibration"]["genre_thresholds"]
+    return ", ".join(f"{g} (>= {t:.2f})" for g, t in thresholds.items()) or "no genre"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -450,22 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             "folds": {t.id: f for t, f in zip(tracks, folds, strict=True)},
             "results": summary}, indent=1) + "\n")
     if args.ship:
-        shippable = [(r, c.spec) for r, c in zip(results, chosen, strict=True) if c.spec]
-        best, spec = max(shippable, key=lambda rs: np.mean(rs[0].window_f1))
-        today = next(r for r in results if r.name == TODAY)
-        if not beats(best, today):
-            print(f"\nnot shipped: the best head ({best.name}) does not beat {TODAY} "
-                  "(higher mean macro-F1 and better on more folds than worse)")
-        else:
-            try:
-                document = ship(best, spec, windows, tracks, out=args.ship,
-                                dataset=args.dataset, summary=summary, k=args.k)
-            except StreamclfError as exc:  # e.g. split graphs that drift from the full one
-                parser.exit(exc.exit_code, f"streamclf: not shipped ({best.name}): {exc}; "
-                                           f"{args.ship} is unchanged\n")
-            print(f"\nshipped {best.name} to {args.ship}: genres "
-                  f"{', '.join(document['genres'])}; unknown threshold "
-                  f"{document['calibration']['unknown_threshold']}")
+        ship_winner(results, chosen, windows, tracks, args=args, summary=summary)
     return 0
 
 
