@@ -162,7 +162,8 @@ def _print_text(doc: dict, out) -> None:
         print(f"  {w['start']:7.2f}–{w['end']:7.2f} s  {w['genre']:<12} {tags}", file=out)
     s = doc["summary"]
     tags = "  ".join(f"{tag} {p:.2f}" for tag, p in s["top"])
-    print(f"  track ({s['windows']} windows): {s['genre']} {s['confidence']:.2f}   {tags}", file=out)
+    print(f"  track ({s['windows']} windows): {s['genre']} {s['confidence']:.2f}   {tags}",
+          file=out)
 
 
 def run(args) -> int:

@@ -1,8 +1,9 @@
 """`streamclf train` end to end on real music (datasets/genres: Debian game soundtracks).
 
 One module-scoped run embeds a sample of the set (`genre_sample`: 3 clips per split of the 8
-largest families, so the time stays put as the set grows) with the frozen MSD musicnn (cached in a temporary
-folder), trains an MLP head on the calib split and exports musicnn + head as one ONNX file.
+largest families, so the time stays put as the set grows) with the frozen MSD musicnn (cached in
+a temporary folder), trains an MLP head on the calib split and exports musicnn + head as one ONNX
+file.
 The checks are about learning, not one number: held-out accuracy far above chance and above
 the zero-shot baseline, the exported file equal to the torch model, and the daemon's own
 commands accepting it.

@@ -26,8 +26,9 @@ def run(args: argparse.Namespace) -> int:
         key = record.key
         built = datetime.datetime.fromtimestamp(record.built_at).isoformat(timespec="seconds")
         what = (
-            f"{key.model} {key.precision} batch {key.min_batch}..{key.max_batch} (opt {key.opt_batch}), "
-            f"TensorRT {key.tensorrt_version}, {key.gpu_name} sm_{key.compute_capability.replace('.', '')}, "
+            f"{key.model} {key.precision} batch {key.min_batch}..{key.max_batch} "
+            f"(opt {key.opt_batch}), TensorRT {key.tensorrt_version}, {key.gpu_name} "
+            f"sm_{key.compute_capability.replace('.', '')}, "
             f"built {built} in {record.build_s:.0f} s, {record.size_bytes / 1e6:.1f} MB"
             if key
             else "unknown"

@@ -62,7 +62,8 @@ def probe_gpu(device: int = 0) -> GpuProbe:
         import tensorrt as trt
     except ImportError:
         return GpuProbe(problem="tensorrt is not installed (pip install 'streamclf[gpu]')")
-    except Exception as exc:  # noqa: BLE001 - a broken install raises OSError (libnvinfer) and others
+    except Exception as exc:  # noqa: BLE001
+        # a broken install raises OSError (libnvinfer) and others
         return GpuProbe(problem=f"tensorrt cannot be imported: {exc}")
     version = str(getattr(trt, "__version__", "unknown"))
     if version.split(".")[0] != str(TENSORRT_MAJOR):
@@ -80,7 +81,8 @@ def probe_gpu(device: int = 0) -> GpuProbe:
         name = gpu.name()
     except ImportError:
         return GpuProbe(tensorrt_version=version, problem="pycuda is not installed")
-    except Exception as exc:  # noqa: BLE001 - pycuda raises cuda.Error kinds, OSError without a driver
+    except Exception as exc:  # noqa: BLE001
+        # pycuda raises cuda.Error kinds, OSError without a driver
         return GpuProbe(tensorrt_version=version, problem=f"CUDA unavailable: {exc}")
     return GpuProbe(
         tensorrt_version=version, gpu_name=name, compute_capability=f"{major}.{minor}"
@@ -245,7 +247,8 @@ def build_plans(
             key = plan_key(path, probe, precision=precision, max_batch=max_batch)
             cached = not force and cache.load(key) is not None
             progress(
-                f"{'cached  ' if cached else 'building'} {key.model} {precision} on {probe.gpu_name}"
+                f"{'cached  ' if cached else 'building'} {key.model} {precision} "
+                f"on {probe.gpu_name}"
             )
             started = time.monotonic()
             if not cached:
@@ -345,7 +348,8 @@ class TensorRTEngine(InfoFields):
         """The ICudaEngine, or None when TensorRT rejects the plan (wrong version, damaged)."""
         try:
             return self._runtime.deserialize_cuda_engine(plan)
-        except Exception as exc:  # noqa: BLE001 - the bindings raise on some rejections, return None on others
+        except Exception as exc:  # noqa: BLE001
+            # the bindings raise on some rejections, return None on others
             log.warning("plan_deserialize_failed", error=str(exc))
             return None
 

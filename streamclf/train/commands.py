@@ -103,7 +103,8 @@ def train_model(
         msg = f"class {missing[0]!r} has no training file; add files or change the split"
         raise ConfigError(msg)
     if base_model not in MODEL_NAMES:
-        msg = f"--base: a head sits on one stock musicnn model ({', '.join(MODEL_NAMES)}), not {base_model!r}"
+        msg = (f"--base: a head sits on one stock musicnn model ({', '.join(MODEL_NAMES)}), "
+               f"not {base_model!r}")
         raise ConfigError(msg)
     base = load_model_card(base_model)
     cache = EmbeddingCache(

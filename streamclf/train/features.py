@@ -58,7 +58,8 @@ def file_sha256(path: Path) -> str:
 
 
 def signal_windows(y: np.ndarray, *, hop_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """y float32 [n] at 16 kHz → (log-mel windows [N, 187, 96], start times [N]), as the daemon frames."""
+    """y float32 [n] at 16 kHz → (log-mel windows [N, 187, 96], start times [N]), as the daemon
+    frames."""
     framer = LogMelFramer(WINDOW_FRAMES, hop_frames)
     windows = [*framer.push(y), *framer.flush()]
     if not windows:
