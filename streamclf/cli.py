@@ -252,7 +252,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         msg = f"--threshold must be between 0 and 1, not {args.threshold}"
         raise ConfigError(msg)
-    from streamclf.train.commands import is_trained_head
+    from streamclf.train.evaluation import is_trained_head
 
     if args.model is not None and is_trained_head(args.model):
         from streamclf.train.commands import run_evaluate_head

@@ -28,14 +28,9 @@ from e2e_helpers import genre_sample
 from streamclf.backends.runner import load_engine
 from streamclf.models.card import load_model_card
 from streamclf.train.augment import AugmentConfig
-from streamclf.train.commands import (
-    SplitOptions,
-    evaluate_model,
-    is_trained_head,
-    run_evaluate_head,
-    split_dataset,
-    train_model,
-)
+from streamclf.train.commands import run_evaluate_head, train_model
+from streamclf.train.datasets import SplitOptions, split_dataset
+from streamclf.train.evaluation import evaluate_model, is_trained_head
 from streamclf.train.export import load_torch_custom
 from streamclf.train.trainer import TrainConfig
 
