@@ -11,7 +11,7 @@ from streamclf.backends.plans import default_plan_dir, list_plans
 def run(args: argparse.Namespace) -> int:
     cache_dir = args.cache_dir or default_plan_dir()
     if args.engine_command == "build":
-        from streamclf.backends.tensorrt import build_plans
+        from streamclf.backends.trt_build import build_plans
         from streamclf.models.card import DEFAULT_MODEL, load_model_card
 
         cards = [load_model_card(name) for name in (args.model or [DEFAULT_MODEL])]

@@ -102,7 +102,7 @@ def available_kinds() -> list[str]:
     """onnxruntime always; torch where the train extra is installed; tensorrt where usable."""
     import importlib.util
 
-    from streamclf.backends.tensorrt import probe_gpu
+    from streamclf.backends.trt_probe import probe_gpu
 
     kinds = ["onnxruntime"]
     if importlib.util.find_spec("torch") is not None:
