@@ -55,7 +55,7 @@ else
 fi
 
 probe="$("$python" - <<'PY'
-from streamclf.backends.tensorrt import probe_gpu
+from streamclf.backends.trt_probe import probe_gpu
 
 probe = probe_gpu()
 if probe.usable:
@@ -121,7 +121,7 @@ print(text)
 PY
 echo "gpu-check: table written to $out"
 
-if "$python" -c 'import sys; from streamclf.backends.tensorrt import probe_gpu; sys.exit(not probe_gpu().usable)'; then
+if "$python" -c 'import sys; from streamclf.backends.trt_probe import probe_gpu; sys.exit(not probe_gpu().usable)'; then
   "$python" - <<'PY'
 import json
 

@@ -178,7 +178,8 @@ def _print_text(doc: dict, out) -> None:
     s = doc["summary"]
     tags = "  ".join(f"{tag} {p:.2f}" for tag, p in s["top"])
     unsure = "" if s["confident"] else " (unsure)"
-    print(f"  track ({s['windows']} windows): {s['genre']} {s['confidence']:.2f}{unsure}   {tags}",
+    print(f"  track ({s['windows']} windows): {s['genre']} {s['confidence']:.2f}{unsure}"
+          f"   {tags}",
           file=out)
 
 

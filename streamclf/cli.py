@@ -51,7 +51,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamclf",
-        description="Real-time music genre classification of live audio, published on a ZeroMQ feed.",
+        description="Real-time music genre classification of live audio, "
+                    "published on a ZeroMQ feed.",
         epilog="Exit codes: 0 ok, 1 internal error, 2 usage/config, 3 audio input, 4 model, "
                "5 engine, 6 feed, 130 interrupted.",
     )
@@ -69,13 +70,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", help="feed endpoint to bind (default tcp://127.0.0.1:5556)")
     p.add_argument("--no-publish", action="store_true", help="do not bind the ZeroMQ feed")
     p.add_argument("--json", action="store_true", help="JSON lines instead of the live view")
-    p.add_argument("--duration", type=float, help="stop after running this many seconds (start-up not counted)")
+    p.add_argument("--duration", type=float,
+                   help="stop after running this many seconds (start-up not counted)")
 
     p = sub.add_parser("serve", help="run the daemon (systemd Type=notify)",
-                       description="Run the daemon: structured logs, sd_notify READY/WATCHDOG/STATUS, "
-                                   "SIGHUP reloads the config, SIGTERM stops cleanly.")
+                       description="Run the daemon: structured logs, sd_notify "
+                                   "READY/WATCHDOG/STATUS, SIGHUP reloads the config, "
+                                   "SIGTERM stops cleanly.")
     p.add_argument("--config", type=Path, required=True, help="TOML config file")
-    p.add_argument("--duration", type=float, help="stop after running this many seconds (start-up not counted)")
+    p.add_argument("--duration", type=float,
+                   help="stop after running this many seconds (start-up not counted)")
 
     p = sub.add_parser("classify", help="tag audio files offline",
                        description="Tag files through the same framer and engine as the daemon: "
@@ -98,7 +102,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", default="", help="topic prefix, e.g. genre. or status.main")
     p.add_argument("--count", type=int, help="stop after N messages")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--timeout", type=float, help="give up (exit 6) after this many seconds without a message")
+    p.add_argument("--timeout", type=float,
+                   help="give up (exit 6) after this many seconds without a message")
     p.add_argument("--server-key", help="CURVE: the server's public key file")
     p.add_argument("--client-key", default="",
                    help="CURVE: our own secret key file (default: a throwaway key pair)")
@@ -120,7 +125,8 @@ def _build_parser() -> argparse.ArgumentParser:
     msub = p.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     m = msub.add_parser("import", help="convert musicnn checkpoints (wheel or folder) to ONNX")
     m.add_argument("source", type=Path, help="musicnn-0.1.0 wheel or its extracted folder")
-    m.add_argument("--out", type=Path, default=Path("engines"), help="output folder (default engines/)")
+    m.add_argument("--out", type=Path, default=Path("engines"),
+                   help="output folder (default engines/)")
     m.add_argument("--name", action="append", help="model(s) to import (default: all four)")
 
     p = sub.add_parser("evaluate", help="measure a model's genre calls on a labelled dataset",
@@ -150,8 +156,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON output")
 
     p = sub.add_parser("train", help="train a genre head on your own labelled music",
-                       description="Train a head on frozen musicnn embeddings and export it, with "
-                                   "musicnn, as one ONNX model the daemon loads (docs/training.md).")
+                       description="Train a head on frozen musicnn embeddings and export it, "
+                                   "with musicnn, as one ONNX model the daemon loads "
+                                   "(docs/training.md).")
     p.add_argument("dataset", type=Path, help="a folder of class folders, a CSV "
                                               "(path,label[,split,artist]), or with --labels-from "
                                               "tags any folder of tagged music")
@@ -176,7 +183,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-share", type=float, default=0.2)
     p.add_argument("--test-share", type=float, default=0.2)
     p.add_argument("--ignore-splits", action="store_true", help="ignore a CSV's split column")
-    p.add_argument("--base", default="MSD_musicnn", help="the frozen musicnn model (default MSD_musicnn)")
+    p.add_argument("--base", default="MSD_musicnn",
+                   help="the frozen musicnn model (default MSD_musicnn)")
     p.add_argument("--engine", choices=["auto", "onnxruntime", "tensorrt", "torch"])
     p.add_argument("--hop", type=float, default=3.0, help="seconds between training windows")
     p.add_argument("--cache-dir", type=Path, help="embedding cache directory")
@@ -244,7 +252,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         msg = f"--threshold must be between 0 and 1, not {args.threshold}"
         raise ConfigError(msg)
-    from streamclf.train.commands import is_trained_head
+    from streamclf.train.evaluation import is_trained_head
 
     if args.model is not None and is_trained_head(args.model):
         from streamclf.train.commands import run_evaluate_head

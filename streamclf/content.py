@@ -258,7 +258,8 @@ class ContentSmoother:
         if self._average is None:
             self._average = probs.astype(np.float32)
         else:
-            alpha = ema_alpha(dt_s=t_s - self._last_t_s, time_constant_s=self.config.time_constant_s)
+            alpha = ema_alpha(dt_s=t_s - self._last_t_s,
+                              time_constant_s=self.config.time_constant_s)
             self._average = (1 - alpha) * self._average + alpha * probs
         self._last_t_s = t_s
         held = LABELS[self._hysteresis.step(self._average, t_s)]

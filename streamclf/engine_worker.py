@@ -154,7 +154,8 @@ class EngineWorker(threading.Thread):
         started = time.monotonic()
         try:
             outputs = self._runner.run([(stream.stream_id, window) for stream, window in batch])
-        except Exception as exc:  # noqa: BLE001 — an engine fault must not stop the daemon: count, carry on
+        except Exception as exc:  # noqa: BLE001
+            # an engine fault must not stop the daemon: count, carry on
             if self._stopping.is_set():  # stop() interrupted the call: the tail of a stop, no fault
                 log.info("engine_call_interrupted_at_stop", windows=len(batch))
                 return

@@ -1,4 +1,5 @@
-"""`streamclf evaluate`: how often the published genre is right, on real music held out from fitting.
+"""`streamclf evaluate`: how often the published genre is right, on real music held out from
+fitting.
 
 The metrics are pure functions of a confusion matrix (rows: true family, columns: predicted
 family, plus a last column for "unknown"), so a trained head is scored the same way.

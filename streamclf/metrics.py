@@ -90,8 +90,8 @@ class PipelineCollector(Collector):
             overruns.add_metric([sid], stream.ring.overrun_samples)
             for kind in KINDS:
                 alarms.add_metric([sid, kind], float(kind in active))
-        yield from (up, level, peak, loudness, lra, genre, content, windows, dropped, overruns, alarms,
-                    feed_drops)
+        yield from (up, level, peak, loudness, lra, genre, content, windows, dropped, overruns,
+                    alarms, feed_drops)
 
 
 class MetricsServer:

@@ -172,7 +172,8 @@ class Pipeline:
                  metrics_port=self.metrics.port if self.metrics else None)
 
     def stop(self, timeout_s: float = 1.5) -> None:
-        """Stop sources first (no new audio), then the workers; the engine worker sends a final status."""
+        """Stop sources first (no new audio), then the workers; the engine worker sends a final
+        status."""
         for stream in self.streams:
             stream.source.stop()
             if stream.titles is not None:

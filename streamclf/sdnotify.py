@@ -85,7 +85,8 @@ class Notifier:
         env = os.environ if env is None else env
         address = socket_address(notify_socket=env.get("NOTIFY_SOCKET", ""))
         if address is None and env.get("NOTIFY_SOCKET"):
-            log.warning("unsupported NOTIFY_SOCKET, not notifying", notify_socket=env["NOTIFY_SOCKET"])
+            log.warning("unsupported NOTIFY_SOCKET, not notifying",
+                        notify_socket=env["NOTIFY_SOCKET"])
         self._send: Send = _noop if address is None else _socket_sender(address)
         self.enabled = address is not None
         self.watchdog_interval_s = watchdog_interval_s(env=env, pid=os.getpid())

@@ -179,7 +179,8 @@ class Smoother:
         """One window's tag probabilities [n_tags], its end in stream seconds, and its level."""
         instant = np.asarray(probs, dtype=np.float32)
         if instant.shape != (len(self.labels),):
-            msg = f"engine gave {instant.shape} tag probabilities, the model card has {len(self.labels)}"
+            msg = (f"engine gave {instant.shape} tag probabilities, the model card has "
+                   f"{len(self.labels)}")
             raise ModelError(msg)
         self.windows += 1
         silence = not level_dbfs >= self.config.silence_dbfs  # nan counts as silence
@@ -212,7 +213,8 @@ class Smoother:
         if self._average is None:
             self._average = instant.copy()
         else:
-            alpha = ema_alpha(dt_s=t_s - self._last_t_s, time_constant_s=self.config.time_constant_s)
+            alpha = ema_alpha(dt_s=t_s - self._last_t_s,
+                              time_constant_s=self.config.time_constant_s)
             self._average *= np.float32(1.0 - alpha)  # this form is exact for alpha 0 and 1
             self._average += np.float32(alpha) * instant
         self._last_t_s = t_s

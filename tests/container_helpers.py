@@ -192,7 +192,8 @@ class Container:
         cmd = self.command(script, user=user)
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
         if check and done.returncode != 0:
-            msg = f"{script!r} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+            msg = (f"{script!r} exited {done.returncode}:\n"
+                   f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
             raise AssertionError(msg)
         return done
 

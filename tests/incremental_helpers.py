@@ -1,4 +1,5 @@
-"""Shared pieces of the incremental-inference tests: the clip's log-mel and full-window references."""
+"""Shared pieces of the incremental-inference tests: the clip's log-mel and full-window
+references."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ TOLERANCE = 1e-5
 def window_at(logmel: np.ndarray, start: int, index: int = 0) -> Window:
     """The window of `logmel` [F, 96] starting at frame `start`, as the framer would emit it."""
     frames = np.array(logmel[start : start + WINDOW_FRAMES])
-    return Window(index, start, frames, start * 0.016, (start + WINDOW_FRAMES) * 0.016, -20.0, math.nan)
+    return Window(index, start, frames, start * 0.016, (start + WINDOW_FRAMES) * 0.016, -20.0,
+                  math.nan)
 
 
-def windows_at(logmel: np.ndarray, *, hop: int, first: int = 0, count: int | None = None) -> list[Window]:
+def windows_at(logmel: np.ndarray, *, hop: int, first: int = 0,
+               count: int | None = None) -> list[Window]:
     """Windows of `logmel` every `hop` frames from `first` (all that fit, or `count`)."""
     starts = range(first, logmel.shape[0] - WINDOW_FRAMES + 1, hop)
     return [window_at(logmel, s, i) for i, s in enumerate(starts[:count])]

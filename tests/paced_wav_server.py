@@ -1,7 +1,7 @@
 """An endless WAV over HTTP at real-time pace, on loopback: an Icecast stand-in for url sources.
 
-Stdlib and soundfile only (e2e_helpers is stdlib), so that it also runs by itself where pytest is not installed (the
-booted-container test serves its stream with it):
+Stdlib and soundfile only (e2e_helpers is stdlib), so that it also runs by itself where pytest
+is not installed (the booted-container test serves its stream with it):
 
     python tests/paced_wav_server.py [PORT]    # serves streamclf's bundled clip until killed
 """

@@ -1,4 +1,5 @@
-"""FLOP counting and the engine benchmark's shape (speed targets live in the benchmark, not here)."""
+"""FLOP counting and the engine benchmark's shape (speed targets live in the benchmark, not
+here)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ class TestFlops:
         assert node_flops("Gemm", [(5, 2), (5, 7)], (2, 7), trans_a=True) == 2 * 2 * 7 * 5
 
     def test_real_musicnn(self) -> None:
-        """The front end dominates: two timbral convs (7×38, 7×67), three temporal, three mid-end."""
+        """The front end dominates: two timbral convs (7×38, 7×67), three temporal, three
+        mid-end."""
         timbral = 2 * 204 * 187 * (59 * 7 * 38 + 30 * 7 * 67)
         temporal = 2 * 51 * 187 * 96 * (128 + 64 + 32)
         midend = 2 * 64 * 187 * 7 * (561 + 64 + 64)

@@ -142,7 +142,8 @@ class TestBadModels:
             load_engine(path, "onnxruntime")
 
     def test_tag_count_must_match_the_card(self, tmp_path: Path) -> None:
-        """Any fixed tag width loads (families, trained heads), but not one that differs from the card."""
+        """Any fixed tag width loads (families, trained heads), but not one that differs from the
+        card."""
         path = _write_model(tmp_path / "ten.onnx", tags=10)
         engine = load_engine(path, "onnxruntime")
         assert engine.infer(np.zeros((2, 187, 96), np.float32))["tags"].shape == (2, 10)

@@ -6,9 +6,9 @@ import pytest
 from backends_helpers import card, music_windows
 from structlog.testing import capture_logs
 
-from streamclf.backends import load_engine
-from streamclf.backends import tensorrt as trt_backend
+from streamclf.backends import load_engine, trt_probe
 from streamclf.backends.base import GpuProbe
+from streamclf.backends.plans import plan_key
 from streamclf.backends.runner import FullWindowRunner, choose_kind, load_runner
 from streamclf.errors import EngineError
 
@@ -49,7 +49,7 @@ class TestLoadEngineHere:
     """On this machine (no GPU, no tensorrt) 'auto' loads onnxruntime and logs why."""
 
     def test_probe_reports_why_not_without_raising(self) -> None:
-        probe = trt_backend.probe_gpu()
+        probe = trt_probe.probe_gpu()
         assert not probe.usable and probe.problem
 
     def test_auto_logs_choice_and_reason(self) -> None:
@@ -72,7 +72,7 @@ class TestLoadEngineHere:
     ) -> None:
         """A GPU that is detected but whose engine cannot be made (here: no tensorrt module)
         ends in onnxruntime with a warning, not in a crash."""
-        monkeypatch.setattr(trt_backend, "probe_gpu", lambda device=0: GPU)
+        monkeypatch.setattr(trt_probe, "probe_gpu", lambda device=0: GPU)
         with capture_logs() as logs:
             engine = load_engine(card(), "auto")
         assert engine.name == "onnxruntime"
@@ -104,7 +104,7 @@ class TestOneDecision:
     ])
     def test_probed_once(self, monkeypatch: pytest.MonkeyPatch, model, probe, mode) -> None:
         probes = []
-        monkeypatch.setattr(trt_backend, "probe_gpu", lambda device=0: probes.append(1) or probe)
+        monkeypatch.setattr(trt_probe, "probe_gpu", lambda device=0: probes.append(1) or probe)
         with capture_logs() as logs:
             runner = load_runner(model, "auto", max_batch=2)
         try:
@@ -123,18 +123,18 @@ class TestDefaultPrecision:
         ("cc", "precision"), [("6.1", "fp32"), ("7.0", "fp16"), ("8.9", "fp16"), ("10.0", "fp16")]
     )
     def test_by_compute_capability(self, cc: str, precision: str) -> None:
-        assert trt_backend.default_precision(cc) == precision
+        assert trt_probe.default_precision(cc) == precision
 
     def test_plan_key_follows_the_model_bytes(self, tmp_path) -> None:
         a = tmp_path / "MSD_musicnn.onnx"
         a.write_bytes(card().onnx_path.read_bytes())
-        key = trt_backend.plan_key(a, GPU, precision="fp16", max_batch=32)
+        key = plan_key(a, GPU, precision="fp16", max_batch=32)
         assert (
             key.gpu_name == "NVIDIA L4" and key.compute_capability == "8.9" and key.opt_batch == 1
         )
         a.write_bytes(a.read_bytes() + b"\0")
-        assert trt_backend.plan_key(a, GPU, precision="fp16", max_batch=32) != key
+        assert plan_key(a, GPU, precision="fp16", max_batch=32) != key
 
     def test_unknown_precision(self) -> None:
         with pytest.raises(EngineError, match="unknown precision 'int8'"):
-            trt_backend.plan_key(card().onnx_path, GPU, precision="int8", max_batch=32)
+            plan_key(card().onnx_path, GPU, precision="int8", max_batch=32)

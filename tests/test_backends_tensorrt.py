@@ -17,7 +17,9 @@ from backends_helpers import FP16_TOLERANCE, FP32_TOLERANCE, card, music_windows
 from structlog.testing import capture_logs
 
 from streamclf.backends import list_plans, load_engine
-from streamclf.backends.tensorrt import build_plans, probe_gpu, self_test_windows
+from streamclf.backends.tensorrt import self_test_windows
+from streamclf.backends.trt_build import build_plans
+from streamclf.backends.trt_probe import probe_gpu
 
 PROBE = probe_gpu()
 pytestmark = [

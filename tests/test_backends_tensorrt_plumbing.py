@@ -27,8 +27,9 @@ from reliability_helpers import CLIP
 from structlog.testing import capture_logs
 
 from streamclf.backends import list_plans, load_engine
-from streamclf.backends.plans import PlanCache
-from streamclf.backends.tensorrt import build_plans, fp32_head, plan_key, probe_gpu
+from streamclf.backends.plans import PlanCache, plan_key
+from streamclf.backends.trt_build import build_plans, fp32_head
+from streamclf.backends.trt_probe import probe_gpu
 from streamclf.config import load_config
 from streamclf.errors import EngineError
 from streamclf.pipeline import Pipeline

@@ -69,7 +69,8 @@ class TestFramer:
         # A quarter of the hop: about four times the windows of the 1 s hop.
         assert (rows["framer_hop_0.25s_block_50ms"]["windows"]
                 >= 3 * rows["framer_hop_1s_block_50ms"]["windows"])
-        assert rows["framer_hop_1s_block_1000ms"]["windows"] == rows["framer_hop_1s_block_50ms"]["windows"]
+        assert (rows["framer_hop_1s_block_1000ms"]["windows"]
+                == rows["framer_hop_1s_block_50ms"]["windows"])
         assert framer["floor"]["flops_per_audio_s"] == pytest.approx(framer_flops_per_audio_s())
 
     def test_librosa_comparisons_ran(self, bench: tuple[dict, str]) -> None:
@@ -161,7 +162,8 @@ class TestWriteReport:
         path = tmp_path / "benchmarks.md"
         path.write_text(f"# Title\nintro\n{BEGIN_MARK}\nold\n{END_MARK}\n## Reading\nnotes\n")
         write_report(path, "new\n")
-        assert path.read_text() == f"# Title\nintro\n{BEGIN_MARK}\nnew\n{END_MARK}\n## Reading\nnotes\n"
+        assert path.read_text() == (f"# Title\nintro\n{BEGIN_MARK}\nnew\n{END_MARK}\n"
+                                    "## Reading\nnotes\n")
 
     def test_onair_stage_cost(self, bench: tuple[dict, str]) -> None:
         """The loudness stage's CPU per stream is measured and set beside a whole stream's."""

@@ -1,4 +1,5 @@
-"""The config loader: TOML → frozen dataclasses, every problem a one-line ConfigError naming the key."""
+"""The config loader: TOML → frozen dataclasses, every problem a one-line ConfigError naming the
+key."""
 
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ class TestErrors:
         ("[framing]\nhop_s = 4.0\n", "framing.hop_s: must be between"),
         ("[framing]\nhop_s = nan\n", "framing.hop_s: expected a finite number, got nan"),
         ("[smoothing]\nswitch_margin = 2\n", "smoothing.switch_margin: must be 0..1"),
-        ("[smoothing]\nunknown_threshold = 1.5\n", "smoothing.unknown_threshold: must be 0 (off)..1"),
+        ("[smoothing]\nunknown_threshold = 1.5\n",
+         "smoothing.unknown_threshold: must be 0 (off)..1"),
         ("[smoothing]\nunknown_threshold = 'card'\n",
          "smoothing.unknown_threshold: expected a finite number, got 'card'"),
         ("[feed]\nendpoint = 'udp://x'\n", "feed.endpoint: expected tcp://HOST:PORT"),

@@ -182,14 +182,16 @@ class TestVad:
         for at in range(0, speech.size, block):
             pieces.push(speech[at : at + block])
         assert whole.chunks == pieces.chunks == speech.size // VAD_CHUNK_SAMPLES
-        np.testing.assert_array_equal(whole.chunk_probabilities(0, 1), pieces.chunk_probabilities(0, 1))
+        np.testing.assert_array_equal(whole.chunk_probabilities(0, 1),
+                                      pieces.chunk_probabilities(0, 1))
 
     def test_a_window_reads_the_chunks_inside_it_and_forgets_old_ones(self, clips):
         voice = VoiceActivity(SileroVad(), history_s=1.0)
         voice.push(clips[0][: 2 * 16000])
         assert voice.chunk_probabilities(48 * CHUNK_S, 50 * CHUNK_S).size == 2  # wholly inside
         assert voice.chunk_probabilities(0.0, 0.5).size == 0  # older than the 1 s kept
-        assert voice.chunk_probabilities(1.5, 5.0).size == voice.chunks - int(np.ceil(1.5 / CHUNK_S))
+        kept_from_1_5_s = voice.chunks - int(np.ceil(1.5 / CHUNK_S))
+        assert voice.chunk_probabilities(1.5, 5.0).size == kept_from_1_5_s
 
 
 class TestPipelineTalk:

@@ -88,7 +88,8 @@ def test_model_import_bad_source(tmp_path):
 
 def test_daemon_side_modules_never_import_torch():
     """Only the model port (`models.musicnn`), `streamclf.train` (training, export, the fused and
-    split builders) and the torch engine use torch; everything `serve`, `listen`, `classify`, `evaluate` and `bench` load must not."""
+    split builders) and the torch engine use torch; everything `serve`, `listen`, `classify`,
+    `evaluate` and `bench` load must not."""
     modules = ["streamclf.cli", "streamclf.service", "streamclf.pipeline", "streamclf.classify",
                "streamclf.evaluate", "streamclf.monitor", "streamclf.bench.report",
                "streamclf.backends.runner", "streamclf.models.card",

@@ -175,7 +175,8 @@ class TestFuzz:
            st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=4))
     def test_mutated_valid_payloads(self, message, changes):
         payload = _payload(message) | changes
-        _decode_or_message_error([message.topic.encode(), msgpack.packb(payload, use_bin_type=True)])
+        _decode_or_message_error([message.topic.encode(),
+                                  msgpack.packb(payload, use_bin_type=True)])
 
     @settings(max_examples=200, deadline=None)
     @given(st.binary(max_size=200))

@@ -137,7 +137,8 @@ def test_an_upward_import_is_caught():
     assert upward_imports({"streamclf.audio.resample": {"streamclf.features.mel"},
                            "streamclf.features.framer": found}) == [
         "streamclf.audio.resample → streamclf.features.mel"]
-    guarded = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from streamclf.pipeline import P\n"
+    guarded = ("from typing import TYPE_CHECKING\n"
+               "if TYPE_CHECKING:\n    from streamclf.pipeline import P\n")
     assert upward_imports({"streamclf.audio.sources": imported_modules(guarded, known=set())}) == []
     assert upward_imports({"streamclf.feed.schema": {"streamclf.pipeline"}}) == [
         "streamclf.feed.schema → streamclf.pipeline"]

@@ -1,4 +1,5 @@
-"""Incremental inference equals full-window inference on real music, whatever the hops and batches."""
+"""Incremental inference equals full-window inference on real music, whatever the hops and
+batches."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def full(card) -> FullWindowRunner:
 
 @pytest.fixture(scope="module")
 def full_fused() -> FullWindowRunner:
-    return FullWindowRunner(load_engine(load_model_card("fused_musicnn"), "onnxruntime", max_batch=MAX_BATCH))
+    return FullWindowRunner(load_engine(load_model_card("fused_musicnn"), "onnxruntime",
+                                        max_batch=MAX_BATCH))
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +101,8 @@ class TestExactness:
         assert runner.counters.frames_reused > 0
 
     def test_framer_blocks_of_random_size(self, runner, full, audio, rng):
-        """The daemon path: audio pushed in random blocks through the framer, windows as they come."""
+        """The daemon path: audio pushed in random blocks through the framer, windows as they
+        come."""
         framer = LogMelFramer(187, 31)
         windows, got = [], []
         at = 0

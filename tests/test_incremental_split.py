@@ -33,7 +33,8 @@ def clip_windows() -> np.ndarray:
 def sessions(name: str):
     split = load_split_card(load_model_card(name))
     full = open_session(load_model_card(name).onnx_path, threads=1)
-    return full, open_session(split.frame_path, threads=1), open_session(split.window_path, threads=1)
+    return (full, open_session(split.frame_path, threads=1),
+            open_session(split.window_path, threads=1))
 
 
 @pytest.mark.parametrize("name", ["MSD_musicnn", "fused_musicnn"])  # MTT: the export test
@@ -121,7 +122,8 @@ class TestLoadRunner:
 
 @pytest.mark.torch
 def test_split_export_reproduces_the_model(tmp_path):
-    """Cutting a shipped model again gives graphs that compose to it (checked inside split_models)."""
+    """Cutting a shipped model again gives graphs that compose to it (checked inside
+    split_models)."""
     pytest.importorskip("torch")
     from streamclf.train.split import split_models
 

@@ -64,7 +64,8 @@ class TestEngineRaises:
             for _burst in range(2):
                 engine.failing = True
                 before = engine.failed_calls
-                assert wait_for(lambda: engine.failed_calls >= before + 3, timeout_s=30)  # noqa: B023
+                assert wait_for(lambda: engine.failed_calls >= before + 3,  # noqa: B023
+                                timeout_s=30)
                 engine.failing = False
                 published = feed.genre_count("a")
                 assert feed.wait(lambda: feed.genre_count("a") >= published + 3,  # noqa: B023
@@ -91,8 +92,9 @@ class TestOverload:
     def test_slow_engine(self, tmp_path):
         hop_s = 0.1
         # 0.25 s per window: 4 windows/s against the 10 a 0.1 s hop makes
+        framing = {"queue_windows": self.QUEUE_WINDOWS}
         with faulty_pipeline(tmp_path, hop_s=hop_s, delay_per_window_s=0.25,
-                             framing={"queue_windows": self.QUEUE_WINDOWS}) as (pipeline, _, feed):  # fmt: skip
+                             framing=framing) as (pipeline, _, feed):  # fmt: skip
             queue = pipeline.streams[0].windows
             longest = 0
             published = feed.genre_count("a")

@@ -60,7 +60,8 @@ def test_stuck_and_dead_subscribers(tmp_path):
             stuck = _stuck_subscriber(context, cfg.endpoint)
             dead = subprocess.Popen([sys.executable, "-m", "streamclf.cli", "subscribe",
                                      "--endpoint", cfg.endpoint], cwd=REPO,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                                    stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)  # fmt: skip
             rss_before = daemon.rss_mb()
             published = len(feed.of(GenreMessage))
             assert feed.wait(lambda: len(feed.of(GenreMessage)) >= published + 40, timeout_s=60)

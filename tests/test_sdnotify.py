@@ -148,7 +148,8 @@ class TestSocketAddress:
 
     @pytest.mark.parametrize(
         ("value", "address"),
-        [("/run/systemd/notify", "/run/systemd/notify"), ("@abc", "\0abc"), ("", None), ("x", None)],
+        [("/run/systemd/notify", "/run/systemd/notify"), ("@abc", "\0abc"), ("", None),
+         ("x", None)],
     )
     def test_mapping(self, value, address):
         assert socket_address(notify_socket=value) == address

@@ -34,7 +34,8 @@ def probs(**values: float) -> np.ndarray:
 
 
 def smoother(**overrides) -> Smoother:
-    """Unknown-threshold off unless a test sets it: these tests are about the average and hysteresis."""
+    """Unknown-threshold off unless a test sets it: these tests are about the average and
+    hysteresis."""
     return Smoother(SmoothingConfig(**{"unknown_threshold": 0.0, **overrides}), labels=LABELS,
                     genres=GENRES)
 
@@ -95,7 +96,8 @@ class TestSilence:
     @settings(max_examples=100, deadline=None)
     @given(st.lists(st.tuples(st.floats(0, 1), st.booleans()), min_size=1, max_size=40))
     def test_silent_windows_never_change_the_average(self, steps):
-        """The EMA after a sequence equals the EMA of the same sequence with silent windows removed."""
+        """The EMA after a sequence equals the EMA of the same sequence with silent windows
+        removed."""
         gated, clean = smoother(), smoother()
         last_clean = None
         for i, (p, silent) in enumerate(steps):

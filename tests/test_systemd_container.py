@@ -164,7 +164,8 @@ def seconds_until_restarted(box: Container, old_pid: str, limit_s: float) -> flo
 
 
 class TestFreshMachine:
-    """The README's set-up ran in a fresh Debian 12 root; the install used docs/deploy.md's script."""
+    """The README's set-up ran in a fresh Debian 12 root; the install used docs/deploy.md's
+    script."""
 
     def test_readme_run_sh_in_a_fresh_root(self, box):
         log = (box.root / RUN_SH_LOG).read_text()
@@ -238,7 +239,8 @@ class TestSystemUnit:
                                    "head -c 0 /dev/net/tun",
         }
         unenforced = [line for line, probe in probes.items()
-                      if box.sh(f"systemd-run -q --wait --pipe {probe}", check=False).returncode == 0]
+                      if box.sh(f"systemd-run -q --wait --pipe {probe}",
+                                check=False).returncode == 0]
         allowed = box.sh(f"systemd-run -q --wait --pipe -p IPAddressDeny=any "
                          f'-p IPAddressAllow=localhost {VENV}/bin/python -c "{feed}"')  # fmt: skip
         assert allowed.returncode == 0

@@ -88,7 +88,8 @@ class TestSystemUnitSecurity:
 
     def test_exposure(self, tmp_path):
         result = analyze("security", "--offline=true", str(SYSTEM_UNIT), runtime_dir=tmp_path)
-        match = re.search(r"Overall exposure level for streamclf\.service: ([0-9.]+)", result.stdout)
+        match = re.search(r"Overall exposure level for streamclf\.service: ([0-9.]+)",
+                          result.stdout)
         assert match, result.stdout + result.stderr
         assert float(match.group(1)) <= MAX_EXPOSURE
 

@@ -207,7 +207,8 @@ class TestAudioBoundariesConfig:
             parse_config(f"{refused}{stream}audio_boundaries = true\n")
         assert str(caught.value).startswith(f"<config>: {message}")
         assert "\n" not in str(caught.value)
-        assert parse_config(f"{accepted}{stream}audio_boundaries = true\n").streams[0].audio_boundaries
+        accepted_config = parse_config(f"{accepted}{stream}audio_boundaries = true\n")
+        assert accepted_config.streams[0].audio_boundaries
 
     def test_a_model_without_a_measured_detector_stops_the_daemon(self, tmp_path):
         config = tmp_path / "mtt.toml"

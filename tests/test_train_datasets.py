@@ -1,4 +1,5 @@
-"""Datasets for `streamclf train`: class folders and CSVs, and splits that never leak a file or an artist."""
+"""Datasets for `streamclf train`: class folders and CSVs, and splits that never leak a file or
+an artist."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Heads and the trainer on small arrays: pooling semantics, balanced sampling, early stopping, seeds."""
+"""Heads and the trainer on small arrays: pooling semantics, balanced sampling, early stopping,
+seeds."""
 
 from __future__ import annotations
 

@@ -233,7 +233,7 @@ class TestTrainFromTags:
 
     def test_held_out_artists_are_unseen_and_scored(self, trained) -> None:
         from streamclf.models.card import load_model_card
-        from streamclf.train.commands import SplitOptions, split_dataset
+        from streamclf.train.datasets import SplitOptions, split_dataset
 
         out, proc = trained
         card = load_model_card(out)

@@ -1,8 +1,9 @@
 """`streamclf train` end to end on real music (datasets/genres: Debian game soundtracks).
 
 One module-scoped run embeds a sample of the set (`genre_sample`: 3 clips per split of the 8
-largest families, so the time stays put as the set grows) with the frozen MSD musicnn (cached in a temporary
-folder), trains an MLP head on the calib split and exports musicnn + head as one ONNX file.
+largest families, so the time stays put as the set grows) with the frozen MSD musicnn (cached in
+a temporary folder), trains an MLP head on the calib split and exports musicnn + head as one ONNX
+file.
 The checks are about learning, not one number: held-out accuracy far above chance and above
 the zero-shot baseline, the exported file equal to the torch model, and the daemon's own
 commands accepting it.
@@ -27,14 +28,9 @@ from e2e_helpers import genre_sample
 from streamclf.backends.runner import load_engine
 from streamclf.models.card import load_model_card
 from streamclf.train.augment import AugmentConfig
-from streamclf.train.commands import (
-    SplitOptions,
-    evaluate_model,
-    is_trained_head,
-    run_evaluate_head,
-    split_dataset,
-    train_model,
-)
+from streamclf.train.commands import run_evaluate_head, train_model
+from streamclf.train.datasets import SplitOptions, split_dataset
+from streamclf.train.evaluation import evaluate_model, is_trained_head
 from streamclf.train.export import load_torch_custom
 from streamclf.train.trainer import TrainConfig
 

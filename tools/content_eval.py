@@ -70,7 +70,8 @@ class Features:
     def __call__(self, audio: np.ndarray, key: str) -> np.ndarray:
         """[n_windows, 5]: t0, t1, speech share, music evidence, level dBFS; kept in the cache
         folder under `key` (the decision can then be tuned without running the models again)."""
-        cached = self.cache / f"{key.replace('/', '_').replace(' ', '_')}.npy" if self.cache else None
+        name = f"{key.replace('/', '_').replace(' ', '_')}.npy"
+        cached = self.cache / name if self.cache else None
         if cached is not None and cached.exists():
             return np.load(cached)
         features = self._compute(audio)
@@ -140,8 +141,9 @@ def switch_delay(features: np.ndarray, held: list[str], *, boundary_s: float,
 def cpu_cost() -> None:
     """CPU seconds of the content stage per second of one stream: the VAD as the stream worker
     runs it (50 ms blocks), the per-window decision as the engine worker does (hop 1 s)."""
-    audio = np.concatenate([load_mono_16k(SPEECH_SET / "clips" / "fotaq-00.ogg"),
-                            load_mono_16k(MUSIC_SET / "clips" / "classical" / "wesnoth-battle.ogg")])
+    speech = load_mono_16k(SPEECH_SET / "clips" / "fotaq-00.ogg")
+    music_clip = load_mono_16k(MUSIC_SET / "clips" / "classical" / "wesnoth-battle.ogg")
+    audio = np.concatenate([speech, music_clip])
     voice, music = VoiceActivity(SileroVad()), MusicEvidence("fused_musicnn")
     smoother = ContentSmoother(ContentConfig())
     embedding = np.random.default_rng(0).normal(size=400).astype(np.float32)
@@ -181,7 +183,8 @@ def main() -> None:
     sets: dict[str, list[tuple[str, np.ndarray]]] = {
         SPEECH: [(r["path"], features(a, r["path"]))
                  for r, a in zip(_rows(SPEECH_SET), speech, strict=True)],
-        MUSIC: [(r["path"], features(a, r["path"])) for r, a in zip(music_rows, music, strict=True)],
+        MUSIC: [(r["path"], features(a, r["path"]))
+                for r, a in zip(music_rows, music, strict=True)],
         MUSIC_SPEECH: [],
     }
     beds = list(range(0, len(music), MIX_MUSIC_STRIDE))

@@ -124,8 +124,8 @@ def ort_variants(frame_src: Path, calib: np.ndarray, work: Path) -> dict[str, Pa
         "ort_qdq_u8s8_pc": {"quant_format": QuantFormat.QDQ, "per_channel": True,
                                 "activation_type": u8, "weight_type": s8},
         "ort_qop_u8s8_pc_rr_conv": {"quant_format": QuantFormat.QOperator, "per_channel": True,
-                                        "reduce_range": True, "activation_type": u8, "weight_type": s8,
-                                        "op_types_to_quantize": ["Conv"]},
+                                        "reduce_range": True, "activation_type": u8,
+                                        "weight_type": s8, "op_types_to_quantize": ["Conv"]},
         "ort_qop_u8u8": {"quant_format": QuantFormat.QOperator, "activation_type": u8,
                              "weight_type": u8},
     }

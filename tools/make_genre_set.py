@@ -195,7 +195,8 @@ def groove_chart(library: Path, groove: str, *, bars: int = GROOVE_BARS) -> str:
     and volume; a fixed seed makes a rebuild give the same notes.
     """
     chords = [PREVIEW_CHORDS[bar % len(PREVIEW_CHORDS)] for bar in range(bars)]
-    return "\n".join([f"RndSeed {GROOVE_SEED}", f"Use {library}", f"Groove {groove}", *chords]) + "\n"
+    head = [f"RndSeed {GROOVE_SEED}", f"Use {library}", f"Groove {groove}"]
+    return "\n".join([*head, *chords]) + "\n"
 
 
 def play_groove(root: Path, library: str, groove: str, work: Path) -> Path:
@@ -211,7 +212,8 @@ def play_groove(root: Path, library: str, groove: str, work: Path) -> Path:
 
 
 def _source(root: Path, name: str, work: Path) -> Path:
-    """A file of the unpacked package, out of nexuiz's pk3, a GCompris .rcc or MMA where named so."""
+    """A file of the unpacked package, out of nexuiz's pk3, a GCompris .rcc or MMA where named
+    so."""
     if GROOVE_SEPARATOR in name:
         library, groove = name.split(GROOVE_SEPARATOR)
         return play_groove(root, library, groove, work)
@@ -259,8 +261,10 @@ def render_project(project: Path, work: Path) -> tuple[Path, str]:
         if score:
             _run("mscore3", "-o", str(wav), str(project), env=env)
         else:
-            _run("lmms", "--allowroot", "render", str(project), "-f", "wav", "-o", str(wav), env=env)
-    how = installed("musescore3", "musescore-general-soundfont-small") if score else installed("lmms")
+            _run("lmms", "--allowroot", "render", str(project), "-f", "wav", "-o", str(wav),
+                 env=env)
+    how = (installed("musescore3", "musescore-general-soundfont-small") if score
+           else installed("lmms"))
     return wav, f"{how} ({'mscore3 -o' if score else 'lmms render'}, headless)"
 
 
@@ -301,7 +305,8 @@ def check(tracks: tuple[Track, ...], packages: dict[str, Package]) -> None:
     bad += sorted({i for i in ids if ids.count(i) > 1})
     bad += sorted({t.id for t in tracks if t.split not in ("calib", "test") or not t.artist})
     if bad:
-        msg = f"tracks.csv: reserved, unpinned, repeated or incomplete: {', '.join(dict.fromkeys(bad))}"
+        msg = ("tracks.csv: reserved, unpinned, repeated or incomplete: "
+               f"{', '.join(dict.fromkeys(bad))}")
         raise SystemExit(msg)
 
 
@@ -318,7 +323,8 @@ def build(out: Path, work: Path, tracks: tuple[Track, ...],
         sources, how = [a for a, _ in audio], audio[0][1]
         if any(GROOVE_SEPARATOR in f for f in track.files):
             chart = ", ".join(PREVIEW_CHORDS)
-            how = f"{package.name} {package.version} (groove over {chart}, {GROOVE_BARS} bars) + {how}"
+            how = (f"{package.name} {package.version} (groove over {chart}, {GROOVE_BARS} bars) "
+                   f"+ {how}")
         start = excerpt_start_s(min(duration_s(s) for s in sources))
         clip = Path("clips") / track.label / f"{track.id}.ogg"
         cut_excerpt(sources, start, out / clip)
@@ -333,7 +339,8 @@ def build(out: Path, work: Path, tracks: tuple[Track, ...],
         print(f"{track.label:10s} {track.split:5s} {track.id}")
     (out / "copyright").mkdir(parents=True, exist_ok=True)
     for name, root in roots.items():
-        shutil.copyfile(root / "usr/share/doc" / name / "copyright", out / "copyright" / f"{name}.txt")
+        shutil.copyfile(root / "usr/share/doc" / name / "copyright",
+                        out / "copyright" / f"{name}.txt")
     with open(out / "manifest.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS)
         writer.writeheader()

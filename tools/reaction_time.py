@@ -1,8 +1,8 @@
 """How fast the published genre follows an abrupt change of music, and what it says meanwhile.
 
 Joins real clips of two different families end to end (the last 15 s of one, then the first
-20 s of the other), runs each join through the daemon's own stages (LogMelFramer at the config's hop, the
-incremental ONNX Runtime runner, Smoother) and measures, from the join:
+20 s of the other), runs each join through the daemon's own stages (LogMelFramer at the config's
+hop, the incremental ONNX Runtime runner, Smoother) and measures, from the join:
 
 - reaction: stream seconds until the published genre is first the new clip's family;
 - wrong: whether a genre that is neither the old clip's nor the new clip's family was published

@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         busy_s += time.perf_counter() - started
         done += len(items)
         if done >= next_report:
-            print(f"windows {done:5d}  rss {rss_mib():7.1f} MiB  {busy_s * 1000 / done:6.2f} ms/window",
-                  flush=True)
+            print(f"windows {done:5d}  rss {rss_mib():7.1f} MiB  "
+                  f"{busy_s * 1000 / done:6.2f} ms/window", flush=True)
             next_report += 300
     return 0
 

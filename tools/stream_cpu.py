@@ -124,8 +124,8 @@ def daemon_config(*, streams: int, hop_s: float, audio: Path, port: int) -> str:
              "[feed]", f'endpoint = "tcp://127.0.0.1:{port}"', "send_hwm = 10000",
              "[service]", 'log_level = "warning"', 'log_format = "json"', "watchdog = false"]
     for i in range(streams):
-        lines += ["[[streams]]", f'id = "s{i}"', 'source = "file"', f"path = {json.dumps(str(audio))}",
-                  "loop = true", "realtime = true"]
+        lines += ["[[streams]]", f'id = "s{i}"', 'source = "file"',
+                  f"path = {json.dumps(str(audio))}", "loop = true", "realtime = true"]
     return "\n".join(lines) + "\n"
 
 

@@ -107,7 +107,8 @@ class SourceBase:
                 target()
             except AudioInputError as exc:
                 self._fail(exc)
-            except Exception as exc:  # noqa: BLE001 - a reader thread ends in a state, not a traceback
+            except Exception as exc:  # noqa: BLE001
+                # a reader thread ends in a state, not a traceback
                 self._fail(AudioInputError(f"{self.kind}: {type(exc).__name__}: {exc}"))
 
         self._thread = threading.Thread(target=guarded, name=f"streamclf-{self.kind}", daemon=True)

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 
 def open_source(spec: StreamConfig) -> Source:
-    """The opened source a stream's config section describes (``sample_rate``/``channels`` known)."""
+    """The opened source a stream's config section describes (``sample_rate``/``channels``
+    known)."""
     if spec.source == "device":
         # a chosen channel beyond the first two must be opened to be picked
         wide = spec.channel + 1 if isinstance(spec.channel, int) and spec.channel >= 2 else None

@@ -54,7 +54,8 @@ class Engine(Protocol):
     def max_batch(self) -> int: ...
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """batch float32 [B, 187, 96], 1 <= B <= max_batch -> {'tags': [B, 50], 'embedding': [B, D]}."""
+        """batch float32 [B, 187, 96], 1 <= B <= max_batch
+        -> {'tags': [B, 50], 'embedding': [B, D]}."""
         ...
 
     def warmup(self) -> None: ...
@@ -93,7 +94,8 @@ class InfoFields:
     def warmup(self) -> None:
         """Run a few full and single batches so the first real window pays no set-up cost."""
         for batch in (1, self.info.max_batch, 1):
-            self.infer(np.zeros((batch, WINDOW_FRAMES, N_MELS), np.float32))  # type: ignore[attr-defined]
+            zeros = np.zeros((batch, WINDOW_FRAMES, N_MELS), np.float32)
+            self.infer(zeros)  # type: ignore[attr-defined]
 
 
 def check_model_io(
@@ -115,7 +117,8 @@ def check_model_io(
         raise ModelError(msg)
     in_shape = list(inputs[0][1])
     if len(in_shape) != 3 or in_shape[1:] != [WINDOW_FRAMES, N_MELS]:
-        msg = f"{source}: input '{INPUT_NAME}' has shape {in_shape}, expected [batch, {WINDOW_FRAMES}, {N_MELS}]"
+        msg = (f"{source}: input '{INPUT_NAME}' has shape {in_shape}, "
+               f"expected [batch, {WINDOW_FRAMES}, {N_MELS}]")
         raise ModelError(msg)
     shapes = dict(outputs)
     missing = [name for name in OUTPUT_NAMES if name not in shapes]

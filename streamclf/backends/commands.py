@@ -11,7 +11,7 @@ from streamclf.backends.plans import default_plan_dir, list_plans
 def run(args: argparse.Namespace) -> int:
     cache_dir = args.cache_dir or default_plan_dir()
     if args.engine_command == "build":
-        from streamclf.backends.tensorrt import build_plans
+        from streamclf.backends.trt_build import build_plans
         from streamclf.models.card import DEFAULT_MODEL, load_model_card
 
         cards = [load_model_card(name) for name in (args.model or [DEFAULT_MODEL])]
@@ -26,8 +26,9 @@ def run(args: argparse.Namespace) -> int:
         key = record.key
         built = datetime.datetime.fromtimestamp(record.built_at).isoformat(timespec="seconds")
         what = (
-            f"{key.model} {key.precision} batch {key.min_batch}..{key.max_batch} (opt {key.opt_batch}), "
-            f"TensorRT {key.tensorrt_version}, {key.gpu_name} sm_{key.compute_capability.replace('.', '')}, "
+            f"{key.model} {key.precision} batch {key.min_batch}..{key.max_batch} "
+            f"(opt {key.opt_batch}), TensorRT {key.tensorrt_version}, {key.gpu_name} "
+            f"sm_{key.compute_capability.replace('.', '')}, "
             f"built {built} in {record.build_s:.0f} s, {record.size_bytes / 1e6:.1f} MB"
             if key
             else "unknown"

@@ -293,7 +293,8 @@ class IncrementalRunner:
                 call = self._patches[at : at + FRAME_CALL]
                 (timbral,) = self._frame.run(["timbral"], {"context": call}, self._run_options)
                 self._computed[at:stop] = timbral[: stop - at, 0]  # [n, 1, dim]: a frame a patch
-            for i, ((_, window), (ring, first_new, n_new, at)) in enumerate(zip(items, plans, strict=True)):
+            paired = zip(items, plans, strict=True)
+            for i, ((_, window), (ring, first_new, n_new, at)) in enumerate(paired):
                 ring.store(first_new, self._computed[at : at + n_new])
                 ring.gather(window.start_frame + ctx, self._core[i])
                 self._logmel[i] = window.frames

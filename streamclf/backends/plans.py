@@ -4,7 +4,8 @@ A serialized TensorRT engine only runs on the TensorRT version and GPU model it 
 with the precision and batch profile it was built with. Each plan is stored beside a JSON
 sidecar holding its full key and the plan's sha256, so a plan is returned only when every part
 of the key matches and its bytes are intact: a stale or damaged plan is never handed to
-TensorRT. Pure python, no GPU needed.
+TensorRT. `plan_key` derives the key of a model file on a probed GPU. Pure python, no GPU
+needed.
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ from pathlib import Path
 
 import structlog
 
+from streamclf.backends.base import GpuProbe
+from streamclf.errors import EngineError
+
 log = structlog.get_logger(__name__)
 
 PLAN_SUFFIX = ".plan"
 SIDECAR_SUFFIX = ".json"
+PRECISIONS = ("fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,25 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def plan_key(
+    path: Path, probe: GpuProbe, *, precision: str, max_batch: int, opt_batch: int = 1
+) -> PlanKey:
+    if precision not in PRECISIONS:
+        msg = f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})"
+        raise EngineError(msg)
+    return PlanKey(
+        model=path.stem,
+        onnx_sha256=file_sha256(path),
+        tensorrt_version=probe.tensorrt_version,
+        gpu_name=probe.gpu_name,
+        compute_capability=probe.compute_capability,
+        precision=precision,
+        min_batch=1,
+        opt_batch=min(opt_batch, max_batch),
+        max_batch=max_batch,
+    )
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -73,7 +73,7 @@ def choose_kind(requested: str, probe: GpuProbe) -> tuple[str, str]:
 def decide_engine(requested: str) -> EngineChoice:
     """Probe the GPU where `requested` may use it, and resolve it: the one decision."""
     if requested in ("auto", "tensorrt"):
-        from streamclf.backends.tensorrt import probe_gpu
+        from streamclf.backends.trt_probe import probe_gpu
 
         probe = probe_gpu()
     else:

@@ -1,31 +1,23 @@
 """TensorRT 10 on an NVIDIA GPU, with pycuda for memory and the stream (the `gpu` extra).
 
-A plan (serialized engine) is built from the ONNX file once per machine and cached by
-`streamclf.backends.plans`: FP16 where the GPU has fast FP16 (compute capability >= 7.0),
-FP32 on request, one optimisation profile for batch 1..max_batch. In FP16 plans the layers
-after the last convolution or matrix product (the sigmoid, and the fused model's calibration,
-whose log(1 - p) is -inf once p rounds to 1 in FP16) are held in FP32. At load, buffers are
-allocated once, sized from the execution context with the full batch set: page-locked host
-memory, device memory, one CUDA stream, tensor addresses set once; each `infer` is copy in,
-execute_async_v3, copy out, synchronise. A self-test against ONNX Runtime on two windows
-(silence and loud noise, compared as the start-up self-test compares: `backends.selftest`)
-decides whether the plan is trusted at all. No CUDA graph: a musicnn window is a few hundred
-microseconds of GPU work and the engine worker calls once per hop, so the launch overhead a
-graph removes does not matter here.
+The engine runs the plan `streamclf.backends.trt_build` builds, or finds in the plan cache, for
+its model, precision (`trt_probe.default_precision` unless asked) and batch 1..max_batch. At
+load, buffers are allocated once, sized from the execution context with the full batch set:
+page-locked host memory, device memory, one CUDA stream, tensor addresses set once; each `infer`
+is copy in, execute_async_v3, copy out, synchronise. A self-test against ONNX Runtime on two
+windows (silence and loud noise, compared as the start-up self-test compares:
+`backends.selftest`) decides whether the plan is trusted at all. No CUDA graph: a musicnn window
+is a few hundred microseconds of GPU work and the engine worker calls once per hop, so the
+launch overhead a graph removes does not matter here.
 
-Only TensorRT 10 is accepted: TensorRT 11 removed the FP16 builder flag (its networks are
-strongly typed), so a plan would need an FP16 copy of the model instead. Every failure to
-bring the engine up, whatever raised it (pycuda, TensorRT, a changed API), is an EngineError,
-so that `auto` falls back to ONNX Runtime. All CUDA work goes through
+Every failure to bring the engine up, whatever raised it (pycuda, TensorRT, a changed API), is
+an EngineError, so that `auto` falls back to ONNX Runtime. All CUDA work goes through
 `streamclf.backends.cuda.CudaContext`, so the engine loads on one thread and runs on another.
 """
 
 from __future__ import annotations
 
-import functools
 import os
-import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,219 +32,16 @@ from streamclf.backends.base import (
     InfoFields,
     check_batch,
     check_model_io,
-    model_path,
 )
 from streamclf.backends.cuda import CudaContext
-from streamclf.backends.plans import PlanCache, PlanKey, default_plan_dir, file_sha256
+from streamclf.backends.plans import PlanCache, PlanKey, default_plan_dir, plan_key
 from streamclf.backends.selftest import outputs_problem
+from streamclf.backends.trt_build import cached_plan, trt_logger
+from streamclf.backends.trt_probe import default_precision, probe_gpu
 from streamclf.errors import EngineError, StreamclfError
 from streamclf.features.mel import N_MELS, WINDOW_FRAMES
 
 log = structlog.get_logger(__name__)
-
-WORKSPACE_BYTES = 1 << 30
-PRECISIONS = ("fp16", "fp32")
-TENSORRT_MAJOR = 10  # the API this module is written against; the gpu extra pins it
-HEAVY_LAYER_TYPES = ("CONVOLUTION", "MATRIX_MULTIPLY")  # what FP16 is for
-
-
-def probe_gpu(device: int = 0) -> GpuProbe:
-    """Whether TensorRT can run here, and on what; never raises."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        return GpuProbe(problem="tensorrt is not installed (pip install 'streamclf[gpu]')")
-    except Exception as exc:  # noqa: BLE001 - a broken install raises OSError (libnvinfer) and others
-        return GpuProbe(problem=f"tensorrt cannot be imported: {exc}")
-    version = str(getattr(trt, "__version__", "unknown"))
-    if version.split(".")[0] != str(TENSORRT_MAJOR):
-        return GpuProbe(tensorrt_version=version, problem=(
-            f"TensorRT {version} is not supported (streamclf needs TensorRT {TENSORRT_MAJOR}: "
-            f"pip install 'tensorrt>={TENSORRT_MAJOR},<{TENSORRT_MAJOR + 1}')"))
-    try:
-        import pycuda.driver as cuda
-
-        cuda.init()
-        if cuda.Device.count() <= device:
-            return GpuProbe(tensorrt_version=version, problem="no CUDA device")
-        gpu = cuda.Device(device)
-        major, minor = gpu.compute_capability()
-        name = gpu.name()
-    except ImportError:
-        return GpuProbe(tensorrt_version=version, problem="pycuda is not installed")
-    except Exception as exc:  # noqa: BLE001 - pycuda raises cuda.Error kinds, OSError without a driver
-        return GpuProbe(tensorrt_version=version, problem=f"CUDA unavailable: {exc}")
-    return GpuProbe(
-        tensorrt_version=version, gpu_name=name, compute_capability=f"{major}.{minor}"
-    )
-
-
-def default_precision(compute_capability: str) -> str:
-    """fp16 on GPUs with tensor cores (compute capability >= 7.0), else fp32.
-
-    TensorRT 10.5 deprecated `platform_has_fast_fp16` in favour of asking CUDA, which is this.
-    """
-    major, minor = (int(part) for part in compute_capability.split("."))
-    return "fp16" if (major, minor) >= (7, 0) else "fp32"
-
-
-def plan_key(
-    path: Path, probe: GpuProbe, *, precision: str, max_batch: int, opt_batch: int = 1
-) -> PlanKey:
-    if precision not in PRECISIONS:
-        msg = f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})"
-        raise EngineError(msg)
-    return PlanKey(
-        model=path.stem,
-        onnx_sha256=file_sha256(path),
-        tensorrt_version=probe.tensorrt_version,
-        gpu_name=probe.gpu_name,
-        compute_capability=probe.compute_capability,
-        precision=precision,
-        min_batch=1,
-        opt_batch=min(opt_batch, max_batch),
-        max_batch=max_batch,
-    )
-
-
-@functools.cache
-def _logger():
-    """One process-wide logger: TensorRT needs it to outlive every builder and runtime."""
-    import tensorrt as trt
-
-    return trt.Logger(trt.Logger.WARNING)
-
-
-Layer = tuple[str, Sequence[str], Sequence[str]]  # type, input tensor names, output tensor names
-
-
-def fp32_head(layers: Sequence[Layer], *, output: str) -> set[int]:
-    """The layers between the last convolution or matrix product and `output`.
-
-    `layers` are (type, input tensor names, output tensor names) in network order. Returned:
-    the indices of the layers `output` depends on that no convolution or matrix product
-    depends on, those heavy layers excluded: the cheap tail (sigmoid, calibration, softmax)
-    that FP16 gains nothing from and that its range can break.
-    """
-    producer = {name: i for i, (_, _, outputs) in enumerate(layers) for name in outputs}
-
-    def upstream(names: Sequence[str]) -> set[int]:
-        seen: set[int] = set()
-        todo = [producer[n] for n in names if n in producer]
-        while todo:
-            i = todo.pop()
-            if i not in seen:
-                seen.add(i)
-                todo += [producer[n] for n in layers[i][1] if n in producer]
-        return seen
-
-    heavy = {i for i, (kind, _, _) in enumerate(layers) if kind in HEAVY_LAYER_TYPES}
-    feeds_heavy = heavy | upstream([n for i in heavy for n in layers[i][1]])
-    return upstream([output]) - feeds_heavy
-
-
-def _hold_head_in_fp32(trt, network) -> int:
-    """Constrain the FP32 head's float layers to FP32; returns how many were constrained."""
-    floats = (trt.float32, trt.float16)
-    layers, described = [], []
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        inputs = [layer.get_input(j) for j in range(layer.num_inputs)]
-        outputs = [layer.get_output(k) for k in range(layer.num_outputs)]
-        layers.append((layer, outputs))
-        described.append((str(layer.type).rsplit(".", 1)[-1],
-                          [t.name for t in inputs if t is not None], [t.name for t in outputs]))
-    held = 0
-    for i in fp32_head(described, output=OUTPUT_NAMES[0]):
-        layer, outputs = layers[i]
-        if outputs and all(t.dtype in floats for t in outputs):  # shape arithmetic stays int
-            layer.precision = trt.float32
-            for k in range(len(outputs)):
-                layer.set_output_type(k, trt.float32)
-            held += 1
-    return held
-
-
-def build_plan(path: Path, key: PlanKey, *, workspace_bytes: int = WORKSPACE_BYTES) -> bytes:
-    """Build a serialized engine from the ONNX file for `key`'s precision and batch profile."""
-    import tensorrt as trt
-
-    logger = _logger()
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        msg = f"{path}: TensorRT cannot parse the model ({errors})"
-        raise EngineError(msg)
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    if key.precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        log.info("plan_fp32_head", model=key.model, layers=_hold_head_in_fp32(trt, network))
-    profile = builder.create_optimization_profile()
-    window = (WINDOW_FRAMES, N_MELS)
-    profile.set_shape(
-        INPUT_NAME, (key.min_batch, *window), (key.opt_batch, *window), (key.max_batch, *window)
-    )
-    if config.add_optimization_profile(profile) < 0:
-        msg = (f"{path}: TensorRT refused the batch profile {key.min_batch}..{key.max_batch} "
-               f"for input '{INPUT_NAME}'")
-        raise EngineError(msg)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        msg = f"{path}: TensorRT failed to build a {key.precision} plan (see the log above)"
-        raise EngineError(msg)
-    return bytes(serialized)
-
-
-def cached_plan(path: Path, key: PlanKey, cache: PlanCache, *, rebuild: bool = False) -> bytes:
-    """The plan for `key` from the cache, built and stored first when absent or damaged."""
-    plan = None if rebuild else cache.load(key)
-    if plan is None:
-        log.info("plan_build_start", model=key.model, precision=key.precision, gpu=key.gpu_name)
-        started = time.monotonic()
-        plan = build_plan(path, key)
-        cache.store(key, plan, build_s=time.monotonic() - started)
-    return plan
-
-
-def build_plans(
-    models: Sequence[object],
-    *,
-    cache_dir: str | os.PathLike[str] | None = None,
-    precisions: Sequence[str] | None = None,
-    max_batch: int = DEFAULT_MAX_BATCH,
-    force: bool = False,
-    progress: Callable[[str], None] = print,
-) -> list[Path]:
-    """`streamclf engine build`: build (or find) the plan for each model and precision.
-
-    `models` are ModelCards or ONNX paths; `precisions` defaults to this GPU's default.
-    Returns the plan files; progress is reported one line per plan.
-    """
-    probe = probe_gpu()
-    if not probe.usable:
-        msg = f"cannot build TensorRT plans here: {probe.problem}"
-        raise EngineError(msg)
-    cache = PlanCache(cache_dir or default_plan_dir())
-    precisions = precisions or [default_precision(probe.compute_capability)]
-    built = []
-    for model in models:
-        path = model_path(model)
-        for precision in precisions:
-            key = plan_key(path, probe, precision=precision, max_batch=max_batch)
-            cached = not force and cache.load(key) is not None
-            progress(
-                f"{'cached  ' if cached else 'building'} {key.model} {precision} on {probe.gpu_name}"
-            )
-            started = time.monotonic()
-            if not cached:
-                cached_plan(path, key, cache, rebuild=True)
-                progress(f"built    {key.model} {precision} in {time.monotonic() - started:.1f} s")
-            built.append(cache.plan_path(key))
-    return built
 
 
 def self_test_windows() -> np.ndarray:
@@ -316,7 +105,7 @@ class TensorRTEngine(InfoFields):
     def _bring_up(self, trt, path: Path, key: PlanKey, cache: PlanCache, device: int) -> None:
         self._gpu = CudaContext(self._cuda, device)
         with self._gpu.current():
-            self._runtime = trt.Runtime(_logger())
+            self._runtime = trt.Runtime(trt_logger())
             self._engine = self._deserialize(cached_plan(path, key, cache))
             if self._engine is None:  # TensorRT refused the bytes: never trust that plan again
                 log.warning("plan_rejected", model=key.model, path=str(cache.plan_path(key)))
@@ -345,7 +134,8 @@ class TensorRTEngine(InfoFields):
         """The ICudaEngine, or None when TensorRT rejects the plan (wrong version, damaged)."""
         try:
             return self._runtime.deserialize_cuda_engine(plan)
-        except Exception as exc:  # noqa: BLE001 - the bindings raise on some rejections, return None on others
+        except Exception as exc:  # noqa: BLE001
+            # the bindings raise on some rejections, return None on others
             log.warning("plan_deserialize_failed", error=str(exc))
             return None
 

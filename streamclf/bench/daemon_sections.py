@@ -28,7 +28,8 @@ from streamclf.testing.feed import FeedRecorder
 
 log = structlog.get_logger(__name__)
 
-E2E_HOP_S = 0.25  # 300 windows in 75 s of real time; the latency of one window does not depend on it
+# 300 windows in 75 s of real time; the latency of one window does not depend on it
+E2E_HOP_S = 0.25
 CAPACITY_HOP_S = 1.0
 MAX_LATENCY_GROWTH = 0.02  # s of latency per s: a backlog growing this fast is not sustained
 READY_TIMEOUT_S = 60.0
@@ -231,7 +232,8 @@ def render_capacity(r: dict) -> str:
     lines = [
         (f"Concurrent real-time file streams at hop {r['hop_s']:g} s, {r['measure_s']:g} s "
          "measured per trial. Sustained = no dropped window, no ring overrun, every stream got its "
-         f"windows, a latency trend under {MAX_LATENCY_GROWTH:g} s/s (no growing backlog) and a p99 "
+         f"windows, a latency trend under {MAX_LATENCY_GROWTH:g} s/s (no growing backlog) "
+         "and a p99 "
          "ring → subscriber under two hops."),
         "",
         ("| streams | sustained | dropped windows | ring overruns | fewest windows | p99 ms | "
@@ -242,7 +244,8 @@ def render_capacity(r: dict) -> str:
         lines.append(
             f"| {t['streams']} | {'yes' if t['sustained'] else 'no'} | {t['dropped_windows']} | "
             f"{t['ring_overrun_samples']} | {t['fewest_windows']}/{t['expected_windows']} | "
-            f"{t['e2e_p99_ms']:.0f} | {t['latency_growth_s_per_s']:+.3f} | {t['cpu_percent']:.0f} | "
+            f"{t['e2e_p99_ms']:.0f} | {t['latency_growth_s_per_s']:+.3f} | "
+            f"{t['cpu_percent']:.0f} | "
             f"{t['cpu_percent_per_stream']:.1f} |"
         )
     lines += [
@@ -331,7 +334,8 @@ def render_daemon(r: dict) -> str:
         f"batch 1; {floor['ort_session_rss_bytes_max_batch'] / MIB:.0f} MiB once it has run a "
         f"batch of {floor['max_batch']}) |\n"
         f"| peak RSS | {r['peak_rss_bytes'] / MIB:.0f} MiB | – |\n"
-        f"| start → READY | {r['ready_s']:.2f} s | {floor['python_start_s']:.2f} s (`python -c pass`) |\n\n"
+        f"| start → READY | {r['ready_s']:.2f} s | "
+        f"{floor['python_start_s']:.2f} s (`python -c pass`) |\n\n"
         f"- READY over all {starts['n']} daemon starts of this run (capacity trials included): "
         f"median {starts['median']:.2f} s, max {starts['max']:.2f} s.\n"
         f"- torch libraries mapped in the daemon (/proc/<pid>/maps): {torch}.\n"

@@ -102,7 +102,7 @@ def available_kinds() -> list[str]:
     """onnxruntime always; torch where the train extra is installed; tensorrt where usable."""
     import importlib.util
 
-    from streamclf.backends.tensorrt import probe_gpu
+    from streamclf.backends.trt_probe import probe_gpu
 
     kinds = ["onnxruntime"]
     if importlib.util.find_spec("torch") is not None:
@@ -205,8 +205,8 @@ def render_markdown(results: dict) -> str:
         wps = row["windows_per_s"]
         gflops_b8 = row.get("gflops", {}).get(8)
         lines.append(
-            f"| {row['engine']} | {row['device']} | {row['precision']} | {row['latency_ms_p50']:.2f} | "
-            f"{row['latency_ms_p99']:.2f} | "
+            f"| {row['engine']} | {row['device']} | {row['precision']} | "
+            f"{row['latency_ms_p50']:.2f} | {row['latency_ms_p99']:.2f} | "
             + " | ".join(f"{wps[b]:.0f}" if b in wps else "–" for b in BATCHES)
             + (
                 f" | {gflops_b8:.1f} | {100 * gflops_b8 / machine['sgemm_gflops']:.0f}%"

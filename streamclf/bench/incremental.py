@@ -114,7 +114,8 @@ def bench_incremental(
         before = incremental.counters.frames_computed, incremental.counters.windows
         ticks = stream_ticks(source, hop_frames=hop_frames, streams=streams, ticks=n_ticks + 1)
         seconds = time_alternating(runners, ticks)
-        computed = incremental.counters.frames_computed - before[0] - incremental.split.core_frames * streams
+        computed = (incremental.counters.frames_computed - before[0]
+                    - incremental.split.core_frames * streams)
         windows = incremental.counters.windows - before[1] - streams
         ms = {name: 1e3 * float(np.median(s)) / streams for name, s in seconds.items()}
         rows.append({

@@ -45,8 +45,8 @@ def bench_engine_section(ctx: Context) -> dict:
 def render_engine_section(r: dict) -> str:
     text = render_markdown(r)
     if "torch_model" in r:
-        text += ("\nThe torch engine builds only the four original models, so onnxruntime and torch "
-                 "side by side on one of them:\n\n"
+        text += ("\nThe torch engine builds only the four original models, so onnxruntime "
+                 "and torch side by side on one of them:\n\n"
                  + render_markdown(r["torch_model"]))
     floor = r["floor_ms_per_window"]
     if floor:

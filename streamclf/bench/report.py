@@ -89,7 +89,8 @@ def stream_audio(workdir: Path) -> Path:
 def machine() -> dict:
     import onnxruntime
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
+    return {"cpu": platform.processor() or platform.machine(),
+            "cores": len(os.sched_getaffinity(0)),
             "python": platform.python_version(), "numpy": np.__version__,
             "onnxruntime": onnxruntime.__version__, "load_at_start": os.getloadavg(),
             "model": MODEL, "incremental": DEFAULTS.incremental}
@@ -120,8 +121,9 @@ def render(report: dict) -> str:
     m = report["machine"]
     start, end = m["load_at_start"], m["load_at_end"]
     lines = [
-        (f"Measured with `{report['command']}` (`--json` for machines, `--write docs/benchmarks.md` "
-         f"writes this page) in {report['seconds']:.0f} s on {m['cpu']}, {m['cores']} cores, "
+        (f"Measured with `{report['command']}` (`--json` for machines, "
+         f"`--write docs/benchmarks.md` writes this page) in {report['seconds']:.0f} s on "
+         f"{m['cpu']}, {m['cores']} cores, "
          f"Python {m['python']}, numpy {m['numpy']}, onnxruntime {m['onnxruntime']}; model "
          f"`{m['model']}`, the daemon with the default config (incremental inference "
          f"{'on' if m['incremental'] else 'off'}) on the CPU engine. Load average "
@@ -132,7 +134,8 @@ def render(report: dict) -> str:
     ]
     for i, section in enumerate(SECTIONS, 1):
         lines += [f"## {i}. {section.title}", "", section.render(report[section.name])]
-    lines += ["## Targets (CPU engine)", "", "| target | measured | limit | |", "| --- | ---: | ---: | --- |"]
+    lines += ["## Targets (CPU engine)", "",
+              "| target | measured | limit | |", "| --- | ---: | ---: | --- |"]
     for name, verdict in report["checks"].items():
         op = "≤" if verdict.get("at_most") else "≥"
         lines.append(f"| {name} | {verdict['value']:.3g} | {op} {verdict['target']:.3g} | "

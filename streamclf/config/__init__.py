@@ -5,7 +5,8 @@ Every stage gets only its own section (`cfg.engine`, `cfg.framing`, `cfg.smoothi
 problem is a `ConfigError` whose one-line message names the key (`streams[1].device: expected an
 integer index or a name, got 3.5`); unknown keys are errors too, with a did-you-mean. The same
 validation runs for the file, for `default_config()` and for the command-line overrides, so a
-value that passes one passes all. Options are documented in docs/config.md and, with their defaults, in configs/default.toml.
+value that passes one passes all. Options are documented in docs/config.md and, with their
+defaults, in configs/default.toml.
 """
 
 from __future__ import annotations

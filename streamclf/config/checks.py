@@ -157,7 +157,8 @@ def _check_stream(s: StreamConfig, where: str) -> None:
              f"must be 1000..768000 Hz, got {s.stdin_rate}")
     _require(1 <= s.stdin_channels <= 64, f"{where}.stdin_channels",
              f"must be 1..64, got {s.stdin_channels}")
-    _require(s.source != "file" or bool(s.path), f"{where}.path", "is required for source = \"file\"")
+    _require(s.source != "file" or bool(s.path), f"{where}.path",
+             "is required for source = \"file\"")
     _require(s.source != "url" or bool(s.url), f"{where}.url", "is required for source = \"url\"")
     _require_keys_of_own_kind(s, "source", SOURCE_KEYS, where, owner="stream")
     _require(not (s.audio_boundaries and s.source == "url" and s.track_titles

@@ -93,7 +93,8 @@ def mel_filterbank(
 
 @functools.cache
 def hann_periodic(n_fft: int = N_FFT) -> np.ndarray:
-    """Periodic Hann window (``scipy.signal.get_window('hann', n, fftbins=True)``), float64 ``[n_fft]``."""
+    """Periodic Hann window (``scipy.signal.get_window('hann', n, fftbins=True)``), float64
+    ``[n_fft]``."""
     window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)
     window.flags.writeable = False
     return window
@@ -125,7 +126,8 @@ def frame_signal(x: np.ndarray, *, n_fft: int = N_FFT, hop_length: int = HOP_LEN
 
 
 def power_spectrum(frames: np.ndarray, *, n_fft: int = N_FFT) -> np.ndarray:
-    """|rfft(hann · frame)|² per frame: ``[n_frames, n_fft]`` → float32 ``[n_frames, 1 + n_fft//2]``.
+    """|rfft(hann · frame)|² per frame: ``[n_frames, n_fft]`` → float32
+    ``[n_frames, 1 + n_fft//2]``.
 
     The FFT runs in float64 as librosa's does (its float64 window promotes the frames); the
     complex64 storage librosa then uses is reproduced by the cast before squaring.

@@ -78,9 +78,10 @@ class Publisher:
         from zmq.auth.thread import ThreadAuthenticator
 
         curve = config.curve
-        public, secret = _load_keys(curve.server_secret_key_file, "feed.curve.server_secret_key_file")
+        key_option = "feed.curve.server_secret_key_file"
+        public, secret = _load_keys(curve.server_secret_key_file, key_option)
         if secret is None:
-            msg = f"feed.curve.server_secret_key_file: {curve.server_secret_key_file} has no secret key"
+            msg = f"{key_option}: {curve.server_secret_key_file} has no secret key"
             raise FeedError(msg)
         clients = curve.authorized_clients_dir
         if clients and not Path(clients).is_dir():

@@ -163,8 +163,9 @@ def format_message(message: Message) -> str:
         unknown = ""
         if message.candidates:
             unknown = " (" + ", ".join(f"{g}?" for g, _ in message.candidates) + ")"
-        return (f"{head} {message.genre:<14}{unknown} {message.confidence:.2f}  raw {message.raw_genre}"
-                f"  {message.level_dbfs:6.1f} dBFS  {message.latency_ms:5.0f} ms  [{top}]")
+        return (f"{head} {message.genre:<14}{unknown} {message.confidence:.2f}  "
+                f"raw {message.raw_genre}  {message.level_dbfs:6.1f} dBFS  "
+                f"{message.latency_ms:5.0f} ms  [{top}]")
     if isinstance(message, ChangeMessage):
         return (f"{head} change {message.previous or '-'} -> {message.genre} "
                 f"({message.confidence:.2f}) at {message.t1:.1f} s")

@@ -275,7 +275,8 @@ def state_from_onnx(model, path: Path) -> dict[str, object]:
 
 
 def load_torch_from_onnx(path: Path):
-    """The streamclf.models.musicnn port of the stock model `path` names, with the file's weights."""
+    """The streamclf.models.musicnn port of the stock model `path` names, with the file's
+    weights."""
     if path.stem not in ARCHITECTURES:
         msg = f"{path}: torch engine knows {', '.join(ARCHITECTURES)}, not '{path.stem}'"
         raise ModelError(msg)

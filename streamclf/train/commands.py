@@ -2,76 +2,38 @@
 
 `train_model` embeds every file once with the frozen stock model (cached), adds augmented
 copies of the training files, fits a head with early stopping on the validation split, and
-exports musicnn + head as one ONNX file with its card. `evaluate_model` runs that file through
-a runtime engine (no torch) on a split of a dataset and scores it per window (what the daemon
-publishes) and per file (mean of its windows), beside the zero-shot baseline of the stock
-model's own genre tags mapped onto the classes whose names match.
+exports musicnn + head as one ONNX file with its card. `run_evaluate_head` prints or writes
+what `streamclf.train.evaluation` scored.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import structlog
 
-from streamclf.backends.runner import load_engine
 from streamclf.errors import ConfigError
-from streamclf.evaluate import (
-    ALL_FILES,
-    Score,
-    Selection,
-    confusion_matrix,
-    decide,
-    per_class_prf,
-    plot_confusion,
-    render_confusion,
-    render_table,
-    select_files,
-    spread_windows,
-)
-from streamclf.features.mel import frames_for_seconds
-from streamclf.models.card import MODEL_NAMES, ModelCard, dataset_of, load_model_card
-from streamclf.models.taxonomy import VOCABULARIES, family_scores, zero_shot_family
+from streamclf.evaluate import plot_confusion, render_confusion, render_table
+from streamclf.models.card import MODEL_NAMES, ModelCard, load_model_card
 from streamclf.train.augment import AugmentConfig, draw
-from streamclf.train.datasets import Dataset, Item, assign_splits, load_dataset, summary
-from streamclf.train.features import EmbeddingCache, WindowOutputs, file_sha256
+from streamclf.train.datasets import SplitOptions, split_dataset, summary
+from streamclf.train.evaluation import evaluate_model, render_per_class
+from streamclf.train.features import (
+    SHA_PREFIX,
+    EmbeddingCache,
+    embedding_engine,
+    file_sha256,
+    window_hop_frames,
+)
 
 if TYPE_CHECKING:  # the trainer imports torch; evaluation must not
     from streamclf.train.trainer import TrainConfig
 
-log = structlog.get_logger(__name__)
-
 BASE_MODEL = "MSD_musicnn"  # the frozen backbone: its 200-d penultimate layer is the embedding
-SHA_PREFIX = 16  # hex digits of a file's sha256 recorded in the card (enough to spot reuse)
-
-
-@dataclass(frozen=True)
-class SplitOptions:
-    """How a dataset is split; recorded in the card so `evaluate` can split it the same way."""
-
-    val_share: float = 0.2
-    test_share: float = 0.2
-    seed: int = 0
-    use_given: bool = True
-
-
-def split_dataset(source: str | Path, options: SplitOptions) -> Dataset:
-    return assign_splits(
-        load_dataset(source),
-        val_share=options.val_share,
-        test_share=options.test_share,
-        seed=options.seed,
-        use_given=options.use_given,
-    )
-
-
-def _engine_for(card: ModelCard, kind: str | None):
-    return load_engine(card, kind=kind or "onnxruntime", max_batch=16)
 
 
 def train_model(
@@ -103,11 +65,12 @@ def train_model(
         msg = f"class {missing[0]!r} has no training file; add files or change the split"
         raise ConfigError(msg)
     if base_model not in MODEL_NAMES:
-        msg = f"--base: a head sits on one stock musicnn model ({', '.join(MODEL_NAMES)}), not {base_model!r}"
+        msg = (f"--base: a head sits on one stock musicnn model ({', '.join(MODEL_NAMES)}), "
+               f"not {base_model!r}")
         raise ConfigError(msg)
     base = load_model_card(base_model)
     cache = EmbeddingCache(
-        base, _engine_for(base, engine), hop_frames=_hop_frames(hop_s), root=cache_dir
+        base, embedding_engine(base, engine), hop_frames=window_hop_frames(hop_s), root=cache_dir
     )
     rng = np.random.default_rng(splits.seed)
     jobs = [(item, None) for item in dataset.items]
@@ -152,14 +115,6 @@ def train_model(
     return card, report
 
 
-def _hop_frames(hop_s: float) -> int:
-    hop = frames_for_seconds(hop_s)
-    if hop < 1:
-        msg = f"--hop: must be at least {1 / 62.5:.3f} s, got {hop_s}"
-        raise ConfigError(msg)
-    return hop
-
-
 def _window_accuracy(head, tracks) -> float:
     import torch
 
@@ -168,192 +123,6 @@ def _window_accuracy(head, tracks) -> float:
     x, y = single_windows(tracks)
     with torch.no_grad():
         return float((head(x).argmax(dim=1) == y).float().mean())
-
-
-# -- evaluation (no torch) --------------------------------------------------------------------
-
-
-def baseline_mapping(classes: tuple[str, ...], base: ModelCard) -> np.ndarray:
-    """float32 [C, n_tags]: the stock tags that vote for each class, matched by name.
-
-    A class named like a genre family (streamclf.models.taxonomy) gets that family's tags in
-    the base model's vocabulary; otherwise a tag of the same name (case-insensitive); otherwise
-    none, and the baseline can never predict it.
-    """
-    labels, family_tags = VOCABULARIES[dataset_of(base.name)]
-    lowered = [tag.lower() for tag in labels]
-    mapping = np.zeros((len(classes), len(labels)), np.float32)
-    for row, name in enumerate(classes):
-        key = name.lower()
-        tags = family_tags.get(key, (labels[lowered.index(key)],) if key in lowered else ())
-        for tag in tags:
-            mapping[row, labels.index(tag)] = 1.0
-    return mapping
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Scores of a custom model and its baseline on the selected files, per window and per file."""
-
-    classes: tuple[str, ...]
-    scores: list[Score]
-    mapped_classes: list[str]
-    selection: Selection
-    seen_in_training: int
-
-    @property
-    def files(self) -> int:
-        return len(self.selection.items)
-
-    def to_dict(self) -> dict[str, Any]:
-        rows = []
-        for score in self.scores:
-            p, r, f = per_class_prf(score.cm)
-            rows.append(
-                {
-                    **score.to_dict(self.classes),
-                    "per_class": {
-                        c: {
-                            "precision": float(p[i]),
-                            "recall": float(r[i]),
-                            "f1": float(f[i]),
-                            "support": int(score.cm[i].sum()),
-                        }
-                        for i, c in enumerate(self.classes)
-                    },
-                }
-            )
-        return {
-            "split": self.selection.split,
-            "files": self.files,
-            "unscored_files": self.selection.unscored,
-            "seen_in_training": self.seen_in_training,
-            "baseline_classes": self.mapped_classes,
-            "scores": rows,
-        }
-
-
-def _scores(
-    name: str,
-    probs: list[np.ndarray],
-    truth: np.ndarray,
-    n_classes: int,
-    reachable: np.ndarray | None = None,
-    threshold: float = 0.0,
-) -> list[Score]:
-    """Per-window and per-file scores of window probabilities, one array [n_i, C] per file;
-    "unknown" where the best probability is under `threshold` (a zero-shot baseline: none)."""
-
-    def pred(p: np.ndarray) -> np.ndarray:
-        if reachable is None:
-            return decide(p, threshold=threshold)
-        return zero_shot_family(p, mapping=reachable)
-
-    windows = np.concatenate(probs)
-    window_truth = np.repeat(truth, [len(p) for p in probs])
-    per_file = np.stack([p.mean(axis=0) for p in probs])
-    return [
-        Score(
-            f"{name} (windows)",
-            confusion_matrix(truth=window_truth, pred=pred(windows), n_classes=n_classes),
-            threshold=threshold,
-        ),
-        Score(
-            f"{name} (files)",
-            confusion_matrix(truth=truth, pred=pred(per_file), n_classes=n_classes),
-            threshold=threshold,
-        ),
-    ]
-
-
-def is_trained_head(model: str | Path) -> bool:
-    """True for a model exported by `streamclf train` (the CLI sends those to run_evaluate_head)."""
-    return "head" in load_model_card(model).document
-
-
-def evaluate_model(
-    model: str | Path,
-    source: str | Path,
-    *,
-    split: str | None = None,
-    engine: str | None = None,
-    cache_dir: str | Path | None = None,
-    threshold: float = 0.0,
-    max_windows: int | None = None,
-) -> Evaluation:
-    """Score a custom model on a dataset: every file of a folder it never trained on, else
-    `split` ("train", "val", "test" or "all"; default "test") split as the card records.
-
-    Files the model was trained or validated on are counted and logged; files of a class the
-    model does not have are left out and reported (`Selection`).
-    """
-    card = load_model_card(model)
-    training = card.document.get("training")
-    if not training:
-        msg = (
-            f"{card.name} is not a trained head (its card has no 'training'); for the stock "
-            "models use the genre-family evaluation"
-        )
-        raise ConfigError(msg)
-    dataset = load_dataset(source, min_classes=1)
-    seen = set(training.get("train_files_sha256", ()))
-    sha = {item.path: file_sha256(item.path)[:SHA_PREFIX] for item in dataset.items}
-    fitted_here = not seen.isdisjoint(sha.values())
-    if fitted_here or split not in (None, ALL_FILES):
-        options = SplitOptions(**training["splits"])
-        dataset = assign_splits(dataset, val_share=options.val_share,
-                                test_share=options.test_share, seed=options.seed,
-                                use_given=options.use_given)
-    selection = select_files(dataset, split=split, classes=card.labels, fitted_here=fitted_here)
-    items = selection.items
-    base = load_model_card(card.document["base_model"]["name"])
-    hop = _hop_frames(training.get("hop_s", 3.0))
-    custom_out = _outputs(card, items, engine=engine, hop=hop, cache_dir=cache_dir)
-    reused = sum(sha[item.path] in seen for item in items)
-    if reused:
-        log.warning("evaluated_on_training_files", files=reused, of=len(items))
-    truth = np.array([card.labels.index(item.label) for item in items])
-    n = len(card.labels)
-    picks = [spread_windows(len(o.tags), max_windows) for o in custom_out]
-    probs = [o.tags[pick] for o, pick in zip(custom_out, picks, strict=True)]
-    scores = _scores(card.name, probs, truth, n, threshold=threshold)
-    mapping = baseline_mapping(card.labels, base)
-    mapped = [c for c, row in zip(card.labels, mapping, strict=True) if row.any()]
-    if mapped:
-        base_out = _outputs(base, items, engine=engine, hop=hop, cache_dir=cache_dir)
-        zero_shot = [family_scores(tags=o.tags[pick], mapping=mapping)
-                     for o, pick in zip(base_out, picks, strict=True)]
-        scores += _scores(f"{base.name} zero-shot", zero_shot, truth, n, reachable=mapping)
-    return Evaluation(
-        classes=card.labels,
-        scores=scores,
-        mapped_classes=mapped,
-        selection=selection,
-        seen_in_training=reused,
-    )
-
-
-def _outputs(
-    card: ModelCard,
-    items: list[Item],
-    *,
-    engine: str | None,
-    hop: int,
-    cache_dir: str | Path | None,
-) -> list[WindowOutputs]:
-    cache = EmbeddingCache(card, _engine_for(card, engine), hop_frames=hop, root=cache_dir)
-    return cache.get_many([(item.path, None) for item in items], description=card.name)
-
-
-def render_per_class(score: Score, classes: tuple[str, ...]) -> str:
-    """A markdown table of precision, recall, F1 and support per class."""
-    p, r, f = per_class_prf(score.cm)
-    lines = ["| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
-    lines += [
-        f"| {c} | {p[i]:.3f} | {r[i]:.3f} | {f[i]:.3f} | {int(score.cm[i].sum())} |"
-        for i, c in enumerate(classes)
-    ]
-    return "\n".join(lines)
 
 
 # -- the CLI ----------------------------------------------------------------------------------

@@ -218,6 +218,26 @@ def assign_splits(
     return result
 
 
+@dataclass(frozen=True)
+class SplitOptions:
+    """How a dataset is split; recorded in the card so `evaluate` can split it the same way."""
+
+    val_share: float = 0.2
+    test_share: float = 0.2
+    seed: int = 0
+    use_given: bool = True
+
+
+def split_dataset(source: str | Path, options: SplitOptions) -> Dataset:
+    return assign_splits(
+        load_dataset(source),
+        val_share=options.val_share,
+        test_share=options.test_share,
+        seed=options.seed,
+        use_given=options.use_given,
+    )
+
+
 def warn_leaks(dataset: Dataset) -> dict[str, list[str]]:
     """Artists found in more than one split (a leak the CSV's own split made); logged, returned."""
     splits: dict[str, set[str]] = defaultdict(set)

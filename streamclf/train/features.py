@@ -23,9 +23,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from streamclf.backends.base import Engine, run_batched
-from streamclf.errors import AudioInputError
+from streamclf.backends.runner import load_engine
+from streamclf.errors import AudioInputError, ConfigError
 from streamclf.features.framer import LogMelFramer, load_mono_16k
-from streamclf.features.mel import N_MELS, WINDOW_FRAMES
+from streamclf.features.mel import N_MELS, WINDOW_FRAMES, frames_for_seconds
 from streamclf.models.card import ModelCard
 from streamclf.train.augment import Augmentation
 
@@ -33,6 +34,7 @@ log = structlog.get_logger(__name__)
 
 CACHE_VERSION = 1
 BATCH_WINDOWS = 16
+SHA_PREFIX = 16  # hex digits of a file's sha256 recorded in the card (enough to spot reuse)
 
 
 def default_cache_dir() -> Path:
@@ -58,12 +60,27 @@ def file_sha256(path: Path) -> str:
 
 
 def signal_windows(y: np.ndarray, *, hop_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """y float32 [n] at 16 kHz → (log-mel windows [N, 187, 96], start times [N]), as the daemon frames."""
+    """y float32 [n] at 16 kHz → (log-mel windows [N, 187, 96], start times [N]), as the daemon
+    frames."""
     framer = LogMelFramer(WINDOW_FRAMES, hop_frames)
     windows = [*framer.push(y), *framer.flush()]
     if not windows:
         return np.empty((0, WINDOW_FRAMES, N_MELS), np.float32), np.empty(0)
     return np.stack([w.frames for w in windows]), np.array([w.t_start_s for w in windows])
+
+
+def embedding_engine(card: ModelCard, kind: str | None) -> Engine:
+    """The engine that fills the cache for `card`: `kind`, ONNX Runtime when not given."""
+    return load_engine(card, kind=kind or "onnxruntime", max_batch=16)
+
+
+def window_hop_frames(hop_s: float) -> int:
+    """Frames between windows for `--hop` seconds (a card records it as `training.hop_s`)."""
+    hop = frames_for_seconds(hop_s)
+    if hop < 1:
+        msg = f"--hop: must be at least {1 / 62.5:.3f} s, got {hop_s}"
+        raise ConfigError(msg)
+    return hop
 
 
 class EmbeddingCache:

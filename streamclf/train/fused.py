@@ -107,7 +107,8 @@ def fit_calibration(*, mtt_scores: np.ndarray, msd_scores: np.ndarray, truth: np
         z = (a * x_mtt + b * x_msd + c)[:, keep]
         target = torch.cumsum(keep.long(), 0)[y] - 1  # index among the present families
         nll = nn.functional.cross_entropy(z, target, reduction="none")
-        loss = (sample_weight * nll).sum() + L2 * ((params[:2] - 1.0) ** 2 + params[2:] ** 2)[:, keep].sum()
+        penalty = ((params[:2] - 1.0) ** 2 + params[2:] ** 2)[:, keep].sum()
+        loss = (sample_weight * nll).sum() + L2 * penalty
         loss.backward()
         return loss
 
@@ -135,7 +136,8 @@ def fused_card(*, onnx_path: Path, calibration: dict, engines: Path, trained_on:
                validation: dict | None = None) -> dict:
     """The model card: the single models' input spec and licence, the families as labels, the
     families it may publish as genres (`validation` says how they were chosen)."""
-    parts = {n: json.loads((engines / f"{n}.json").read_text()) for n in ("MTT_musicnn", "MSD_musicnn")}
+    parts = {n: json.loads((engines / f"{n}.json").read_text())
+             for n in ("MTT_musicnn", "MSD_musicnn")}
     base = parts["MSD_musicnn"]
     document = {
         "schema": card.CARD_SCHEMA, "name": FUSED_MODEL, "architecture": "fused musicnn",
@@ -149,8 +151,10 @@ def fused_card(*, onnx_path: Path, calibration: dict, engines: Path, trained_on:
                      "description": "calibrated distribution over the genre families"},
             "embedding": {"dtype": "float32", "shape": ["batch", 400],
                           "description": "MTT_musicnn then MSD_musicnn penultimate layer"},
-            "mtt_tags": {"dtype": "float32", "shape": ["batch", 50], "labels": list(card.MTT_LABELS)},
-            "msd_tags": {"dtype": "float32", "shape": ["batch", 50], "labels": list(card.MSD_LABELS)},
+            "mtt_tags": {"dtype": "float32", "shape": ["batch", 50],
+                         "labels": list(card.MTT_LABELS)},
+            "msd_tags": {"dtype": "float32", "shape": ["batch", 50],
+                         "labels": list(card.MSD_LABELS)},
         },
         "labels": list(FAMILIES), "genres": list(genres),
         "taxonomy": {"MTT": MTT_FAMILY_TAGS, "MSD": MSD_FAMILY_TAGS},

@@ -297,7 +297,7 @@ def report_unseen_artists(
     """Score the model on its test split (artists it never heard), write `<model>.report.json`
     (what was used, skipped, trained and scored), and return the scores as a markdown table."""
     from streamclf.evaluate import render_table
-    from streamclf.train.commands import evaluate_model
+    from streamclf.train.evaluation import evaluate_model
 
     report_path = Path(model).with_suffix(".report.json")
     document: dict[str, Any] = {"library": scan.to_dict(), "training": training}

@@ -115,7 +115,8 @@ class WindowNet(nn.Module):
         self.model = model
         self.timbral, self.temporal = pool_first(model)
 
-    def forward(self, logmel: torch.Tensor, core: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, logmel: torch.Tensor,
+                core: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.model.input_bn(logmel.unsqueeze(1))  # [B, 1, 187, 96]
         padded = F.pad(x, (0, 0, CONTEXT_FRAMES, CONTEXT_FRAMES))
         span = 3 * CONTEXT_FRAMES  # the rows that produce the 3 edge frames of one side
@@ -139,7 +140,8 @@ class FusedWindowNet(nn.Module):
         self.fused = fused
         self.parts = nn.ModuleList([WindowNet(fused.mtt), WindowNet(fused.msd)])
 
-    def forward(self, logmel: torch.Tensor, core: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, logmel: torch.Tensor,
+                core: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.fused
         dim = core.shape[2] // 2
         (mtt_tags, mtt_emb), (msd_tags, msd_emb) = (
@@ -173,11 +175,14 @@ def load_source(name: str, engines_dir: Path) -> tuple[nn.Module, list[Musicnn]]
     return FusedMusicnn(*parts, **calibration, residual=residual).eval(), parts
 
 
-def export_split(model: nn.Module, parts: list[Musicnn], frame_path: Path, window_path: Path) -> None:
-    """Write the frame and window graphs of `model` (dynamic batch; dynamic frames for the first)."""
+def export_split(model: nn.Module, parts: list[Musicnn], frame_path: Path,
+                 window_path: Path) -> None:
+    """Write the frame and window graphs of `model` (dynamic batch; dynamic frames for the
+    first)."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", UserWarning)  # constant-folding notes
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter, as the importer's
+        # the TorchScript exporter, as the importer's
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             FrameNet(parts).eval(), (torch.zeros(2, 10 + 2 * CONTEXT_FRAMES, card.N_MELS),),
             str(frame_path), dynamo=False, opset_version=ONNX_OPSET,
