@@ -167,7 +167,8 @@ class Pipeline:
                 stream.titles.start()
         log.info("pipeline_started", streams=[s.stream_id for s in self.streams],
                  engine=self.runner.info.name, device=self.runner.info.device, model=self.card.name,
-                 unknown_threshold=smoothing.unknown_threshold,
+                 unknown_threshold=smoothing.unknown_threshold, published_genres=self.genres,
+                 genre_thresholds=thresholds or None,
                  endpoint=cfg.feed.endpoint if self.publish else None,
                  metrics_port=self.metrics.port if self.metrics else None)
 

@@ -30,7 +30,7 @@ from streamclf.train.select import (
     head,
     main,
 )
-from streamclf.train.ship import MIN_PUBLISHED, genre_thresholds, validate_card
+from streamclf.train.ship import MIN_PUBLISHED, genre_thresholds, nested_check, validate_card
 
 TRACKS_PER_FAMILY = 6
 WINDOWS_PER_TRACK = 8
@@ -219,7 +219,7 @@ class TestValidation:
         probs = np.concatenate([self.named("rock", [0.9] * 12 + [0.5] * 8),
                                 self.named("jazz", [0.3] * 10 + [0.2] * 5)])
         truth = np.array([rock] * 12 + [jazz] * 8 + [jazz] * 10 + [rock] * 5)
-        found = genre_thresholds(probs, truth, {"rock": 2, "jazz": 2})
+        found = genre_thresholds(probs, truth, {"rock": 2, "jazz": 2}, np.zeros(35, int))
         assert found["rock"] == {"threshold": 0.55, "precision": 1.0, "recall": round(12 / 17, 4)}
         assert found["jazz"]["threshold"] == 0.0
         assert found["jazz"]["precision"] == round(10 / 15, 4)
@@ -227,15 +227,42 @@ class TestValidation:
     def test_one_group_or_too_few_windows_is_never_published(self):
         rock = FAMILIES.index("rock")
         many = self.named("rock", [0.9] * 20)
-        assert genre_thresholds(many, np.full(20, rock), {"rock": 1}) == {}
+        assert genre_thresholds(many, np.full(20, rock), {"rock": 1}, np.zeros(20, int)) == {}
         few = self.named("rock", [0.9] * (MIN_PUBLISHED - 1))
-        assert genre_thresholds(few, np.full(len(few), rock), {"rock": 2}) == {}
+        assert genre_thresholds(few, np.full(len(few), rock), {"rock": 2},
+                                np.zeros(len(few), int)) == {}
 
     def test_a_family_never_right_enough_is_not_published(self):
         rock, jazz = FAMILIES.index("rock"), FAMILIES.index("jazz")
         probs = self.named("rock", np.linspace(0.2, 0.9, 30).tolist())
         truth = np.array([rock, jazz] * 15)
-        assert genre_thresholds(probs, truth, {"rock": 3, "jazz": 3}) == {}
+        assert genre_thresholds(probs, truth, {"rock": 3, "jazz": 3}, np.zeros(30, int)) == {}
+
+    def test_a_fold_where_the_family_fails_raises_its_threshold(self):
+        """Fold 0 names rock right at 0.9 (16 windows); fold 1 names it wrongly 6 times at 0.6:
+        14 of 20 overall (7 in 10) would pass, but fold 1 alone does not."""
+        rock, jazz = FAMILIES.index("rock"), FAMILIES.index("jazz")
+        probs = self.named("rock", [0.9] * 16 + [0.6] * 6 + [0.6] * 2)
+        truth = np.array([rock] * 14 + [jazz] * 2 + [jazz] * 6 + [rock] * 2)
+        fold = np.array([0] * 16 + [1] * 8)
+        found = genre_thresholds(probs, truth, {"rock": 2}, fold)
+        assert found["rock"]["threshold"] == 0.65  # fold 1 publishes nothing above 0.6
+        assert genre_thresholds(probs, truth, {"rock": 2}, np.zeros(24, int))["rock"][
+            "threshold"] == 0.0
+
+    def test_nested_check_chooses_without_the_fold_it_scores(self):
+        """Rock is right in folds 0 and 1 and wrong in fold 2. Chosen without fold 2, it is
+        published there, all wrong; chosen with fold 2 it fails there and is not published in
+        fold 0 or 1: the rule is judged on what it did not see."""
+        rock, jazz = FAMILIES.index("rock"), FAMILIES.index("jazz")
+        probs = self.named("rock", [0.9] * 36)
+        truth = np.array([rock] * 24 + [jazz] * 12)
+        fold = np.repeat([0, 1, 2], 12)
+        tracks = [Track(f"t{i}", "rock" if i < 2 else "jazz", f"p{i}", f"a{i}") for i in range(3)]
+        tracks.append(Track("t3", "rock", "p3", "a3"))
+        nested = nested_check(probs, truth, fold, tracks, [0, 1, 2, 0])
+        assert nested["published_share"] == pytest.approx(1 / 3, abs=1e-4)
+        assert nested["right"] == 0.0
 
     def test_validate_card_rewrites_only_what_it_publishes(self, rng, tmp_path):
         import json
@@ -246,8 +273,8 @@ class TestValidation:
         card = {"name": "fused_musicnn", "genres": list(FAMILIES),
                 "calibration": {"unknown_threshold": 0.35, "bias": [0.0]}}
         (tmp_path / "fused_musicnn.json").write_text(json.dumps(card))
-        validate_card(Result("today", oof=oof), windows, tracks, out=tmp_path, k=3,
-                      summary=[{"name": "today"}, {"name": "other"}])
+        validate_card(Result("today", oof=oof), windows, tracks, group_folds(tracks, k=3),
+                      out=tmp_path, summary=[{"name": "today"}, {"name": "other"}])
         written = json.loads((tmp_path / "fused_musicnn.json").read_text())
         assert written["genres"] == [f for f in FAMILIES if f in CLASSES]
         assert written["calibration"] == {"unknown_threshold": 0.35, "bias": [0.0],
@@ -294,8 +321,9 @@ class TestShipStaging:
                                 lambda *a, **kw: split_models(*a, **kw, fail=fail))
             result = Result("map", oof=softmax(rng.standard_normal((len(windows.truth),
                                                                      len(FAMILIES)))))
-            ship(result, HeadSpec(MUSICNN), windows, tracks, strength=1.0, out=tmp_path,
-                 dataset=tmp_path, summary=[], k=3, compared_with="today")
+            ship(result, HeadSpec(MUSICNN), windows, tracks, group_folds(tracks, k=3),
+                 strength=1.0, out=tmp_path, dataset=tmp_path, summary=[],
+                 compared_with="today")
         return run, tmp_path
 
     def test_a_failed_split_leaves_engines_unchanged(self, shipping):

@@ -307,7 +307,8 @@ def tracks_of(clips: Sequence[Clip]) -> list[Track]:
 
 
 def ship_winner(results: Sequence[Result], chosen: Sequence[Candidate], windows: Windows,
-                tracks: Sequence[Track], *, args: argparse.Namespace, summary: list[dict]) -> None:
+                tracks: Sequence[Track], folds: Sequence[int], *, args: argparse.Namespace,
+                summary: list[dict]) -> None:
     """Ship the best head if it beats today's calibration and its split graphs pass; else write
     today's validation into its card, so the default publishes only what it gets right."""
     shippable = [(r, c.spec) for r, c in zip(results, chosen, strict=True) if c.spec]
@@ -318,8 +319,8 @@ def ship_winner(results: Sequence[Result], chosen: Sequence[Candidate], windows:
         strength = choose_strength(spec, windows, tracks, rows if spec.augmented
                                    else clean(windows, rows))
         try:
-            document = ship(best, spec, windows, tracks, strength=strength, out=args.ship,
-                            dataset=args.dataset, summary=summary, k=args.k,
+            document = ship(best, spec, windows, tracks, folds, strength=strength,
+                            out=args.ship, dataset=args.dataset, summary=summary,
                             compared_with=TODAY)
         except StreamclfError as exc:  # e.g. split graphs that drift from the full one
             print(f"\nnot shipped ({best.name}): {exc}")
@@ -329,7 +330,7 @@ def ship_winner(results: Sequence[Result], chosen: Sequence[Candidate], windows:
     else:
         print(f"\nnot shipped: the best head ({best.name}) does not beat {TODAY} (higher mean "
               "macro-F1 and better on more folds than worse)")
-    document = validate_card(today, windows, tracks, out=args.ship, k=args.k, summary=summary)
+    document = validate_card(today, windows, tracks, folds, out=args.ship, summary=summary)
     print(f"{TODAY} stays, and now publishes {_published(document)}")
 
 
@@ -383,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             "folds": {t.id: f for t, f in zip(tracks, folds, strict=True)},
             "results": summary}, indent=1) + "\n")
     if args.ship:
-        ship_winner(results, chosen, windows, tracks, args=args, summary=summary)
+        ship_winner(results, chosen, windows, tracks, folds, args=args, summary=summary)
     return 0
 
 
