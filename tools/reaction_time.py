@@ -219,9 +219,11 @@ def parse_variant(text: str, base: SmoothingConfig) -> SmoothingConfig:
     return dataclasses.replace(base, **changes)
 
 
-def describe(smoothing: SmoothingConfig) -> str:
+def describe(smoothing: SmoothingConfig, thresholds: dict[str, float]) -> str:
+    threshold = ("the card's per genre" if thresholds
+                 else f"{smoothing.unknown_threshold:g}")
     return (f"tau {smoothing.time_constant_s:g} s, dwell {smoothing.min_dwell_s:g} s, "
-            f"margin {smoothing.switch_margin:g}, threshold {smoothing.unknown_threshold:g}")
+            f"margin {smoothing.switch_margin:g}, threshold {threshold}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         reactions = [measure(replay(j, smoothing, labels=card.labels, families=families,
                                     genres=genres, thresholds=thresholds),
                              j.t_end_s, join_s=j.join_s, old=j.old, new=j.new) for j in joins]
-        rows.append({"smoothing": dataclasses.asdict(smoothing), **summarise(reactions)})
+        rows.append({"smoothing": dataclasses.asdict(smoothing), "genre_thresholds": thresholds,
+                     **summarise(reactions)})
     if args.json:
         json.dump({**about, "results": rows}, sys.stdout, indent=1)
         print()
@@ -280,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
           "old genre held (median) | changes per join |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row, smoothing in zip(rows, variants, strict=True):
-        print(f"| {describe(smoothing)} | {row['median_s']:.1f} s | {row['p90_s']:.1f} s | "
+        print(f"| {describe(smoothing, row['genre_thresholds'])} | {row['median_s']:.1f} s | "
+              f"{row['p90_s']:.1f} s | "
               f"{row['never']} | {row['wrong']} | {row['old_held_median_s']:.1f} s | "
               f"{row['changes_mean']:.2f} |")
     return 0
