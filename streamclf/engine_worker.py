@@ -28,9 +28,9 @@ from streamclf.feed import messages
 from streamclf.feed.fanout import FeedFanout
 from streamclf.metrics import MetricsServer
 from streamclf.models.card import ModelCard
+from streamclf.streams import Stream
 
 log = structlog.get_logger(__name__)
-from streamclf.streams import Stream
 
 LATENCY_HISTORY = 512  # windows kept for the p50/p99 engine latency in status messages
 

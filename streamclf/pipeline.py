@@ -32,6 +32,7 @@ from streamclf.content import (
     TalkGate,
     VoiceActivity,
 )
+from streamclf.engine_worker import EngineWorker
 from streamclf.errors import ConfigError
 from streamclf.features.framer import LogMelFramer
 from streamclf.features.mel import WINDOW_FRAMES, frames_for_seconds
@@ -43,11 +44,10 @@ from streamclf.metrics import MetricsServer
 from streamclf.models.card import ModelCard, genre_vocabulary, load_model_card
 from streamclf.outputs import Outputs
 from streamclf.smoothing import Smoother
+from streamclf.streams import STALL_S, Stream, StreamWorker, WindowQueue
 from streamclf.tracks import TrackSegmenter
 
 log = structlog.get_logger(__name__)
-from streamclf.engine_worker import EngineWorker
-from streamclf.streams import STALL_S, Stream, StreamWorker, WindowQueue
 
 VIEW_QUEUE_MESSAGES = 256  # messages buffered for the live view before the oldest are dropped
 
