@@ -18,6 +18,7 @@ from streamclf.smoothing import SILENCE, UNKNOWN
 CLIPS = REPO / "datasets" / "genres" / "clips"
 # electronic, then classical: the change after which the feed announced "electronic" at 0.08
 JOINED = ["electronic/nexuiz-neuronal-diving", "classical/wesnoth-knolls"]
+MIN_HELD_S = 3.0  # shortest a published genre (or unknown) may last between two changes
 
 
 def genre_messages(tmp_path: Path) -> list[dict]:
@@ -36,14 +37,22 @@ def genre_messages(tmp_path: Path) -> list[dict]:
     return genres
 
 
-def test_changes_publish_no_genre_under_the_threshold_and_do_not_flip(tmp_path):
-    card_threshold = load_model_card().unknown_threshold
-    threshold = default_config().smoothing.with_card_threshold(card_threshold).unknown_threshold
+def test_changes_publish_no_genre_under_its_threshold_and_do_not_flip(tmp_path):
+    """No genre under its own threshold (the card's, per genre), none the card does not
+    validate, and no flapping: the fault was a change every window (`electronic > unknown >
+    electronic`, 1 s apart); a genre whose score stays under its threshold for a while may
+    turn `unknown` and come back, but each published state holds for several windows."""
+    card = load_model_card()
+    fallback = default_config().smoothing.with_card_threshold(card.unknown_threshold)
+    thresholds = {g: card.genre_thresholds.get(g, fallback.unknown_threshold) for g in card.genres}
     messages = genre_messages(tmp_path)
-    under = [(m["t1"], m["genre"], round(m["confidence"], 2)) for m in messages
-             if m["genre"] not in (UNKNOWN, SILENCE) and m["confidence"] < threshold]
+    published = [m for m in messages if m["genre"] not in (UNKNOWN, SILENCE)]
+    assert {m["genre"] for m in published} <= set(card.genres)
+    under = [(m["t1"], m["genre"], round(m["confidence"], 2)) for m in published
+             if m["confidence"] < thresholds[m["genre"]]]
     assert under == []
-    published = [m["genre"] for m in messages]
-    changes = [(m["t1"], m["genre"]) for m, before in zip(messages[1:], published, strict=False)
-               if m["genre"] != before]
-    assert len(changes) <= 2 * (len(JOINED) - 1), changes  # each join: old > unknown > new at most
+    changes = [(m["t1"], m["genre"]) for m, before in zip(messages[1:], messages, strict=False)
+               if m["genre"] != before["genre"]]
+    held_s = np.diff([t for t, _ in changes])
+    assert (held_s >= MIN_HELD_S).all(), changes
+    assert changes[-1][1] == "classical", changes  # the new music's family, published at last
