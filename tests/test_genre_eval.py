@@ -264,6 +264,13 @@ class TestFusedModel:
             mtt_scores=family_scores(tags=fused["mtt_tags"], mapping=vocabulary_matrix("MTT")),
             msd_scores=family_scores(tags=fused["msd_tags"], mapping=vocabulary_matrix("MSD")),
             **params)
+        residual = calibration.get("residual")
+        if residual:  # a head on the embeddings (MTT's 200 then MSD's): its logits add to these
+            assert residual["input"] == "embedding"
+            x = (fused["embedding"] - np.asarray(residual["mean"])) / np.asarray(residual["scale"])
+            z = np.log(want) + x @ np.asarray(residual["weight"]).T
+            want = np.exp(z - z.max(axis=1, keepdims=True))
+            want /= want.sum(axis=1, keepdims=True)
         np.testing.assert_allclose(fused["tags"], want, atol=1e-4)
 
     def test_fused_beats_each_single_model_on_held_out_clips(self, test_windows, fused_outputs):

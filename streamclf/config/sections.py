@@ -53,7 +53,7 @@ class FramingConfig:
 
 @dataclass(frozen=True)
 class SmoothingConfig:
-    time_constant_s: float = 2.0  # these three: tools/reaction_time.py, docs/live-genre.md
+    time_constant_s: float = 1.5  # these three: tools/reaction_time.py, docs/live-genre.md
     switch_margin: float = 0.05
     min_dwell_s: float = 0.0
     silence_dbfs: float = -55.0

@@ -44,7 +44,11 @@ log = structlog.get_logger(__name__)
 CONTEXT_FRAMES = 3  # timbral receptive field 7 = 3 + 1 + 3
 CORE_FRAMES = card.WINDOW_FRAMES - 2 * CONTEXT_FRAMES  # 181 frames whose features are reusable
 SPLIT_DIR = card.ENGINES_DIR / "split"
-SPLIT_TOLERANCE = 1e-5
+# Largest |split − full| per output. A fused head weighs all 400 embedding values into each
+# family probability, so their float32 rounding (≤ 1.2e-6 each, docs/incremental.md) adds up
+# to ~2e-5 there; 1e-4 is the project's fp32 tolerance across engines and 500× below the
+# 0.05 steps of any genre threshold. The embedding itself is held to 1e-5.
+SPLIT_TOLERANCE = {"tags": 1e-4, "embedding": 1e-5}
 SPLIT_SCHEMA = 1
 FUSED = "fused_musicnn"
 SPLITTABLE = ("MTT_musicnn", "MSD_musicnn", FUSED)
@@ -214,15 +218,16 @@ def split_predict(frame_path: Path, window_path: Path, logmel: np.ndarray) -> li
     return window.run(list(card.OUTPUT_NAMES), {"logmel": logmel, "core": core})
 
 
-def check_split(full_path: Path, frame_path: Path, window_path: Path) -> float:
-    """Largest |split − full| over tags and embedding on the importer's parity batch, in ORT."""
+def check_split(full_path: Path, frame_path: Path, window_path: Path) -> dict[str, float]:
+    """Largest |split − full| of each output on the importer's parity batch, in ORT."""
     import onnxruntime as ort
 
     logmel = parity_batch()
     full = ort.InferenceSession(str(full_path), providers=["CPUExecutionProvider"])
     want = full.run(list(card.OUTPUT_NAMES), {card.INPUT_NAME: logmel})
     got = split_predict(frame_path, window_path, logmel)
-    return max(float(np.abs(g - w).max()) for g, w in zip(got, want, strict=True))
+    return {name: float(np.abs(g - w).max())
+            for name, g, w in zip(card.OUTPUT_NAMES, got, want, strict=True)}
 
 
 def split_models(names: list[str] | None = None, *, out_dir: Path = SPLIT_DIR,
@@ -243,9 +248,11 @@ def split_models(names: list[str] | None = None, *, out_dir: Path = SPLIT_DIR,
         model, parts = load_source(name, engines_dir)
         frame_path, window_path = out_dir / f"{name}.frame.onnx", out_dir / f"{name}.window.onnx"
         export_split(model, parts, frame_path, window_path)
-        error = check_split(full_path, frame_path, window_path)
-        if error > SPLIT_TOLERANCE:
-            msg = f"{name}: split graphs differ from {full_path.name} by {error:.2g}"
+        errors = check_split(full_path, frame_path, window_path)
+        over = [f"{output} by {error:.2g} (limit {SPLIT_TOLERANCE[output]:g})"
+                for output, error in errors.items() if error > SPLIT_TOLERANCE[output]]
+        if over:
+            msg = f"{name}: split graphs differ from {full_path.name}: {', '.join(over)}"
             raise ModelError(msg)
         document = {
             "schema": SPLIT_SCHEMA,
@@ -256,11 +263,11 @@ def split_models(names: list[str] | None = None, *, out_dir: Path = SPLIT_DIR,
             "context_frames": CONTEXT_FRAMES,
             "core_frames": CORE_FRAMES,
             "timbral_dim": timbral_dim(parts),
-            "split_vs_full_max_abs": error,
+            "split_vs_full_max_abs": errors,
         }
         card_path = out_dir / f"{name}.json"
         card_path.write_text(json.dumps(document, indent=2) + "\n")
-        log.info("model_split", model=name, max_abs=error,
+        log.info("model_split", model=name, max_abs=errors,
                  frame_bytes=frame_path.stat().st_size, window_bytes=window_path.stat().st_size)
         cards.append(card_path)
     return cards
