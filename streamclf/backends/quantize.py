@@ -56,16 +56,19 @@ def int8_dot_product(flags: Iterable[str]) -> str | None:
 
 
 def choose_cpu_precision(setting: str, flags: Iterable[str]) -> tuple[str, str]:
-    """(precision, reason) of the ONNX Runtime runner: "auto" takes int8 only where the CPU
-    has int8 dot products, since without them int8 was not faster (docs/engines.md)."""
+    """(precision, reason) of the ONNX Runtime runner: "auto" takes int8 only where the CPU has
+    AMX. Without int8 dot products int8 was not faster, and with AVX-512 VNNI it was slower
+    (0.55× fp32 on an AMD EPYC: docs/engines.md); AMX is not measured yet."""
     if setting not in CPU_PRECISIONS:
         msg = f"cpu precision must be one of {', '.join(CPU_PRECISIONS)}, not {setting!r}"
         raise ValueError(msg)
     if setting != "auto":
         return setting, f"cpu_precision = {setting}"
     found = int8_dot_product(flags)
-    if found:
+    if found == "amx_int8":
         return "int8", f"auto: the CPU has {found}"
+    if found:
+        return "fp32", f"auto: {found} only (int8 measured slower than fp32 with VNNI)"
     return "fp32", f"auto: no int8 dot product on this CPU (none of {', '.join(INT8_DOT_FLAGS)})"
 
 
