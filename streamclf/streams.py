@@ -36,6 +36,9 @@ log = structlog.get_logger(__name__)
 
 MAX_IDLE_S = 0.25  # the longest a stream worker sleeps before looking at its ring again
 READ_S = 0.5  # the most audio a stream worker takes from its ring in one pass
+# A window's `arrival` is that of the newest frame read with its last one: a pass reads past
+# the next window's audio by at most this much, so that latency_ms stays true under a backlog.
+ARRIVAL_SLACK_S = 0.05
 STALL_S = 5.0  # a thread (engine, stream worker, source reader) silent this long counts as stuck
 
 
@@ -163,10 +166,11 @@ class StreamWorker(threading.Thread):
         super().__init__(name=f"stream-{stream.stream_id}", daemon=True)
         self._stream = stream
         self._stopping = stop
-        # Whatever the ring holds, up to READ_S, in one pass: each pass through the stages costs
-        # Python calls whatever its length.
+        # Up to READ_S in one pass: each pass through the stages costs Python calls whatever
+        # its length.
         block_frames = math.ceil(READ_S * stream.resampler.in_rate)
         self._block = np.zeros((block_frames, stream.ring.channels), dtype=np.float32)
+        self._slack_frames = math.ceil(ARRIVAL_SLACK_S * stream.resampler.in_rate)
 
     def _frames_to_next_window(self) -> int:
         """Source frames the next window needs at least: its 16 kHz samples still to come, less
@@ -179,12 +183,13 @@ class StreamWorker(threading.Thread):
     def run(self) -> None:
         stream = self._stream
         while not self._stopping.is_set():
-            n, arrival = stream.ring.read(self._block)
+            needed = self._frames_to_next_window()
+            n, arrival = stream.ring.read(self._block[: max(needed, self._slack_frames)])
             stream.worker_beat = time.monotonic()
             if n == 0:
                 if stream.source.state in ("ended", "failed"):
                     break
-                stream.ring.wait_for(self._frames_to_next_window(), MAX_IDLE_S)
+                stream.ring.wait_for(needed, MAX_IDLE_S)
                 continue
             stream.audio_at = stream.worker_beat
             if stream.ring.gap:
