@@ -157,8 +157,7 @@ class Pipeline:
             music_evidence=music_evidence)
         self._workers = [self._engine_worker]
         for stream in self.streams:
-            block_frames = max(1024, stream.source.sample_rate // 20)
-            self._workers.append(StreamWorker(stream, self.stop_event, block_frames))
+            self._workers.append(StreamWorker(stream, self.stop_event))
         for worker in self._workers:
             worker.start()
         for stream in self.streams:
@@ -180,6 +179,8 @@ class Pipeline:
             if stream.titles is not None:
                 stream.titles.stop()
         self.stop_event.set()
+        for stream in self.streams:
+            stream.ring.wake()
         if self.runner is not None:
             self.runner.interrupt()  # the worker's call in progress ends now, not in seconds
         with self.ready:

@@ -8,6 +8,7 @@ every stage of one stream and the one reset protocol across a gap in its audio.
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,8 +34,11 @@ from streamclf.tracks import TrackSegmenter
 
 log = structlog.get_logger(__name__)
 
-POLL_S = 0.01  # how often an empty ring is looked at once the next window's audio is due
 MAX_IDLE_S = 0.25  # the longest a stream worker sleeps before looking at its ring again
+READ_S = 0.5  # the most audio a stream worker takes from its ring in one pass
+# A window's `arrival` is that of the newest frame read with its last one: a pass reads past
+# the next window's audio by at most this much, so that latency_ms stays true under a backlog.
+ARRIVAL_SLACK_S = 0.05
 STALL_S = 5.0  # a thread (engine, stream worker, source reader) silent this long counts as stuck
 
 
@@ -158,26 +162,34 @@ class Stream:
 class StreamWorker(threading.Thread):
     """Ring → resampler → framer → window queue, for one stream; ends when its source ends."""
 
-    def __init__(self, stream: Stream, stop: threading.Event, block_frames: int) -> None:
+    def __init__(self, stream: Stream, stop: threading.Event) -> None:
         super().__init__(name=f"stream-{stream.stream_id}", daemon=True)
         self._stream = stream
         self._stopping = stop
+        # Up to READ_S in one pass: each pass through the stages costs Python calls whatever
+        # its length.
+        block_frames = math.ceil(READ_S * stream.resampler.in_rate)
         self._block = np.zeros((block_frames, stream.ring.channels), dtype=np.float32)
+        self._slack_frames = math.ceil(ARRIVAL_SLACK_S * stream.resampler.in_rate)
 
-    def _idle_s(self) -> float:
-        """Sleep until the next window's audio is due, then poll: few wake-ups, no added latency."""
-        due_s = self._stream.framer.samples_to_next_window() / SAMPLE_RATE_HZ
-        return min(MAX_IDLE_S, max(POLL_S, due_s - POLL_S))
+    def _frames_to_next_window(self) -> int:
+        """Source frames the next window needs at least: its 16 kHz samples still to come, less
+        those the resampler already holds, at the source's rate. Never more than it needs, so
+        waking on them adds no latency; a wake-up too early costs one more pass."""
+        stream = self._stream
+        samples = stream.framer.samples_to_next_window() - stream.resampler.held_samples()
+        return max(1, math.ceil(samples * stream.resampler.in_rate / SAMPLE_RATE_HZ))
 
     def run(self) -> None:
         stream = self._stream
         while not self._stopping.is_set():
-            n, arrival = stream.ring.read(self._block)
+            needed = self._frames_to_next_window()
+            n, arrival = stream.ring.read(self._block[: max(needed, self._slack_frames)])
             stream.worker_beat = time.monotonic()
             if n == 0:
                 if stream.source.state in ("ended", "failed"):
                     break
-                self._stopping.wait(self._idle_s())
+                stream.ring.wait_for(needed, MAX_IDLE_S)
                 continue
             stream.audio_at = stream.worker_beat
             if stream.ring.gap:

@@ -55,6 +55,17 @@ class TestMixing:
         r.reset()
         np.testing.assert_array_equal(stream(r, x, 4096), stream(Resampler(22050, 1), x, 4096))
 
+    @pytest.mark.parametrize("rate", [16000, 44100, 48000])
+    def test_held_samples_are_what_the_input_still_gives(self, rng, rate):
+        """What a stream worker counts on to wake when a window's audio is in: the samples
+        given so far plus those held are the input's length at 16 kHz."""
+        r = Resampler(rate, 2)
+        given = pushed = 0
+        for size in rng.integers(1, 5000, size=40):
+            given += r.push(rng.uniform(-1, 1, size=(size, 2)).astype(np.float32)).shape[0]
+            pushed += size
+            assert given + r.held_samples() == pytest.approx(pushed * 16000 / rate, abs=1e-6)
+
     @pytest.mark.parametrize("mix", [2, -1, "left"])
     def test_invalid_mix(self, mix):
         with pytest.raises(ValueError, match="mix must be"):

@@ -150,3 +150,43 @@ class TestConcurrency:
         producer.join()
         assert last == total - 1
         assert got + ring.overrun_samples == total
+
+
+class TestWaitFor:
+    """The reader sleeps until the frames it needs were written, not by polling a clock."""
+
+    def test_woken_by_the_write_that_reaches_the_frames(self):
+        ring = RingBuffer(1000, 1)
+        ring.write(ramp(0, 10, channels=1))  # written before the wait: counts towards it
+
+        def write_later() -> None:
+            time.sleep(0.05)
+            ring.write(ramp(10, 5, channels=1))  # 15 of 20: no wake-up
+            time.sleep(0.05)
+            ring.write(ramp(15, 5, channels=1))  # 20: wakes the reader
+
+        writer = threading.Thread(target=write_later)
+        started = time.monotonic()
+        writer.start()
+        ring.wait_for(20, timeout_s=5.0)
+        waited = time.monotonic() - started
+        writer.join()
+        assert 0.09 <= waited < 2.0
+        assert ring.available == 20
+
+    def test_frames_already_there_do_not_wait(self):
+        ring = RingBuffer(100, 1)
+        ring.write(ramp(0, 8, channels=1))
+        started = time.monotonic()
+        ring.wait_for(8, timeout_s=5.0)
+        assert time.monotonic() - started < 0.5
+
+    def test_times_out_and_wake_ends_it(self):
+        ring = RingBuffer(100, 1)
+        started = time.monotonic()
+        ring.wait_for(1, timeout_s=0.05)
+        assert 0.04 <= time.monotonic() - started < 1.0
+        threading.Timer(0.05, ring.wake).start()
+        started = time.monotonic()
+        ring.wait_for(1, timeout_s=5.0)
+        assert time.monotonic() - started < 2.0

@@ -60,6 +60,10 @@ class Resampler:
             return mono
         return self._stream.resample_chunk(mono)
 
+    def held_samples(self) -> float:
+        """16 kHz samples that the input pushed so far will still give (soxr emits in bursts)."""
+        return 0.0 if self._stream is None else self._stream.delay()
+
     def flush(self) -> np.ndarray:
         """The samples soxr still holds; the stream is then ready for a new input."""
         if self._stream is None:
