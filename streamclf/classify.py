@@ -25,11 +25,12 @@ from rich.progress import (
 
 from streamclf.audio.files import AUDIO_SUFFIXES, audio_files
 from streamclf.backends.runner import WindowRunner, load_runner
-from streamclf.config.sections import DEFAULT_UNKNOWN_THRESHOLD
+from streamclf.config import SmoothingConfig
 from streamclf.errors import AudioInputError, ConfigError
 from streamclf.features.framer import stream_file_windows
 from streamclf.features.mel import WINDOW_FRAMES, frames_for_seconds
 from streamclf.models.card import DEFAULT_MODEL, ModelCard, genre_vocabulary, load_model_card
+from streamclf.smoothing import card_thresholds
 
 log = structlog.get_logger(__name__)
 
@@ -105,16 +106,16 @@ def audio_paths(paths: list[Path]) -> list[Path]:
 
 def is_confident(genre: str, confidence: float, card: ModelCard,
                  published: tuple[str, ...]) -> bool:
-    """Whether the live feed would publish this genre at this probability: it is one the model
-    may publish (its card's validated genres, or those chosen) and reaches its threshold."""
-    default = card.unknown_threshold
-    threshold = card.genre_thresholds.get(
-        genre, DEFAULT_UNKNOWN_THRESHOLD if default is None else default)
-    return genre in published and confidence >= threshold
+    """Whether the live feed (default smoothing) would publish this genre at this probability:
+    it is one the model may publish (its card's validated genres, or those chosen) and
+    reaches its threshold."""
+    smoothing, thresholds = card_thresholds(SmoothingConfig(), card)
+    return (genre in published
+            and confidence >= thresholds.get(genre, smoothing.unknown_threshold))
 
 
 def to_json(result: FileTags, card: ModelCard, genres: tuple[str, ...], *, top_k: int,
-            published: tuple[str, ...] | None = None) -> dict:
+            published: tuple[str, ...]) -> dict:
     """`genres`: what the decision picks among; `published`: those it may call confident."""
     summary = result.summary()
     genre, confidence = top_genre(summary, card, genres)
@@ -133,8 +134,7 @@ def to_json(result: FileTags, card: ModelCard, genres: tuple[str, ...], *, top_k
             "windows": len(result.tags),
             "genre": genre,
             "confidence": round(confidence, 6),
-            "confident": is_confident(genre, confidence, card,
-                                      genres if published is None else published),
+            "confident": is_confident(genre, confidence, card, published),
             "top": _top(summary, card.labels, top_k),
         },
     }
@@ -200,8 +200,7 @@ def run(args) -> int:
         raise ConfigError(msg)
     card = load_model_card(args.model or DEFAULT_MODEL)
     chosen = tuple(g.strip() for g in args.genres.split(",") if g.strip()) if args.genres else ()
-    genres = genre_vocabulary(card, chosen, key="--genres")
-    families = chosen or card.families
+    families, genres = genre_vocabulary(card, chosen, key="--genres")
     files = audio_paths(args.files)
     runner = load_runner(card, args.engine or "auto", hop_frames=hop_frames,
                          max_batch=BATCH_WINDOWS, cpu_precision=args.cpu_precision or "fp32")

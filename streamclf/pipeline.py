@@ -43,7 +43,7 @@ from streamclf.loudness import LoudnessMeter
 from streamclf.metrics import MetricsServer
 from streamclf.models.card import ModelCard, genre_vocabulary, load_model_card
 from streamclf.outputs import Outputs
-from streamclf.smoothing import Smoother
+from streamclf.smoothing import Smoother, card_thresholds
 from streamclf.streams import STALL_S, Stream, StreamWorker, WindowQueue
 from streamclf.tracks import TrackSegmenter
 
@@ -84,10 +84,8 @@ class Pipeline:
         """Load the engine, bind the feed, open the sources, then start the threads."""
         cfg = self.config
         self.card = load_model_card(cfg.engine.model)
-        self.genres = genre_vocabulary(self.card, cfg.engine.genres)
-        self.families = cfg.engine.genres or self.card.families
-        smoothing = cfg.smoothing.with_card_threshold(self.card.unknown_threshold)
-        thresholds = self._genre_thresholds(cfg)
+        self.families, self.genres = genre_vocabulary(self.card, cfg.engine.genres)
+        smoothing, thresholds = card_thresholds(cfg.smoothing, self.card)
         hop_frames = frames_for_seconds(cfg.framing.hop_s)
         for i, spec in enumerate(cfg.streams):
             if spec.audio_boundaries and detector_for(self.card.name) is None:
@@ -205,23 +203,14 @@ class Pipeline:
     def reload(self, config: Config) -> None:
         """Apply a reloaded config (`config.split_reload`): smoothing, alarms and per-message feed
         options; sources and engine stay as they are."""
-        smoothing = config.smoothing.with_card_threshold(
-            self.card.unknown_threshold if self.card else None)
-        thresholds = self._genre_thresholds(config)
-        for stream in self.streams:
-            stream.smoother.reconfigure(smoothing, thresholds)
+        for stream in self.streams:  # streams exist once start() has loaded the card
+            stream.smoother.reconfigure(*card_thresholds(config.smoothing, self.card))
             stream.health.reconfigure(config.alarms)
             if stream.levels is not None:
                 stream.levels.alarms.reconfigure(config.alarms)
         if self._engine_worker is not None:
             self._engine_worker.feed_config = config.feed
         self.config = config
-
-    def _genre_thresholds(self, config: Config) -> dict[str, float]:
-        """The card's per-genre thresholds, unless the config sets one threshold for all."""
-        if self.card is None or config.smoothing.unknown_threshold is not None:
-            return {}
-        return self.card.genre_thresholds
 
     def status_line(self) -> str:
         """The current genre of each stream (or what is stuck), for systemd's STATUS= line."""

@@ -34,6 +34,7 @@ import numpy as np
 
 from streamclf.config import SmoothingConfig
 from streamclf.errors import ModelError
+from streamclf.models.card import ModelCard
 
 SILENCE = "silence"
 UNKNOWN = "unknown"
@@ -120,6 +121,15 @@ class ConfidenceGate:
             if t_s - self._since_s >= self.dwell_s:
                 self.open, self._since_s = True, None
         return self.open
+
+
+def card_thresholds(config: SmoothingConfig,
+                    card: ModelCard) -> tuple[SmoothingConfig, dict[str, float]]:
+    """The smoothing to run with `card`'s model and each published genre's own threshold: a
+    threshold set in the config holds for every genre; else the card's per genre, and its
+    single one (or the default) for the rest (docs/config.md)."""
+    resolved = config.with_card_threshold(card.unknown_threshold)
+    return resolved, {} if config.unknown_threshold is not None else card.genre_thresholds
 
 
 class Smoother:

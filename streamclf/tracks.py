@@ -2,9 +2,10 @@
 
 A station thinks in tracks, not windows. `TrackSegmenter` follows one stream: `push` adds a
 window's genre probabilities to the open track, `boundary` closes it and opens the next. The
-track's genre is the arg-max of its windows' mean genre probabilities (silent windows left out),
-its confidence that mean: the whole track votes, not the last window. The pipeline resets the
-smoother at each boundary, so the new track's published genre is not dragged by the old one's.
+track's genre is the arg-max of its windows' mean genre probabilities (silent windows left out;
+"unknown" where that family is not among the published genres), its confidence that mean:
+the whole track votes, not the last window. The pipeline resets the smoother at each boundary,
+so the new track's published genre is not dragged by the old one's.
 
 A boundary may come late: a title arrives while the windows that straddle it are already
 counted, and the audio detector (`streamclf.boundaries`) decides a boundary a dozen windows

@@ -35,6 +35,7 @@ class TestClassify:
             assert probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs)
         # The clip is a rock track (hedgewars "Rock.ogg"); every stock model agrees.
         assert entry["summary"]["genre"] == "rock"
+        assert entry["summary"]["confident"] is True  # a validated genre, over its threshold
         assert entry["summary"]["windows"] == CLIP_WINDOWS_HOP_3
 
     def test_daemon_hop_gives_overlapping_windows(self):
@@ -136,6 +137,17 @@ class TestGenreVocabulary:
         assert {w["genre"] for w in entry["windows"]} <= {"jazz", "metal", "pop"}
         assert entry["summary"]["genre"] in {"jazz", "metal", "pop"}
         assert entry["summary"]["top"][0][0] == "rock"  # every tag stays available
+
+    def test_confident_only_for_a_published_genre_over_its_threshold(self):
+        """The default publishes rock at >= 0.35 and never jazz (its card)."""
+        from streamclf.classify import is_confident
+        from streamclf.models.card import load_model_card
+
+        card = load_model_card()
+        threshold = card.genre_thresholds["rock"]
+        assert is_confident("rock", threshold, card, card.genres)
+        assert not is_confident("rock", threshold - 0.01, card, card.genres)
+        assert "jazz" not in card.genres and not is_confident("jazz", 0.99, card, card.genres)
 
     def test_unknown_genre(self):
         proc = run_cli("classify", str(CLIP), "--model", "MSD_musicnn", "--genres", "classical")

@@ -13,7 +13,7 @@ from e2e_helpers import REPO, run_cli
 
 from streamclf.config import default_config
 from streamclf.models.card import load_model_card
-from streamclf.smoothing import SILENCE, UNKNOWN
+from streamclf.smoothing import SILENCE, UNKNOWN, card_thresholds
 
 CLIPS = REPO / "datasets" / "genres" / "clips"
 # electronic, then classical: the change after which the feed announced "electronic" at 0.08
@@ -43,8 +43,8 @@ def test_changes_publish_no_genre_under_its_threshold_and_do_not_flip(tmp_path):
     electronic`, 1 s apart); a genre whose score stays under its threshold for a while may
     turn `unknown` and come back, but each published state holds for several windows."""
     card = load_model_card()
-    fallback = default_config().smoothing.with_card_threshold(card.unknown_threshold)
-    thresholds = {g: card.genre_thresholds.get(g, fallback.unknown_threshold) for g in card.genres}
+    smoothing, own = card_thresholds(default_config().smoothing, card)
+    thresholds = {g: own.get(g, smoothing.unknown_threshold) for g in card.genres}
     messages = genre_messages(tmp_path)
     published = [m for m in messages if m["genre"] not in (UNKNOWN, SILENCE)]
     assert {m["genre"] for m in published} <= set(card.genres)

@@ -42,8 +42,8 @@ from streamclf.errors import ConfigError, StreamclfError
 from streamclf.evaluate import load_manifest
 from streamclf.features.framer import LogMelFramer, Window, load_mono_16k
 from streamclf.features.mel import SAMPLE_RATE_HZ, WINDOW_FRAMES, frames_for_seconds
-from streamclf.models.card import ModelCard, genre_vocabulary, load_model_card
-from streamclf.smoothing import SILENCE, UNKNOWN, Smoother
+from streamclf.models.card import genre_vocabulary, load_model_card
+from streamclf.smoothing import SILENCE, UNKNOWN, Smoother, card_thresholds
 
 ALLOWED_BETWEEN = (UNKNOWN, SILENCE)
 RUN_BATCH = 8  # windows per runner call, in stream order (the incremental runner needs order)
@@ -117,28 +117,20 @@ def recognised(tags: np.ndarray, index: list[int], families: tuple[str, ...], la
     return families[best] == label and mean[best] >= threshold
 
 
-def genre_thresholds(card: ModelCard, config: Config) -> dict[str, float]:
-    """The card's own threshold per genre, unless the config (or a variant) sets one for all:
-    `config.smoothing` is resolved with the card's single threshold first (`main`)."""
-    explicit = config.smoothing.unknown_threshold != card.unknown_threshold
-    return {} if explicit else card.genre_thresholds
-
-
 def build_joins(config: Config, dataset: Path, *, pairs: int, seed: int, split: str | None
                 ) -> tuple[list[Join], dict]:
     """Join the last OLD_S seconds of one clip to the first NEW_S of a clip of another family,
     for `pairs` random pairs of clips whose joined parts the model recognises alone."""
     card = load_model_card(config.engine.model)
-    genres = genre_vocabulary(card, config.engine.genres)
+    families, genres = genre_vocabulary(card, config.engine.genres)
     clips = [c for c in load_manifest(dataset) if split is None or c.split == split]
     unpublished = sorted({c.label for c in clips} - set(genres))  # never its genre: no reaction
     clips = [c for c in clips if c.label in genres]
     if not clips:
         msg = f"{card.name} publishes none of the families in {dataset} as a genre"
         raise ConfigError(msg)
-    families = config.engine.genres or card.families
     index = card.genre_indices(families)
-    thresholds = genre_thresholds(card, config)
+    smoothing, thresholds = card_thresholds(config.smoothing, card)
     whole = load_runner(card, "onnxruntime", incremental=False, max_batch=RUN_BATCH)
     tails, heads = {}, {}
     olds, news = [], []
@@ -148,7 +140,7 @@ def build_joins(config: Config, dataset: Path, *, pairs: int, seed: int, split: 
         heads[clip.path] = audio[:int(NEW_S * SAMPLE_RATE_HZ)]
         for part, chosen in ((tails, olds), (heads, news)):
             tags = run_windows(whole, "clip", frame(part[clip.path], WINDOW_FRAMES))
-            threshold = thresholds.get(clip.label, config.smoothing.unknown_threshold)
+            threshold = thresholds.get(clip.label, smoothing.unknown_threshold)
             if recognised(tags, index, families, clip.label, threshold):
                 chosen.append(clip)
     whole.close()
@@ -244,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config) if args.config else default_config()
         card = load_model_card(config.engine.model)
-        config = dataclasses.replace(
-            config, smoothing=config.smoothing.with_card_threshold(card.unknown_threshold))
+        # unresolved: a variant that sets unknown_threshold sets it for every genre
         variants = [config.smoothing, *(parse_variant(v, config.smoothing) for v in args.variant)]
         if args.windows and args.windows.is_file():
             joins, about = load_joins(args.windows)
@@ -260,11 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     except StreamclfError as exc:
         print(f"reaction_time: error: {exc}", file=sys.stderr)
         return 2
-    genres = genre_vocabulary(card, config.engine.genres)
-    families = config.engine.genres or card.families
-    rows = []
-    for smoothing in variants:
-        thresholds = genre_thresholds(card, dataclasses.replace(config, smoothing=smoothing))
+    families, genres = genre_vocabulary(card, config.engine.genres)
+    rows, resolved = [], []
+    for variant in variants:
+        smoothing, thresholds = card_thresholds(variant, card)
+        resolved.append(smoothing)
         reactions = [measure(replay(j, smoothing, labels=card.labels, families=families,
                                     genres=genres, thresholds=thresholds),
                              j.t_end_s, join_s=j.join_s, old=j.old, new=j.new) for j in joins]
@@ -282,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| smoothing | median reaction | p90 | never | wrong genre between | "
           "old genre held (median) | changes per join |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for row, smoothing in zip(rows, variants, strict=True):
+    for row, smoothing in zip(rows, resolved, strict=True):
         print(f"| {describe(smoothing, row['genre_thresholds'])} | {row['median_s']:.1f} s | "
               f"{row['p90_s']:.1f} s | "
               f"{row['never']} | {row['wrong']} | {row['old_held_median_s']:.1f} s | "

@@ -147,14 +147,15 @@ def _calibration(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def genre_vocabulary(card: ModelCard, chosen: tuple[str, ...], *,
-                     key: str = "engine.genres") -> tuple[str, ...]:
-    """The tags a genre is picked from: the chosen ones (each must be a tag of the model), or
-    the card's genre vocabulary when none are chosen; `key` names the setting in the error."""
+                     key: str = "engine.genres") -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(what a genre decision picks among, what it may publish): the chosen tags for both (each
+    must be a tag of the model), or the card's families and genres when none are chosen; `key`
+    names the setting in the error."""
     unknown = [g for g in chosen if g not in card.labels]
     if unknown:
         msg = f"{key}: {card.name} has no tag {unknown[0]!r} (its tags are in its card)"
         raise ConfigError(msg)
-    return chosen or card.genres
+    return (chosen, chosen) if chosen else (card.families, card.genres)
 
 
 def card_document(

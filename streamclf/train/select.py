@@ -56,7 +56,7 @@ from streamclf.train.maphead import (
     softmax,
 )
 from streamclf.train.pooling import attention_pool, fit_attention
-from streamclf.train.ship import ship, validate_card
+from streamclf.train.ship import ship, shipping_rows, validate_card
 
 log = structlog.get_logger(__name__)
 
@@ -315,9 +315,7 @@ def ship_winner(results: Sequence[Result], chosen: Sequence[Candidate], windows:
     best, spec = max(shippable, key=lambda rs: np.mean(rs[0].window_f1))
     today = next(r for r in results if r.name == TODAY)
     if beats(best, today):
-        rows = np.arange(len(windows.truth))
-        strength = choose_strength(spec, windows, tracks, rows if spec.augmented
-                                   else clean(windows, rows))
+        strength = choose_strength(spec, windows, tracks, shipping_rows(spec, windows))
         try:
             document = ship(best, spec, windows, tracks, folds, strength=strength,
                             out=args.ship, dataset=args.dataset, summary=summary,

@@ -42,6 +42,13 @@ SINGLE_THRESHOLD = 0.35  # what the default published every family at before thi
 THRESHOLDS = np.round(np.arange(0.0, 0.95, 0.05), 2)
 
 
+def shipping_rows(spec: HeadSpec, windows: Windows) -> np.ndarray:
+    """The rows a shipped head is fitted on: every window, with the augmented copies only for
+    a head trained on them."""
+    rows = np.arange(len(windows.truth))
+    return rows if spec.augmented else clean(windows, rows)
+
+
 def per_family_f1(probs: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Out-of-fold window F1 of each family present in `truth`, deciding among those."""
     present = np.bincount(truth, minlength=len(FAMILIES)) > 0
@@ -174,9 +181,7 @@ def ship(result, spec: HeadSpec, windows: Windows, tracks: Sequence[Track], fold
     from streamclf.train.fused import write_default
     from streamclf.train.split import split_models
 
-    rows = np.arange(len(windows.truth))
-    if not spec.augmented:
-        rows = clean(windows, rows)
+    rows = shipping_rows(spec, windows)
     fitted = fit_head(spec, windows, rows, strength=strength)
     validation = validation_of(result, windows, tracks, folds, summary=summary,
                                compared_with=compared_with)
