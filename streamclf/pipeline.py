@@ -1,8 +1,9 @@
 """The one place where the stages are wired together and their threads started.
 
 Threads (docs/architecture.md): each source pushes into its own ring (PortAudio callback or a
-reader thread, owned by the source); one `StreamWorker` per stream turns ring audio into windows;
-one `EngineWorker` batches the windows of all streams, runs the engine, smooths and publishes.
+reader thread, owned by the source); a `StreamWorker` per core turns the ring audio of its share
+of the streams into windows; one `EngineWorker` batches the windows of all streams, runs the
+engine, smooths and publishes.
 The caller's thread (serve/listen) only handles signals, sd_notify and the live view.
 """
 
@@ -21,6 +22,7 @@ from streamclf.audio.icy import IcyTitleWatcher, is_http_url
 from streamclf.audio.resample import Resampler
 from streamclf.audio.ring import RingBuffer
 from streamclf.audio.sources import open_source
+from streamclf.backends.onnx import default_threads
 from streamclf.backends.runner import WindowRunner, load_runner
 from streamclf.backends.selftest import checked_runner
 from streamclf.boundaries import detector_for
@@ -44,7 +46,7 @@ from streamclf.metrics import MetricsServer
 from streamclf.models.card import ModelCard, genre_vocabulary, load_model_card
 from streamclf.outputs import Outputs
 from streamclf.smoothing import Smoother, card_thresholds
-from streamclf.streams import STALL_S, Stream, StreamWorker, WindowQueue
+from streamclf.streams import STALL_S, Stream, WindowQueue, stream_workers
 from streamclf.tracks import TrackSegmenter
 
 log = structlog.get_logger(__name__)
@@ -153,9 +155,8 @@ class Pipeline:
             metrics=self.metrics, stop=self.stop_event,
             ready=self.ready, all_finished=self.all_finished, started=self._started,
             music_evidence=music_evidence)
-        self._workers = [self._engine_worker]
-        for stream in self.streams:
-            self._workers.append(StreamWorker(stream, self.stop_event))
+        self._workers = [self._engine_worker,
+                         *stream_workers(self.streams, self.stop_event, cores=default_threads())]
         for worker in self._workers:
             worker.start()
         for stream in self.streams:

@@ -1,8 +1,9 @@
 """One input stream's stages, from ring to window queue, and the thread that runs them.
 
-A `StreamWorker` per stream turns ring audio into windows (resampler, framer, loudness, voice
-activity) and hands them to the engine worker through a bounded `WindowQueue`; `Stream` holds
-every stage of one stream and the one reset protocol across a gap in its audio.
+`StreamWorker`s, one per core, turn the ring audio of their share of the streams into windows
+(resampler, framer, loudness, voice activity; `StreamFeed` is one stream's passes) and hand them
+to the engine worker through a bounded `WindowQueue`; `Stream` holds every stage of one stream
+and the one reset protocol across a gap in its audio.
 """
 
 from __future__ import annotations
@@ -159,54 +160,111 @@ class Stream:
     boundaries: BoundaryDetector | None = None  # audio_boundaries: tracks cut from the audio
 
 
-class StreamWorker(threading.Thread):
-    """Ring → resampler → framer → window queue, for one stream; ends when its source ends."""
+class StreamFeed:
+    """One stream's passes from ring to window queue: read, stages, windows."""
 
-    def __init__(self, stream: Stream, stop: threading.Event) -> None:
-        super().__init__(name=f"stream-{stream.stream_id}", daemon=True)
-        self._stream = stream
-        self._stopping = stop
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
         # Up to READ_S in one pass: each pass through the stages costs Python calls whatever
         # its length.
         block_frames = math.ceil(READ_S * stream.resampler.in_rate)
         self._block = np.zeros((block_frames, stream.ring.channels), dtype=np.float32)
         self._slack_frames = math.ceil(ARRIVAL_SLACK_S * stream.resampler.in_rate)
 
-    def _frames_to_next_window(self) -> int:
+    def frames_to_next_window(self) -> int:
         """Source frames the next window needs at least: its 16 kHz samples still to come, less
         those the resampler already holds, at the source's rate. Never more than it needs, so
         waking on them adds no latency; a wake-up too early costs one more pass."""
-        stream = self._stream
+        stream = self.stream
         samples = stream.framer.samples_to_next_window() - stream.resampler.held_samples()
         return max(1, math.ceil(samples * stream.resampler.in_rate / SAMPLE_RATE_HZ))
 
-    def run(self) -> None:
-        stream = self._stream
-        while not self._stopping.is_set():
-            needed = self._frames_to_next_window()
-            n, arrival = stream.ring.read(self._block[: max(needed, self._slack_frames)])
-            stream.worker_beat = time.monotonic()
-            if n == 0:
-                if stream.source.state in ("ended", "failed"):
-                    break
-                stream.ring.wait_for(needed, MAX_IDLE_S)
-                continue
-            stream.audio_at = stream.worker_beat
-            if stream.ring.gap:
-                stream.restart_audio_stages(stream.ring.gap)
-            if stream.levels is not None:
-                stream.alarm_events.extend(stream.levels.push(self._block[:n]))
-            self._frame(stream.resampler.push(self._block[:n]), arrival)
-        if not self._stopping.is_set():
-            self._frame(stream.resampler.flush(), time.monotonic())
-            log.info("stream_ended", stream=stream.stream_id, state=stream.source.state)
-        stream.finished.set()
+    def step(self) -> str:
+        """One pass: "read" (audio went through the stages), "idle" (the ring had none) or
+        "ended" (nor will it: the source ended or failed)."""
+        stream = self.stream
+        needed = self.frames_to_next_window()
+        n, arrival = stream.ring.read(self._block[: max(needed, self._slack_frames)])
+        stream.worker_beat = time.monotonic()
+        if n == 0:
+            return "ended" if stream.source.state in ("ended", "failed") else "idle"
+        stream.audio_at = stream.worker_beat
+        if stream.ring.gap:
+            stream.restart_audio_stages(stream.ring.gap)
+        if stream.levels is not None:
+            stream.alarm_events.extend(stream.levels.push(self._block[:n]))
+        self._frame(stream.resampler.push(self._block[:n]), arrival)
+        return "read"
+
+    def finish(self) -> None:
+        """The source ended: what the resampler holds back becomes the last windows."""
+        self._frame(self.stream.resampler.flush(), time.monotonic())
+        log.info("stream_ended", stream=self.stream.stream_id, state=self.stream.source.state)
+        self.stream.finished.set()
 
     def _frame(self, audio: np.ndarray, arrival: float) -> None:
         """16 kHz audio to the VAD first (a window's chunks are scored before it is queued),
         then to the framer."""
-        stream = self._stream
+        stream = self.stream
         if stream.voice is not None:
             stream.voice.push(audio)
         for window in stream.framer.push(audio, arrival):
             stream.windows.put(window)
+
+
+class StreamWorker(threading.Thread):
+    """Ring → resampler → framer → window queue for a share of the streams, until their sources
+    end: one thread per core, not per stream, so that 40 streams are not 40 threads waking,
+    taking the GIL and switching (docs/benchmarks.md: where a stream's CPU goes).
+
+    A pass gives each of its streams one read; when none had audio, the worker arms every ring
+    at the frames its next window needs and sleeps on the one Event they share.
+    """
+
+    def __init__(self, streams: list[Stream], stop: threading.Event, *, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._feeds = [StreamFeed(stream) for stream in streams]
+        self._stopping = stop
+        self._wakeup = threading.Event()
+        for stream in streams:
+            stream.ring.wakeup = self._wakeup
+
+    def run(self) -> None:
+        feeds = list(self._feeds)
+        while feeds and not self._stopping.is_set():
+            read = [self._step(feed, feeds) for feed in list(feeds)]  # every stream, each pass
+            if not any(read):
+                self._sleep(feeds)
+        for feed in feeds:  # left only when stopping
+            feed.stream.finished.set()
+
+    def _step(self, feed: StreamFeed, feeds: list[StreamFeed]) -> bool:
+        """One pass of one stream; True when it read audio. A stream whose stages fail leaves
+        the worker, so that its `worker_beat` stops and it reads as stalled, and the others go
+        on."""
+        try:
+            state = feed.step()
+            if state == "ended":
+                feed.finish()
+        except Exception:
+            log.exception("stream_worker_failed", stream=feed.stream.stream_id)
+            state = "failed"
+        if state in ("ended", "failed"):
+            feeds.remove(feed)
+        return state == "read"
+
+    def _sleep(self, feeds: list[StreamFeed]) -> None:
+        """Until a ring has what its stream's next window needs, or MAX_IDLE_S (liveness)."""
+        self._wakeup.clear()
+        ready = [feed.stream.ring.arm(feed.frames_to_next_window()) for feed in feeds]
+        if not any(ready):
+            self._wakeup.wait(MAX_IDLE_S)
+        for feed in feeds:
+            feed.stream.ring.disarm()
+
+
+def stream_workers(streams: list[Stream], stop: threading.Event, *,
+                   cores: int) -> list[StreamWorker]:
+    """`cores` workers (at most one per stream), the streams dealt out in turn."""
+    count = max(1, min(cores, len(streams)))
+    return [StreamWorker(streams[k::count], stop, name=f"stream-worker-{k}") for k in range(count)]

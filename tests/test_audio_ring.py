@@ -152,7 +152,18 @@ class TestConcurrency:
         assert got + ring.overrun_samples == total
 
 
-class TestWaitFor:
+def sleep_until(rings: list[RingBuffer], frames: int, timeout_s: float) -> None:
+    """What a stream worker does when no ring had audio: arm each, sleep on their one Event."""
+    wakeup = rings[0].wakeup
+    wakeup.clear()
+    ready = [ring.arm(frames) for ring in rings]  # every ring armed, even after a ready one
+    if not any(ready):
+        wakeup.wait(timeout_s)
+    for ring in rings:
+        ring.disarm()
+
+
+class TestArm:
     """The reader sleeps until the frames it needs were written, not by polling a clock."""
 
     def test_woken_by_the_write_that_reaches_the_frames(self):
@@ -168,7 +179,7 @@ class TestWaitFor:
         writer = threading.Thread(target=write_later)
         started = time.monotonic()
         writer.start()
-        ring.wait_for(20, timeout_s=5.0)
+        sleep_until([ring], 20, timeout_s=5.0)
         waited = time.monotonic() - started
         writer.join()
         assert 0.09 <= waited < 2.0
@@ -177,16 +188,30 @@ class TestWaitFor:
     def test_frames_already_there_do_not_wait(self):
         ring = RingBuffer(100, 1)
         ring.write(ramp(0, 8, channels=1))
+        assert ring.arm(8)
         started = time.monotonic()
-        ring.wait_for(8, timeout_s=5.0)
+        sleep_until([ring], 8, timeout_s=5.0)
         assert time.monotonic() - started < 0.5
 
     def test_times_out_and_wake_ends_it(self):
         ring = RingBuffer(100, 1)
         started = time.monotonic()
-        ring.wait_for(1, timeout_s=0.05)
+        sleep_until([ring], 1, timeout_s=0.05)
         assert 0.04 <= time.monotonic() - started < 1.0
         threading.Timer(0.05, ring.wake).start()
         started = time.monotonic()
-        ring.wait_for(1, timeout_s=5.0)
+        sleep_until([ring], 1, timeout_s=5.0)
         assert time.monotonic() - started < 2.0
+
+    def test_rings_that_share_an_event_wake_one_reader(self):
+        """A worker serving several streams: a write to any of its rings that reaches what that
+        ring was armed for wakes it; a disarmed ring's writes do not set the Event."""
+        quiet, busy = RingBuffer(100, 1), RingBuffer(100, 1)
+        busy.wakeup = quiet.wakeup
+        threading.Timer(0.05, lambda: busy.write(ramp(0, 4, channels=1))).start()
+        started = time.monotonic()
+        sleep_until([quiet, busy], 4, timeout_s=5.0)
+        assert 0.04 <= time.monotonic() - started < 2.0
+        quiet.wakeup.clear()
+        busy.write(ramp(4, 50, channels=1))  # disarmed: no wake-up
+        assert not quiet.wakeup.is_set()

@@ -1,5 +1,6 @@
 """A stream worker's passes: windows stamped with the arrival of their own audio, even from a
-backlog it reads in large passes."""
+backlog it reads in large passes; one worker serving several streams, and one failing stream
+leaving the others alone."""
 
 from __future__ import annotations
 
@@ -12,32 +13,88 @@ import pytest
 from streamclf.audio.resample import Resampler
 from streamclf.audio.ring import RingBuffer
 from streamclf.features.framer import HOP_FRAMES, LogMelFramer
-from streamclf.streams import ARRIVAL_SLACK_S, Stream, StreamWorker, WindowQueue
+from streamclf.streams import ARRIVAL_SLACK_S, Stream, StreamWorker, WindowQueue, stream_workers
 
 RATE = 44100
 BLOCK = 1024  # a sound card's callback
+
+
+def ended_stream(stream_id: str, *, seconds: int, seed: int = 0) -> Stream:
+    """A stream whose source ended after writing `seconds` of noise in a card's blocks, stamped
+    with stream time as the clock."""
+    ring = RingBuffer(10 * RATE, 2)
+    audio = np.random.default_rng(seed).uniform(-0.5, 0.5, (seconds * RATE, 2))
+    for start in range(0, len(audio), BLOCK):
+        block = audio[start : start + BLOCK].astype(np.float32)
+        ring.write(block, arrival=(start + len(block)) / RATE)
+    return Stream(stream_id=stream_id, source=SimpleNamespace(state="ended"), ring=ring,
+                  resampler=Resampler(RATE, 2), framer=LogMelFramer(hop_frames=HOP_FRAMES),
+                  windows=WindowQueue(100, threading.Condition()), smoother=None, health=None)
+
+
+def queued(stream: Stream) -> list:
+    with stream.windows._ready:
+        return stream.windows.take_all()[0]
 
 
 @pytest.mark.timeout(60)
 def test_a_backlog_keeps_each_windows_arrival():
     """8 s of audio already in the ring (the worker was late): each window's arrival is that
     of the block holding its last sample, not that of the newest audio of a large read."""
-    ring = RingBuffer(10 * RATE, 2)
-    audio = np.random.default_rng(0).uniform(-0.5, 0.5, (8 * RATE, 2)).astype(np.float32)
-    for start in range(0, len(audio), BLOCK):
-        block = audio[start : start + BLOCK]
-        ring.write(block, arrival=(start + len(block)) / RATE)  # stream time as the clock
-    windows = WindowQueue(100, threading.Condition())
-    stream = Stream(stream_id="s", source=SimpleNamespace(state="ended"), ring=ring,
-                    resampler=Resampler(RATE, 2), framer=LogMelFramer(hop_frames=HOP_FRAMES),
-                    windows=windows, smoother=None, health=None)
-    worker = StreamWorker(stream, threading.Event())
+    stream = ended_stream("s", seconds=8)
+    worker = StreamWorker([stream], threading.Event(), name="stream-worker-0")
     worker.start()
     worker.join(30)
-    with windows._ready:
-        taken, _ = windows.take_all()
+    taken = queued(stream)
     assert len(taken) >= 5
     for window in taken[:-1]:  # the last may come from the end-of-stream flush
         late = window.arrival - window.t_end_s
         # the audio of its last frame, soxr's look-ahead and one block, then the slack at most
         assert 0 <= late <= ARRIVAL_SLACK_S + 0.1, (window.index, late)
+
+
+@pytest.mark.timeout(60)
+def test_one_worker_serves_several_streams_to_their_end():
+    """Each stream gets the windows of its own audio (the same as served alone) and is marked
+    finished when its source has ended; the worker then ends."""
+    streams = [ended_stream(f"s{k}", seconds=4 + k, seed=k) for k in range(3)]
+    alone = ended_stream("s1", seconds=5, seed=1)
+    StreamWorker([alone], threading.Event(), name="alone").run()
+    worker = StreamWorker(streams, threading.Event(), name="stream-worker-0")
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive()
+    assert all(stream.finished.is_set() for stream in streams)
+    taken = [queued(stream) for stream in streams]
+    assert len(taken[0]) < len(taken[1]) < len(taken[2])
+    together, single = taken[1], queued(alone)
+    assert len(together) == len(single)
+    for a, b in zip(together, single, strict=True):
+        np.testing.assert_array_equal(a.frames, b.frames)
+
+
+class BrokenFramer(LogMelFramer):
+    def push(self, audio, arrival):
+        raise RuntimeError("a stage failed")
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_stream_leaves_the_others_alone():
+    """Its stages raise: it is logged, its `worker_beat` stops (it reads as stalled, never as
+    finished), and the stream beside it still gets all its windows."""
+    broken, healthy = ended_stream("broken", seconds=4), ended_stream("healthy", seconds=4)
+    broken.framer = BrokenFramer(hop_frames=HOP_FRAMES)
+    worker = StreamWorker([broken, healthy], threading.Event(), name="stream-worker-0")
+    worker.start()
+    worker.join(30)
+    assert healthy.finished.is_set() and len(queued(healthy)) >= 2
+    assert not broken.finished.is_set()
+    assert broken.stalled(broken.worker_beat + 10) == "worker"
+
+
+def test_streams_are_dealt_out_one_worker_per_core():
+    streams = [ended_stream(f"s{k}", seconds=1) for k in range(5)]
+    workers = stream_workers(streams, threading.Event(), cores=2)
+    assert [len(w._feeds) for w in workers] == [3, 2]
+    assert streams[0].ring.wakeup is streams[2].ring.wakeup is not streams[1].ring.wakeup
+    assert len(stream_workers(streams[:1], threading.Event(), cores=4)) == 1

@@ -6,10 +6,10 @@ copies) and ``_written`` (after), the consumer only ``_read_pos``. When the prod
 reader, the oldest audio is simply overwritten; the reader notices by comparing positions, skips
 what was lost (including anything clobbered *while* it copied) and counts it.
 
-The reader need not poll: it names the write position it waits for (``wait_for``) and the
-producer sets an Event once a write reaches it. Setting an Event never waits for the reader (its
-lock is only held for the instant of a flag change), and it happens at most once per wait, not
-per block.
+The reader need not poll: it names the write position it waits for (``arm``) and the producer
+sets the ring's ``wakeup`` Event once a write reaches it. Setting an Event never waits for the
+reader (its lock is only held for the instant of a flag change), and it happens at most once per
+wait, not per block. A reader serving several rings gives them one Event and sleeps on it.
 
 A source that restarts after a loss marks a gap (``mark_gap``) before it writes again: a read
 never returns audio from both sides of it, and ``gap`` tells the reader that the frames it just
@@ -55,8 +55,10 @@ class RingBuffer:
         self._gap_taken = 0  # consumer: the latest gap position it has read past
         self._gap_pending = ""  # consumer: a gap found by a read that returned no frames
         self.gap = ""  # consumer: why the last frames read do not follow the previous ones
-        self._wake_at = math.inf  # consumer: the write position it sleeps until (``wait_for``)
-        self._wakeup = threading.Event()
+        self._wake_at = math.inf  # consumer: the write position it sleeps until (``arm``)
+        # Set by the write that reaches ``_wake_at``; the stream worker that reads several rings
+        # replaces it with one Event of its own for all of them.
+        self.wakeup = threading.Event()
 
     # -- producer side -----------------------------------------------------------------------
 
@@ -85,7 +87,7 @@ class RingBuffer:
             self._arrival[:rest] = t
         self._written = end
         if end >= self._wake_at:
-            self._wakeup.set()
+            self.wakeup.set()
 
     def mark_gap(self) -> None:
         """The next frames written do not follow the last ones (the source restarted)."""
@@ -93,18 +95,20 @@ class RingBuffer:
 
     # -- consumer side -----------------------------------------------------------------------
 
-    def wait_for(self, frames: int, timeout_s: float) -> None:
-        """Sleep until ``frames`` frames beyond those read so far were written, ``wake`` is
-        called, or ``timeout_s`` passes: a reader woken by the data it needs, not by a clock."""
-        self._wakeup.clear()
+    def arm(self, frames: int) -> bool:
+        """Have ``wakeup`` set once ``frames`` frames beyond those read so far are written; True
+        when they already are (the reader must not sleep then: that write set nothing). The
+        reader clears ``wakeup`` before it arms, so no write between the two is missed."""
         self._wake_at = self._read_pos + max(1, frames)
-        if self._written < self._wake_at:  # a write before `_wake_at` was set does not wake us
-            self._wakeup.wait(timeout_s)
+        return self._written >= self._wake_at
+
+    def disarm(self) -> None:
+        """The reader is awake: writes set ``wakeup`` no more."""
         self._wake_at = math.inf
 
     def wake(self) -> None:
-        """End the reader's ``wait_for`` now (it is stopping)."""
-        self._wakeup.set()
+        """End the reader's sleep now (it is stopping)."""
+        self.wakeup.set()
 
     def read(self, out: np.ndarray) -> tuple[int, float]:
         """Copy up to ``out.shape[0]`` of the oldest unread frames into ``out[m, channels]``.
