@@ -223,22 +223,21 @@ class StreamWorker(threading.Thread):
 
     def __init__(self, streams: list[Stream], stop: threading.Event, *, name: str) -> None:
         super().__init__(name=name, daemon=True)
-        self._feeds = [StreamFeed(stream) for stream in streams]
+        self._feeds = [StreamFeed(stream) for stream in streams]  # those not ended or failed
         self._stopping = stop
         self._wakeup = threading.Event()
         for stream in streams:
             stream.ring.wakeup = self._wakeup
 
     def run(self) -> None:
-        feeds = list(self._feeds)
-        while feeds and not self._stopping.is_set():
-            read = [self._step(feed, feeds) for feed in list(feeds)]  # every stream, each pass
+        while self._feeds and not self._stopping.is_set():
+            read = [self._step(feed) for feed in list(self._feeds)]  # every stream, each pass
             if not any(read):
-                self._sleep(feeds)
-        for feed in feeds:  # left only when stopping
+                self._sleep()
+        for feed in self._feeds:  # left only when stopping
             feed.stream.finished.set()
 
-    def _step(self, feed: StreamFeed, feeds: list[StreamFeed]) -> bool:
+    def _step(self, feed: StreamFeed) -> bool:
         """One pass of one stream; True when it read audio. A stream whose stages fail leaves
         the worker, so that its `worker_beat` stops and it reads as stalled, and the others go
         on."""
@@ -250,16 +249,16 @@ class StreamWorker(threading.Thread):
             log.exception("stream_worker_failed", stream=feed.stream.stream_id)
             state = "failed"
         if state in ("ended", "failed"):
-            feeds.remove(feed)
+            self._feeds.remove(feed)
         return state == "read"
 
-    def _sleep(self, feeds: list[StreamFeed]) -> None:
+    def _sleep(self) -> None:
         """Until a ring has what its stream's next window needs, or MAX_IDLE_S (liveness)."""
         self._wakeup.clear()
-        ready = [feed.stream.ring.arm(feed.frames_to_next_window()) for feed in feeds]
+        ready = [feed.stream.ring.arm(feed.frames_to_next_window()) for feed in self._feeds]
         if not any(ready):
             self._wakeup.wait(MAX_IDLE_S)
-        for feed in feeds:
+        for feed in self._feeds:
             feed.stream.ring.disarm()
 
 
