@@ -117,7 +117,7 @@ class Pipeline:
         if cfg.outputs:
             self.outputs = self.feed.outputs = Outputs(cfg.outputs)
             self.outputs.start()
-        for spec in cfg.streams:
+        for k, spec in enumerate(cfg.streams):
             on_progress(f"opening {spec.id}")
             source = open_source(spec)
             ring = RingBuffer(int(spec.ring_s * source.sample_rate), source.channels)
@@ -126,7 +126,10 @@ class Pipeline:
                 source=source,
                 ring=ring,
                 resampler=Resampler(source.sample_rate, source.channels, spec.channel),
-                framer=LogMelFramer(window_frames=WINDOW_FRAMES, hop_frames=hop_frames),
+                # Phases spread over the hop: the streams' windows fall due one after another,
+                # not all in the same instant (docs/architecture.md: latency under load).
+                framer=LogMelFramer(window_frames=WINDOW_FRAMES, hop_frames=hop_frames,
+                                    phase_frames=k * hop_frames // len(cfg.streams)),
                 windows=WindowQueue(cfg.framing.queue_windows, self.ready),
                 smoother=Smoother(smoothing, labels=self.card.labels, genres=self.families,
                                   published=self.genres, thresholds=thresholds),

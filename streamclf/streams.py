@@ -36,6 +36,9 @@ from streamclf.tracks import TrackSegmenter
 log = structlog.get_logger(__name__)
 
 MAX_IDLE_S = 0.25  # the longest a stream worker sleeps before looking at its ring again
+# The longest a stream's ring goes unread while its next window is not in, so that its loudness,
+# level alarms and audio liveness stay current between windows.
+MAX_UNREAD_S = 1.0
 READ_S = 0.5  # the most audio a stream worker takes from its ring in one pass
 # A window's `arrival` is that of the newest frame read with its last one: a pass reads past
 # the next window's audio by at most this much, so that latency_ms stays true under a backlog.
@@ -114,6 +117,7 @@ class Stream:
     engine_failures: int = 0
     gaps: int = 0  # source restarts and overruns after which every stage started afresh
     # Liveness, written by the stream worker: each turn of its loop, and each read that got audio.
+    # A stream's turn may pass without a read (`StreamFeed.due`), so the beat is per turn.
     worker_beat: float = field(default_factory=time.monotonic)
     audio_at: float = field(default_factory=time.monotonic)
 
@@ -179,16 +183,30 @@ class StreamFeed:
         samples = stream.framer.samples_to_next_window() - stream.resampler.held_samples()
         return max(1, math.ceil(samples * stream.resampler.in_rate / SAMPLE_RATE_HZ))
 
+    def wake_frames(self) -> int:
+        """Ring frames worth a pass: the next window's, or half the ring when that is less (a
+        pass then comes before the ring can overrun)."""
+        return min(self.frames_to_next_window(), self.stream.ring.capacity // 2)
+
+    def due(self, now: float) -> bool:
+        """Whether a pass now does more than cost Python calls: the ring holds what the next
+        window needs, the source ended or failed, or the ring went unread MAX_UNREAD_S. Reading
+        only then keeps each stream to about one pass a window, and its window's latency to
+        that of its own audio, whatever the other streams' phases."""
+        stream = self.stream
+        return (stream.ring.available >= self.wake_frames()
+                or stream.source.state in ("ended", "failed")
+                or now - stream.audio_at >= MAX_UNREAD_S)
+
     def step(self) -> str:
         """One pass: "read" (audio went through the stages), "idle" (the ring had none) or
         "ended" (nor will it: the source ended or failed)."""
         stream = self.stream
         needed = self.frames_to_next_window()
         n, arrival = stream.ring.read(self._block[: max(needed, self._slack_frames)])
-        stream.worker_beat = time.monotonic()
         if n == 0:
             return "ended" if stream.source.state in ("ended", "failed") else "idle"
-        stream.audio_at = stream.worker_beat
+        stream.audio_at = time.monotonic()
         if stream.ring.gap:
             stream.restart_audio_stages(stream.ring.gap)
         if stream.levels is not None:
@@ -217,8 +235,9 @@ class StreamWorker(threading.Thread):
     end: one thread per core, not per stream, so that 40 streams are not 40 threads waking,
     taking the GIL and switching (docs/benchmarks.md: where a stream's CPU goes).
 
-    A pass gives each of its streams one read; when none had audio, the worker arms every ring
-    at the frames its next window needs and sleeps on the one Event they share.
+    A pass reads each of its streams that is due (`StreamFeed.due`); when none read audio, the
+    worker arms every ring at the frames its next window needs and sleeps on the one Event they
+    share.
     """
 
     def __init__(self, streams: list[Stream], stop: threading.Event, *, name: str) -> None:
@@ -231,7 +250,10 @@ class StreamWorker(threading.Thread):
 
     def run(self) -> None:
         while self._feeds and not self._stopping.is_set():
-            read = [self._step(feed) for feed in list(self._feeds)]  # every stream, each pass
+            now = time.monotonic()
+            for feed in self._feeds:
+                feed.stream.worker_beat = now
+            read = [self._step(feed) for feed in list(self._feeds) if feed.due(now)]
             if not any(read):
                 self._sleep()
         for feed in self._feeds:  # left only when stopping
@@ -255,7 +277,7 @@ class StreamWorker(threading.Thread):
     def _sleep(self) -> None:
         """Until a ring has what its stream's next window needs, or MAX_IDLE_S (liveness)."""
         self._wakeup.clear()
-        ready = [feed.stream.ring.arm(feed.frames_to_next_window()) for feed in self._feeds]
+        ready = [feed.stream.ring.arm(feed.wake_frames()) for feed in self._feeds]
         if not any(ready):
             self._wakeup.wait(MAX_IDLE_S)
         for feed in self._feeds:

@@ -106,6 +106,23 @@ class TestStreamingEqualsOffline:
         assert [w.start_frame for w in again] == [frames_before + w.start_frame for w in fresh]
         assert again[0].t_start_s == frames_before * HOP_LENGTH / 16000
 
+    @pytest.mark.parametrize("phase", [1, 31, HOP - 1])
+    def test_a_phase_delays_the_grid(self, music, phase):
+        """With a phase the windows are those of phase 0 shifted by it, again after a reset,
+        and still slices of the offline log-mel."""
+        offline = logmel(music)
+        windows = stream(LogMelFramer(WINDOW, HOP, phase_frames=phase), music, [3001])
+        assert [w.start_frame for w in windows] == [
+            phase + i * HOP for i in range(expected_windows(len(music) - phase * HOP_LENGTH,
+                                                            WINDOW, HOP))]
+        for w in windows:
+            assert np.array_equal(w.frames, offline[w.start_frame : w.start_frame + WINDOW])
+        framer = LogMelFramer(WINDOW, HOP, phase_frames=phase)
+        list(framer.push(music[:10000]))
+        framer.reset()
+        origin = framer.frames_done
+        assert next(iter(stream(framer, music, [4096]))).start_frame == origin + phase
+
 
 class TestWindowFields:
     """Times, copies, arrival stamps and levels."""
@@ -140,6 +157,9 @@ class TestWindowFields:
     def test_invalid_sizes(self):
         with pytest.raises(ValueError, match="window and hop"):
             LogMelFramer(0, 62)
+        for phase in (-1, 62):
+            with pytest.raises(ValueError, match="phase must be 0..hop-1"):
+                LogMelFramer(187, 62, phase_frames=phase)
 
 
 class TestFileHelper:
@@ -196,10 +216,12 @@ class TestSamplesToNextWindow:
     """`samples_to_next_window()` is exact: one sample fewer completes no window, that many do."""
 
     @settings(max_examples=40, deadline=None)
-    @given(st.sampled_from([1, 31, 62, 93, 187]), st.lists(st.integers(0, 3000), max_size=30))
-    def test_exact(self, hop_frames, pushes):
+    @given(st.sampled_from([1, 31, 62, 93, 187]), st.lists(st.integers(0, 3000), max_size=30),
+           st.floats(0.0, 0.999))
+    def test_exact(self, hop_frames, pushes, phase_share):
         rng = np.random.default_rng(hop_frames)
-        framer = LogMelFramer(WINDOW_FRAMES, hop_frames)
+        framer = LogMelFramer(WINDOW_FRAMES, hop_frames,
+                              phase_frames=int(phase_share * hop_frames))
         for n in pushes:  # anywhere in a stream, not only at the start
             list(framer.push(rng.standard_normal(n).astype(np.float32)))
         for _ in range(3):

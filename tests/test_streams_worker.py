@@ -5,6 +5,7 @@ leaving the others alone."""
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,23 +14,40 @@ import pytest
 from streamclf.audio.resample import Resampler
 from streamclf.audio.ring import RingBuffer
 from streamclf.features.framer import HOP_FRAMES, LogMelFramer
-from streamclf.streams import ARRIVAL_SLACK_S, Stream, StreamWorker, WindowQueue, stream_workers
+from streamclf.streams import (
+    ARRIVAL_SLACK_S,
+    MAX_UNREAD_S,
+    Stream,
+    StreamWorker,
+    WindowQueue,
+    stream_workers,
+)
 
 RATE = 44100
 BLOCK = 1024  # a sound card's callback
 
 
-def ended_stream(stream_id: str, *, seconds: int, seed: int = 0) -> Stream:
-    """A stream whose source ended after writing `seconds` of noise in a card's blocks, stamped
-    with stream time as the clock."""
-    ring = RingBuffer(10 * RATE, 2)
-    audio = np.random.default_rng(seed).uniform(-0.5, 0.5, (seconds * RATE, 2))
+def new_stream(stream_id: str, *, state: str) -> Stream:
+    """A stream with an empty 10 s ring, its source in `state`."""
+    return Stream(stream_id=stream_id, source=SimpleNamespace(state=state),
+                  ring=RingBuffer(10 * RATE, 2), resampler=Resampler(RATE, 2),
+                  framer=LogMelFramer(hop_frames=HOP_FRAMES),
+                  windows=WindowQueue(100, threading.Condition()), smoother=None, health=None)
+
+
+def write_noise(ring: RingBuffer, seconds: float, *, seed: int = 0) -> None:
+    """`seconds` of noise in a card's blocks, stamped with stream time as the clock."""
+    audio = np.random.default_rng(seed).uniform(-0.5, 0.5, (round(seconds * RATE), 2))
     for start in range(0, len(audio), BLOCK):
         block = audio[start : start + BLOCK].astype(np.float32)
         ring.write(block, arrival=(start + len(block)) / RATE)
-    return Stream(stream_id=stream_id, source=SimpleNamespace(state="ended"), ring=ring,
-                  resampler=Resampler(RATE, 2), framer=LogMelFramer(hop_frames=HOP_FRAMES),
-                  windows=WindowQueue(100, threading.Condition()), smoother=None, health=None)
+
+
+def ended_stream(stream_id: str, *, seconds: int, seed: int = 0) -> Stream:
+    """A stream whose source ended after writing `seconds` of noise."""
+    stream = new_stream(stream_id, state="ended")
+    write_noise(stream.ring, seconds, seed=seed)
+    return stream
 
 
 def queued(stream: Stream) -> list:
@@ -71,6 +89,33 @@ def test_one_worker_serves_several_streams_to_their_end():
     assert len(together) == len(single)
     for a, b in zip(together, single, strict=True):
         np.testing.assert_array_equal(a.frames, b.frames)
+
+
+@pytest.mark.timeout(60)
+def test_a_stream_is_read_when_its_next_window_is_in():
+    """A live stream's ring is left alone while its next window's audio is still coming (each
+    pass costs Python calls), read once it is in, and read anyway after MAX_UNREAD_S (its
+    loudness stays current)."""
+    stream = new_stream("s", state="running")
+    stop = threading.Event()
+    worker = StreamWorker([stream], stop, name="stream-worker-0")
+    write_noise(stream.ring, 1.0)
+    stream.audio_at = time.monotonic()
+    worker.start()
+    try:
+        time.sleep(0.3)
+        assert stream.ring.consumed == 0  # 1 s in, the first window needs 3 s
+        time.sleep(MAX_UNREAD_S + 0.5)  # the worker looks again every MAX_IDLE_S
+        assert stream.ring.consumed > 0  # unread for MAX_UNREAD_S: read all the same
+        write_noise(stream.ring, 2.5, seed=1)
+        deadline = time.monotonic() + 10
+        while not len(stream.windows) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(stream.windows) == 1 and stream.ring.consumed > RATE
+    finally:
+        stop.set()
+        stream.ring.wake()
+        worker.join(10)
 
 
 class BrokenFramer(LogMelFramer):

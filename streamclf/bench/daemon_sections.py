@@ -154,8 +154,8 @@ def render_end_to_end(r: dict) -> str:
 def capacity_trial(ctx: Context, streams: int, *, measure_s: float) -> dict:
     """`streams` real-time streams at hop 1 s: sustained when nothing was dropped, every stream
     got its windows, and no backlog builds up: the latency does not grow (a deficit of d % of
-    the demand grows it by d/100 s per s) and its p99 stays under two hops (the windows of all
-    streams arrive together, so at capacity the last of a batch waits about one hop)."""
+    the demand grows it by d/100 s per s) and its p99 ring → subscriber stays under one hop
+    (issue 18's bound: a window is out before the next one of its stream is due)."""
     ids = [f"s{i}" for i in range(streams)]
     with served(ctx, streams=streams, hop_s=CAPACITY_HOP_S) as (daemon, feed):
         watch(daemon, lambda: len({m.stream for m in feed.of(GenreMessage)}) >= streams,
@@ -179,7 +179,7 @@ def capacity_trial(ctx: Context, streams: int, *, measure_s: float) -> dict:
         "streams": streams,
         "runner": runner,
         "sustained": bool(dropped == 0 and overruns == 0 and fewest >= expected
-                          and growth <= MAX_LATENCY_GROWTH and p99 <= 2e3 * CAPACITY_HOP_S),
+                          and growth <= MAX_LATENCY_GROWTH and p99 <= 1e3 * CAPACITY_HOP_S),
         "dropped_windows": dropped,
         "ring_overrun_samples": overruns,
         "fewest_windows": fewest,
@@ -234,7 +234,7 @@ def render_capacity(r: dict) -> str:
          "measured per trial. Sustained = no dropped window, no ring overrun, every stream got its "
          f"windows, a latency trend under {MAX_LATENCY_GROWTH:g} s/s (no growing backlog) "
          "and a p99 "
-         "ring → subscriber under two hops."),
+         "ring → subscriber under one hop."),
         "",
         ("| streams | sustained | dropped windows | ring overruns | fewest windows | p99 ms | "
          "latency trend s/s | CPU % | CPU % per stream |"),

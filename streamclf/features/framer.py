@@ -79,14 +79,24 @@ def _ring_store(ring: np.ndarray, first: int, block: np.ndarray) -> None:
 
 class LogMelFramer:
     """Streaming musicnn front end emitting a :class:`Window` of ``window_frames`` every
-    ``hop_frames`` frames (defaults: 3 s = 187 frames every 1 s = 62 frames)."""
+    ``hop_frames`` frames (defaults: 3 s = 187 frames every 1 s = 62 frames).
 
-    def __init__(self, window_frames: int = WINDOW_FRAMES, hop_frames: int = HOP_FRAMES) -> None:
+    ``phase_frames`` delays the window grid: after each (re)start the first window begins that
+    many frames in. The daemon gives its streams different phases so that their windows fall
+    due at different moments of the hop instead of all at once (docs/architecture.md).
+    """
+
+    def __init__(self, window_frames: int = WINDOW_FRAMES, hop_frames: int = HOP_FRAMES,
+                 phase_frames: int = 0) -> None:
         if window_frames < 1 or hop_frames < 1:
             msg = f"window and hop must be >= 1 frame, got {window_frames} and {hop_frames}"
             raise ValueError(msg)
+        if not 0 <= phase_frames < hop_frames:
+            msg = f"phase must be 0..hop-1 frames ({hop_frames - 1}), got {phase_frames}"
+            raise ValueError(msg)
         self.window_frames = int(window_frames)
         self.hop_frames = int(hop_frames)
+        self.phase_frames = int(phase_frames)
         self._logmel = np.zeros((self.window_frames, N_MELS), dtype=np.float32)
         self._energy = np.zeros(self.window_frames, dtype=np.float64)
         # Padded samples not yet consumed by a frame: always fewer than N_FFT after a push.
@@ -130,7 +140,8 @@ class LogMelFramer:
 
         Lets a stream worker sleep until then instead of framing every small block as it comes.
         """
-        frames_needed = self._windows_since_reset * self.hop_frames + self.window_frames
+        frames_needed = (self.phase_frames + self._windows_since_reset * self.hop_frames
+                         + self.window_frames)
         padded_needed = (frames_needed - 1) * HOP_LENGTH + N_FFT
         padded_seen = (self._n_frames - self._origin) * HOP_LENGTH + self._n_pending
         return max(0, padded_needed - padded_seen)
@@ -192,7 +203,7 @@ class LogMelFramer:
         return windows
 
     def _next_window_start(self) -> int:
-        return self._origin + self._windows_since_reset * self.hop_frames
+        return self._origin + self.phase_frames + self._windows_since_reset * self.hop_frames
 
 
 def load_mono_16k(path: str | Path) -> np.ndarray:
