@@ -45,7 +45,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="inference engine (default from config: auto)")
     parser.add_argument("--cpu-precision", choices=["auto", "fp32", "int8"],
                         help="ONNX Runtime's incremental runner: int8 frame graph, or auto "
-                             "(int8 where the CPU has AMX); default from config: fp32")
+                             "(int8 where measured faster: no CPU so far); default from "
+                             "config: fp32")
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,8 @@
 """int8 against fp32 for the incremental runner (the daemon's work at a 1 s hop), in one run.
 
-For each variant of the frame graph (the shipped scheme of `streamclf.backends.quantize`, and
-ONNX Runtime's own static QDQ / QOperator and dynamic quantisers for comparison):
+For each variant of the frame graph (the shipped scheme of `streamclf.backends.quantize`,
+`qlinear_pooled` (QLinearConv with per-channel pooled output ranges, below), and ONNX Runtime's
+own static QDQ / QOperator and dynamic quantisers for comparison):
 
 - accuracy on every window of the dataset at a 1 s hop, each clip one stream, against fp32:
   same top output (for the fused model: the published genre family), max and mean |Δp|;
@@ -35,9 +36,12 @@ from streamclf.backends.incremental import SPLIT_DIR, IncrementalRunner
 from streamclf.backends.onnx import default_threads, session_options
 from streamclf.backends.quantize import (
     INT8_DOT_FLAGS,
+    _batchnorm_range,
+    calibrated_range,
     dataset_windows,
     int8_dot_product,
     read_cpu_flags,
+    uint8_quantisation,
     write_int8_split,
 )
 from streamclf.features.framer import Window
@@ -78,7 +82,7 @@ def clip_streams(frames: np.ndarray, starts: np.ndarray, clips: list
     """Each clip as (stream id, its windows in order)."""
     out, at = [], 0
     for clip_id, _, n in clips:
-        out.append((clip_id, [Window(int(starts[i]), 0, frames[i], 0.0, 0.0, 0.0, 0.0)
+        out.append((clip_id, [Window(i - at, int(starts[i]), frames[i], 0.0, 0.0, 0.0, 0.0)
                               for i in range(at, at + int(n))]))
         at += int(n)
     return out
@@ -137,6 +141,103 @@ def ort_variants(frame_src: Path, calib: np.ndarray, work: Path) -> dict[str, Pa
     quantize_dynamic(str(pre), str(out["ort_dynamic_u8u8"]), weight_type=u8,
                      op_types_to_quantize=["Conv"])
     return out
+
+
+def qlinear_pooled(frame_src: Path, calib: np.ndarray, dst: Path) -> Path:
+    """The frame graph's Conv → ReduceMax pairs as QLinearConv (uint8 × int8: MLAS's u8s8
+    kernels, AMX or VNNI where present) → ReduceMax on uint8 → DequantizeLinear per channel.
+
+    QLinearConv's output is 8-bit with one scale per tensor, which cost ONNX Runtime's own
+    QOperator graph its accuracy. Here each channel's declared weight scale and int32 bias map
+    the only range of it that matters onto 0 … 255: the max over frequency is followed by the
+    channel's sign and a ReLU, so that range is [0, max] (sign +1) or [min, 0] (sign -1) of
+    the pooled values on the calibration windows; quantisation is monotonic, so pooling the
+    uint8 values is pooling the values. The input is quantised with the shipped scheme's fixed
+    scale; weights are symmetric int8 per output channel."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(frame_src))
+    graph = model.graph
+    arrays = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    pairs = [(node, consumers[node.output[0]][0]) for node in graph.node
+             if node.op_type == "Conv" and [c.op_type for c in consumers[node.output[0]]]
+             == ["ReduceMax"]]
+    probe = onnx.load(str(frame_src))
+    probe.graph.output.extend(helper.make_tensor_value_info(pool.output[0], TensorProto.FLOAT,
+                                                            None) for _, pool in pairs)
+    session = ort.InferenceSession(probe.SerializeToString(), session_options(threads=1),
+                                   providers=["CPUExecutionProvider"])
+    names = [pool.output[0] for _, pool in pairs]
+    pooled = [session.run(names, {"context": calib[i : i + 16]}) for i in range(0, len(calib), 16)]
+    low = {n: np.min([p[k].min(axis=(0, 2)) for p in pooled], axis=0) for k, n in enumerate(names)}
+    high = {n: np.max([p[k].max(axis=(0, 2)) for p in pooled], axis=0) for k, n in enumerate(names)}
+    input_range = calibrated_range(calib)
+    extra, quantised_inputs, replaced = [], {}, set()
+    nodes = []
+    for node in graph.node:
+        pool = next((p for c, p in pairs if c is node), None)
+        if pool is None:
+            if all(p is not node for _, p in pairs):
+                nodes.append(node)
+            continue
+        x, w, b = node.input
+        if x not in quantised_inputs:
+            scale, zero = uint8_quantisation(*_batchnorm_range(producers.get(x), arrays,
+                                                                input_range))
+            quantised_inputs[x] = (f"{x}_u8", f"{x}_scale", f"{x}_zero", scale)
+            extra += [numpy_helper.from_array(np.array(scale, np.float32), f"{x}_scale"),
+                      numpy_helper.from_array(np.array(zero, np.uint8), f"{x}_zero")]
+            nodes.append(helper.make_node("QuantizeLinear", [x, f"{x}_scale", f"{x}_zero"],
+                                          [f"{x}_u8"]))
+        xq, x_scale_name, x_zero_name, x_scale = quantised_inputs[x]
+        sign = arrays[consumers[pool.output[0]][0].input[1]].reshape(-1)
+        m = pool.output[0]
+        start = np.where(sign > 0, 0.0, np.minimum(low[m], 0.0))
+        width = np.maximum(np.where(sign > 0, np.maximum(high[m], 0.0), 0.0) - start, 1e-3)
+        weight, bias = arrays[w], arrays[b]
+        peak = np.abs(weight).reshape(len(weight), -1).max(axis=1)
+        # a dead filter (weights ~0) still needs its bias to fit int32
+        w_scale = np.maximum(peak / 127, np.abs(bias - start) / (x_scale * 2**24))
+        w_scale = w_scale.astype(np.float32)
+        wq = np.round(weight / w_scale.reshape(-1, 1, 1, 1)).astype(np.int8)
+        p = node.name
+        extra += [
+            numpy_helper.from_array(wq, f"{p}_w"),
+            numpy_helper.from_array((w_scale / width).astype(np.float32), f"{p}_w_scale"),
+            numpy_helper.from_array(np.zeros(len(wq), np.int8), f"{p}_w_zero"),
+            numpy_helper.from_array(np.array(1 / 255, np.float32), f"{p}_y_scale"),
+            numpy_helper.from_array(np.array(0, np.uint8), f"{p}_y_zero"),
+            numpy_helper.from_array(np.round((bias - start) / (x_scale * w_scale))
+                                    .astype(np.int32), f"{p}_bias"),
+            numpy_helper.from_array((width / 255).astype(np.float32), f"{p}_d_scale"),
+            numpy_helper.from_array(np.round(-start / (width / 255)).clip(0, 255)
+                                    .astype(np.uint8), f"{p}_d_zero")]
+        conv_attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        pool_attrs = {a.name: helper.get_attribute_value(a) for a in pool.attribute}
+        nodes += [
+            helper.make_node("QLinearConv", [xq, x_scale_name, x_zero_name, f"{p}_w",
+                                             f"{p}_w_scale", f"{p}_w_zero", f"{p}_y_scale",
+                                             f"{p}_y_zero", f"{p}_bias"], [f"{p}_u8"],
+                             **conv_attrs),
+            helper.make_node("ReduceMax", [f"{p}_u8"], [f"{p}_max"], **pool_attrs),
+            helper.make_node("DequantizeLinear", [f"{p}_max", f"{p}_d_scale", f"{p}_d_zero"],
+                             [m], axis=1)]
+        replaced |= {w, b}
+    kept = [i for i in graph.initializer if i.name not in replaced]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + extra)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+    return dst
 
 
 def split_dir_with_frame(card, frame_graph: Path, out_dir: Path) -> Path:
@@ -338,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     variants["int8"] = write_int8_split(
         card, windows=calib, calibration=f"{len(calib)} calib windows", out_dir=work / "int8",
         split_dir=SPLIT_DIR, builder="tools/int8_eval.py").parent
+    variants["qlinear_pooled"] = split_dir_with_frame(
+        card, qlinear_pooled(SPLIT_DIR / json.loads((SPLIT_DIR / f"{card.name}.json")
+                                                    .read_text())["frame"]["file"],
+                             calib, work / "qlinear_pooled.onnx"), work / "qlinear_pooled")
     if not args.no_ort:
         spread = calib[np.linspace(0, len(calib) - 1, CALIB_WINDOWS_ORT).astype(int)]
         document = json.loads((SPLIT_DIR / f"{card.name}.json").read_text())

@@ -7,8 +7,8 @@ graph stay fp32 (docs/engines.md, "int8", has the per-operator profile that says
 
 Which int8 graph is accurate depends on the CPU: without VNNI, MLAS multiplies uint8 × int8
 with `vpmaddubsw`, whose int16 pair sums saturate, so full-range int8 weights lose accuracy there
-and the shipped graph uses 7-bit weights (`reduce_range`). Whether int8 is the default is
-decided from the CPU's int8 dot-product flags (`choose_cpu_precision`), logged, overridable.
+and the shipped graph uses 7-bit weights (`reduce_range`). `auto` reads the CPU's int8
+dot-product flags (`choose_cpu_precision`) and logs why it chose; fp32 is the default.
 
 Runtime part: the flags and the decision (no onnx). `quantize_frame_graph` and the command
 `python -m streamclf.backends.quantize` make the shipped graphs (the dev or train extra: onnx).
@@ -56,19 +56,18 @@ def int8_dot_product(flags: Iterable[str]) -> str | None:
 
 
 def choose_cpu_precision(setting: str, flags: Iterable[str]) -> tuple[str, str]:
-    """(precision, reason) of the ONNX Runtime runner: "auto" takes int8 only where the CPU has
-    AMX. Without int8 dot products int8 was not faster, and with AVX-512 VNNI it was slower
-    (0.55× fp32 on an AMD EPYC: docs/engines.md); AMX is not measured yet."""
+    """(precision, reason) of the ONNX Runtime runner: "auto" takes int8 on none of the CPUs
+    measured so far, because the shipped int8 graph was slower than fp32 on each: 0.75× with
+    AMX (an Intel Xeon with `amx_int8`), 0.55× with AVX-512 VNNI (an AMD EPYC), no faster with
+    AVX2 alone (docs/engines.md, "int8"). `int8` asks for it anyway."""
     if setting not in CPU_PRECISIONS:
         msg = f"cpu precision must be one of {', '.join(CPU_PRECISIONS)}, not {setting!r}"
         raise ValueError(msg)
     if setting != "auto":
         return setting, f"cpu_precision = {setting}"
     found = int8_dot_product(flags)
-    if found == "amx_int8":
-        return "int8", f"auto: the CPU has {found}"
     if found:
-        return "fp32", f"auto: {found} only (int8 measured slower than fp32 with VNNI)"
+        return "fp32", f"auto: the CPU has {found}, but int8 measured slower than fp32 with it"
     return "fp32", f"auto: no int8 dot product on this CPU (none of {', '.join(INT8_DOT_FLAGS)})"
 
 
