@@ -9,10 +9,9 @@ import time
 import pytest
 import soundfile as sf
 from audio_helpers import CLIP_PATH
+from pipeline_helpers import recorded_pipeline
 
-from streamclf.config import load_config
 from streamclf.features.framer import HOP_FRAMES, load_mono_16k
-from streamclf.pipeline import Pipeline
 from streamclf.testing.daemon import write_config
 
 STREAMS = 4
@@ -41,22 +40,12 @@ def test_streams_window_grids_are_spread_over_the_hop(tmp_path):
     cfg = write_config(tmp_path, framing={"hop_s": 1.0},
                        streams=[{"id": f"s{k}", "source": "file", "path": wav, "realtime": True}
                                 for k in range(STREAMS)])
-    recorders: list[RecordingRunner] = []
-
-    def wrap(runner):
-        recorders.append(RecordingRunner(runner))
-        return recorders[0]
-
-    pipeline = Pipeline(load_config(cfg.path), publish=False, runner_wrapper=wrap)
-    pipeline.start()
-    try:
+    with recorded_pipeline(cfg.path, RecordingRunner) as (_, recorder):
         deadline = time.monotonic() + 60
-        while not all(len(recorders[0].windows.get(f"s{k}", ())) >= 3 for k in range(STREAMS)):
+        while not all(len(recorder.windows.get(f"s{k}", ())) >= 3 for k in range(STREAMS)):
             assert time.monotonic() < deadline, "the streams gave too few windows"
             time.sleep(0.1)
-    finally:
-        pipeline.stop()
     for k in range(STREAMS):
-        starts = [w.start_frame for w in recorders[0].windows[f"s{k}"]][:3]
+        starts = [w.start_frame for w in recorder.windows[f"s{k}"]][:3]
         phase = k * HOP_FRAMES // STREAMS
         assert starts == [phase + i * HOP_FRAMES for i in range(3)], (k, starts)

@@ -9,7 +9,6 @@ device source; the windows the engine was given are recorded and compared.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import os
@@ -18,10 +17,9 @@ import signal
 import numpy as np
 from audio_helpers import pulse_server_fixture
 from paced_wav_server import PacedWavServer
+from pipeline_helpers import recorded_pipeline
 from reliability_helpers import children_named
 
-from streamclf.config import load_config
-from streamclf.pipeline import Pipeline
 from streamclf.testing.daemon import START_TIMEOUT_S, wait_for, write_config
 
 pulse = pulse_server_fixture()
@@ -57,22 +55,10 @@ class WindowRecorder:
         return len(self.events) - self.events.index("reset") - 1 if "reset" in self.events else 0
 
 
-@contextlib.contextmanager
-def recorded_pipeline(tmp_path, stream: dict):
-    """A Pipeline (no feed socket) over one stream, yielding (pipeline, recorder)."""
+def recorded_stream(tmp_path, stream: dict):
+    """A Pipeline (no feed socket) over one stream: a context yielding (pipeline, recorder)."""
     cfg = write_config(tmp_path, streams=[{"id": STREAM, **stream}], framing={"hop_s": HOP_S})
-    recorders: list[WindowRecorder] = []
-
-    def wrap(runner):
-        recorders.append(WindowRecorder(runner))
-        return recorders[0]
-
-    pipeline = Pipeline(load_config(cfg.path), publish=False, runner_wrapper=wrap)
-    pipeline.start()
-    try:
-        yield pipeline, recorders[0]
-    finally:
-        pipeline.stop()
+    return recorded_pipeline(cfg.path, WindowRecorder)
 
 
 def assert_fresh_after_gap(before: list, after: list) -> None:
@@ -89,7 +75,7 @@ class TestFfmpegKilled:
         server = PacedWavServer()
         server.start()
         try:
-            with recorded_pipeline(tmp_path, {"source": "url", "url": server.url}) as (
+            with recorded_stream(tmp_path, {"source": "url", "url": server.url}) as (
                     pipeline, recorder):
                 assert wait_for(lambda: len(recorder.events) >= 2, timeout_s=START_TIMEOUT_S)
                 (reader,) = children_named(os.getpid(), "ffmpeg")
@@ -116,7 +102,7 @@ class TestDeviceReopened:
         any frame from before it would have a level above -inf."""
         player = None
         try:
-            with recorded_pipeline(tmp_path, {"source": "device", "device": "pulse"}) as (
+            with recorded_stream(tmp_path, {"source": "device", "device": "pulse"}) as (
                     pipeline, recorder):
                 player = pulse.play()
                 assert wait_for(lambda: sum(not isinstance(e, str) and e.level_dbfs > -60

@@ -41,6 +41,7 @@ from streamclf.backends.quantize import (
     dataset_windows,
     int8_dot_product,
     read_cpu_flags,
+    save_rewritten,
     uint8_quantisation,
     write_int8_split,
 )
@@ -230,13 +231,7 @@ def qlinear_pooled(frame_src: Path, calib: np.ndarray, dst: Path) -> Path:
             helper.make_node("DequantizeLinear", [f"{p}_max", f"{p}_d_scale", f"{p}_d_zero"],
                              [m], axis=1)]
         replaced |= {w, b}
-    kept = [i for i in graph.initializer if i.name not in replaced]
-    del graph.initializer[:]
-    graph.initializer.extend(kept + extra)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(dst))
+    save_rewritten(model, nodes, extra, dst, replaced=replaced)
     return dst
 
 

@@ -179,7 +179,17 @@ def quantize_frame_graph(src: Path, dst: Path, *, input_range: InputRange) -> li
             nodes.append(helper.make_node("Add", [scaled, f"{bias}_4d"], [node.output[0]],
                                           name=f"{prefix}_bias"))
         done.append(node.name)
-    replaced = {n.input[1] for n in graph.node if n.op_type == "Conv"}
+    save_rewritten(model, nodes, extra, dst,
+                   replaced={n.input[1] for n in graph.node if n.op_type == "Conv"})
+    return done
+
+
+def save_rewritten(model, nodes: list, extra: list, dst: Path, *, replaced: set[str]) -> None:
+    """Give `model` these nodes, drop the `replaced` initializers and add the `extra` ones,
+    check it and write it to `dst`."""
+    import onnx
+
+    graph = model.graph
     kept = [i for i in graph.initializer if i.name not in replaced]
     del graph.initializer[:]
     graph.initializer.extend(kept + extra)
@@ -187,7 +197,6 @@ def quantize_frame_graph(src: Path, dst: Path, *, input_range: InputRange) -> li
     graph.node.extend(nodes)
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
-    return done
 
 
 def _batchnorm_range(node, arrays: dict, input_range: InputRange) -> tuple[float, float]:
