@@ -36,7 +36,7 @@ from streamclf.backends.incremental import SPLIT_DIR, IncrementalRunner
 from streamclf.backends.onnx import default_threads, session_options
 from streamclf.backends.quantize import (
     INT8_DOT_FLAGS,
-    _batchnorm_range,
+    batchnorm_range,
     calibrated_range,
     dataset_windows,
     int8_dot_product,
@@ -190,7 +190,7 @@ def qlinear_pooled(frame_src: Path, calib: np.ndarray, dst: Path) -> Path:
             continue
         x, w, b = node.input
         if x not in quantised_inputs:
-            scale, zero = uint8_quantisation(*_batchnorm_range(producers.get(x), arrays,
+            scale, zero = uint8_quantisation(*batchnorm_range(producers.get(x), arrays,
                                                                 input_range))
             quantised_inputs[x] = (f"{x}_u8", f"{x}_scale", f"{x}_zero", scale)
             extra += [numpy_helper.from_array(np.array(scale, np.float32), f"{x}_scale"),

@@ -57,9 +57,10 @@ def int8_dot_product(flags: Iterable[str]) -> str | None:
 
 def choose_cpu_precision(setting: str, flags: Iterable[str]) -> tuple[str, str]:
     """(precision, reason) of the ONNX Runtime runner: "auto" takes int8 on none of the CPUs
-    measured so far, because the shipped int8 graph was slower than fp32 on each: 0.75× with
-    AMX (an Intel Xeon with `amx_int8`), 0.55× with AVX-512 VNNI (an AMD EPYC), no faster with
-    AVX2 alone (docs/engines.md, "int8"). `int8` asks for it anyway."""
+    measured so far, because the shipped int8 graph was slower than fp32 on each: 0.70× with
+    AMX (an Intel Xeon with `amx_int8`, at the daemon's 1 s hop), 0.55× with AVX-512 VNNI (an
+    AMD EPYC, whole windows), no faster with AVX2 alone (docs/engines.md, "int8"). `int8` asks
+    for it anyway."""
     if setting not in CPU_PRECISIONS:
         msg = f"cpu precision must be one of {', '.join(CPU_PRECISIONS)}, not {setting!r}"
         raise ValueError(msg)
@@ -148,7 +149,7 @@ def quantize_frame_graph(src: Path, dst: Path, *, input_range: InputRange) -> li
         x, w = node.input[0], node.input[1]
         bias = node.input[2] if len(node.input) > 2 else None
         if x not in quantised_inputs:
-            low, high = _batchnorm_range(producers.get(x), arrays, input_range)
+            low, high = batchnorm_range(producers.get(x), arrays, input_range)
             scale, zero = uint8_quantisation(low, high)
             names = (f"{x}_u8", f"{x}_u8_scale", f"{x}_u8_zero")
             extra += [numpy_helper.from_array(np.array(scale, np.float32), names[1]),
@@ -199,7 +200,7 @@ def save_rewritten(model, nodes: list, extra: list, dst: Path, *, replaced: set[
     onnx.save(model, str(dst))
 
 
-def _batchnorm_range(node, arrays: dict, input_range: InputRange) -> tuple[float, float]:
+def batchnorm_range(node, arrays: dict, input_range: InputRange) -> tuple[float, float]:
     """The range of a one-channel BatchNormalization's output over `input_range` (with 0)."""
     if node is None or node.op_type != "BatchNormalization":
         return input_range.low, input_range.high
