@@ -7,7 +7,10 @@ summary (mean tag probabilities over the windows, top genre).
 from __future__ import annotations
 
 import json
+import queue
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -27,7 +30,7 @@ from streamclf.audio.files import AUDIO_SUFFIXES, audio_files
 from streamclf.backends.runner import WindowRunner, load_runner
 from streamclf.config import SmoothingConfig
 from streamclf.errors import AudioInputError, ConfigError
-from streamclf.features.framer import stream_file_windows
+from streamclf.features.framer import Window, stream_file_windows
 from streamclf.features.mel import WINDOW_FRAMES, frames_for_seconds
 from streamclf.models.card import DEFAULT_MODEL, ModelCard, genre_vocabulary, load_model_card
 from streamclf.smoothing import card_thresholds
@@ -39,6 +42,10 @@ SCHEMA_VERSION = 1
 # model: peak 154 MiB at 1, 328 MiB at 4, 690 MiB at 16 for the whole process), while its
 # throughput on 2 cores is the same from batch 1 on (docs/benchmarks.md, section 2).
 BATCH_WINDOWS = 1
+# Windows a reader thread decodes, resamples and frames ahead of the engine: reading a 30 s clip
+# is about a third of the engine's time on it, and runs beside it instead of between its calls
+# (docs/benchmarks.md, the offline path).
+READ_AHEAD_WINDOWS = 4
 TAGGRAM_WIDTH_IN = 14.0  # the --plot picture: wide, one row of tags every TAGGRAM_ROW_IN inches
 TAGGRAM_ROW_IN = 0.16  # 50 tags: 9.5 inches tall, still room for 9-point labels
 
@@ -69,11 +76,55 @@ def top_genre(probs: np.ndarray, card: ModelCard, genres: tuple[str, ...]) -> tu
     return card.labels[best], float(probs[best])
 
 
+def read_ahead(windows: Iterator[Window], *, depth: int) -> Iterator[Window]:
+    """`windows`, iterated by a reader thread up to `depth` ahead of the caller; what it raises
+    is raised here, and a caller that stops early stops the reader (and its file) with it."""
+    finished = object()
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def hand_over(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    def read() -> None:
+        try:
+            outcome: object = finished
+            try:
+                for window in windows:
+                    if not hand_over(window):
+                        return
+            except Exception as exc:  # noqa: BLE001 — raised again in the caller's thread
+                outcome = exc
+            hand_over(outcome)
+        finally:
+            windows.close()
+
+    reader = threading.Thread(target=read, name="classify-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := ready.get()) is not finished:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()
+
+
 def tag_file(path: Path, runner: WindowRunner, *, window_frames: int,
              hop_frames: int) -> FileTags:
-    """Stream the file through the framer and the engine, `runner.max_batch` windows at a time:
-    memory stays that of one block and one batch, whatever the file's length."""
-    windows = stream_file_windows(path, window_frames=window_frames, hop_frames=hop_frames)
+    """Stream the file through the framer and the engine, `runner.max_batch` windows at a time
+    (read ahead by a thread): memory stays that of one block and a few windows, whatever the
+    file's length."""
+    windows = read_ahead(
+        stream_file_windows(path, window_frames=window_frames, hop_frames=hop_frames),
+        depth=READ_AHEAD_WINDOWS)
     starts, ends, chunks = [], [], []
     try:
         while batch := list(islice(windows, runner.max_batch)):
@@ -81,6 +132,7 @@ def tag_file(path: Path, runner: WindowRunner, *, window_frames: int,
             starts += [w.t_start_s for w in batch]
             ends += [w.t_end_s for w in batch]
     finally:
+        windows.close()
         runner.reset(str(path))
     if not chunks:
         msg = f"{path}: shorter than one window ({window_frames} frames, about 3 s)"
