@@ -120,6 +120,13 @@ class TestDaemon:
                 trial["cpu_percent"] / trial["streams"])
         sustained = [t["streams"] for t in capacity["trials"] if t["sustained"]]
         assert capacity["streams"] == max(sustained, default=0)
+        # the same search with the on-air stages off: the feed shows neither content nor loudness
+        genre_only = capacity["genre_only"]
+        assert len(genre_only["trials"]) == 1
+        assert all(t["onair_published"] for t in capacity["trials"])
+        assert not any(t["onair_published"] for t in genre_only["trials"])
+        assert genre_only["streams"] == max(
+            (t["streams"] for t in genre_only["trials"] if t["sustained"]), default=0)
         # judged against the bound of the runner the daemon ran: the default, incremental one,
         # as measured at the same hop in section 3 of the same run
         assert capacity["runner"] == "incremental" == bench[0]["end_to_end"]["runner"]
@@ -135,7 +142,9 @@ class TestDaemon:
         assert daemon["rss_bytes"] > daemon["floor"]["ort_session_rss_bytes"] / 2
         assert daemon["peak_rss_bytes"] >= daemon["rss_bytes"]
         assert daemon["ready_s"] > daemon["floor"]["python_start_s"] > 0
-        assert daemon["ready_s_all_starts"]["n"] == 1 + len(bench[0]["capacity"]["trials"])
+        capacity = bench[0]["capacity"]
+        assert daemon["ready_s_all_starts"]["n"] == (
+            1 + len(capacity["trials"]) + len(capacity["genre_only"]["trials"]))
 
 
 def test_missing_daemon_fails_with_one_line(tmp_path: Path) -> None:

@@ -29,13 +29,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, nargs="+", required=True, help="stream counts")
     parser.add_argument("--seconds", type=float, default=15.0, help="measured per trial")
     parser.add_argument("--repeats", type=int, default=1, help="rounds over the counts")
+    parser.add_argument("--no-onair", dest="onair", action="store_false",
+                        help="loudness, level alarms and content off (the genre alone)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="capacity-") as tmp:
         workdir = Path(tmp)
         ctx = Context(quick=False, workdir=workdir, audio=stream_audio(workdir))
         for _ in range(args.repeats):
             for streams in args.streams:
-                trial = capacity_trial(ctx, streams, measure_s=args.seconds)
+                trial = capacity_trial(ctx, streams, measure_s=args.seconds, onair=args.onair)
                 row = {key: trial[key] for key in SHOWN}
                 row["load_1min"] = round(os.getloadavg()[0], 2)
                 print(json.dumps(row), flush=True)

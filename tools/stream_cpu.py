@@ -119,10 +119,12 @@ def thread_cpu_s(pid: int) -> dict[int, float]:
     return cpu
 
 
-def daemon_config(*, streams: int, hop_s: float, audio: Path, port: int) -> str:
+def daemon_config(*, streams: int, hop_s: float, audio: Path, port: int, onair: bool) -> str:
     lines = ["[engine]", 'kind = "onnxruntime"', "[framing]", f"hop_s = {hop_s}",
              "[feed]", f'endpoint = "tcp://127.0.0.1:{port}"', "send_hwm = 10000",
              "[service]", 'log_level = "warning"', 'log_format = "json"', "watchdog = false"]
+    if not onair:
+        lines += ["[loudness]", "enabled = false", "[content]", "enabled = false"]
     for i in range(streams):
         lines += ["[[streams]]", f'id = "s{i}"', 'source = "file"',
                   f"path = {json.dumps(str(audio))}", "loop = true", "realtime = true"]
@@ -245,6 +247,8 @@ def main() -> None:
                         help="a second run under cProfile: the share of each stage")
     parser.add_argument("--python", default=sys.executable,
                         help="the interpreter whose streamclf runs (another checkout's venv)")
+    parser.add_argument("--no-onair", dest="onair", action="store_false",
+                        help="loudness, level alarms and content off (the genre alone)")
     args = parser.parse_args()
     if args.streams < 1 or args.seconds <= 0 or args.warmup < 0:
         parser.error("--streams must be at least 1, --seconds positive, --warmup not negative")
@@ -256,8 +260,9 @@ def main() -> None:
         sf.write(workdir / "clip.wav", audio, rate, subtype="FLOAT")
         config = workdir / "serve.toml"
         config.write_text(daemon_config(streams=args.streams, hop_s=args.hop,
-                                        audio=workdir / "clip.wav", port=free_port()))
-        report = {"streams": args.streams, "hop_s": args.hop,
+                                        audio=workdir / "clip.wav", port=free_port(),
+                                        onair=args.onair))
+        report = {"streams": args.streams, "hop_s": args.hop, "onair": args.onair,
                   "run": run_daemon(args, workdir, config, profile=False)}
         if args.profile:
             report["profiled_run"] = run_daemon(args, workdir, config, profile=True)

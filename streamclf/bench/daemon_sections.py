@@ -43,12 +43,15 @@ TARGET_CAPACITY_SHARE = 0.8
 
 
 @contextlib.contextmanager
-def served(ctx: Context, *, streams: int, hop_s: float) -> Iterator[tuple[Daemon, FeedRecorder]]:
+def served(ctx: Context, *, streams: int, hop_s: float,
+           onair: bool = True) -> Iterator[tuple[Daemon, FeedRecorder]]:
     """`streamclf serve` on the CPU engine (model and options: the defaults) with `streams`
-    looped real-time file streams, ready, and a recorder on its feed; READY time into ctx."""
+    looped real-time file streams, ready, and a recorder on its feed; READY time into ctx.
+    `onair=False` turns the on-air stages off (loudness and level alarms, content)."""
+    stages = {} if onair else {"loudness": {"enabled": False}, "content": {"enabled": False}}
     cfg = write_config(
         ctx.workdir, name=f"serve-{streams}.toml", engine={"threads": 0},
-        framing={"hop_s": hop_s},
+        framing={"hop_s": hop_s}, **stages,
         feed={"endpoint": f"tcp://127.0.0.1:{free_tcp_port()}", "send_hwm": 10000,
               "status_interval_s": 1.0},
         streams=[{"id": f"s{i}", "source": "file", "path": ctx.audio, "loop": True,
@@ -151,13 +154,13 @@ def render_end_to_end(r: dict) -> str:
 # -- 5. capacity ----------------------------------------------------------------------------------
 
 
-def capacity_trial(ctx: Context, streams: int, *, measure_s: float) -> dict:
+def capacity_trial(ctx: Context, streams: int, *, measure_s: float, onair: bool = True) -> dict:
     """`streams` real-time streams at hop 1 s: sustained when nothing was dropped, every stream
     got its windows, and no backlog builds up: the latency does not grow (a deficit of d % of
     the demand grows it by d/100 s per s) and its p99 ring → subscriber stays under one hop
     (issue 18's bound: a window is out before the next one of its stream is due)."""
     ids = [f"s{i}" for i in range(streams)]
-    with served(ctx, streams=streams, hop_s=CAPACITY_HOP_S) as (daemon, feed):
+    with served(ctx, streams=streams, hop_s=CAPACITY_HOP_S, onair=onair) as (daemon, feed):
         watch(daemon, lambda: len({m.stream for m in feed.of(GenreMessage)}) >= streams,
               timeout_s=15.0, until=False)
         start, cpu0, t0 = len(feed.messages), daemon.cpu_s(), time.monotonic()
@@ -188,59 +191,68 @@ def capacity_trial(ctx: Context, streams: int, *, measure_s: float) -> dict:
         "latency_growth_s_per_s": growth,
         "cpu_percent": cpu_percent,
         "cpu_percent_per_stream": cpu_percent / streams,
+        # what the feed showed of the on-air stages: the content of a window, a stream's loudness
+        "onair_published": any(m.content is not None for m, _ in genre)
+        or any(s.momentary_lufs is not None for s in status),
     }
 
 
+def search_capacity(ctx: Context, first: int, *, onair: bool, measure_s: float,
+                    max_trials: int) -> dict:
+    """The most streams sustained: `first`, then up by a quarter until a count fails, then
+    bisect, at most `max_trials` trials."""
+    n, lo, hi = first, 0, None  # the most streams sustained, the fewest that were not
+    trials = []
+    while len(trials) < max_trials and (hi is None or hi - lo > 1):
+        trial = capacity_trial(ctx, n, measure_s=measure_s, onair=onair)
+        log.info("capacity_trial", onair=onair, **trial)
+        trials.append(trial)
+        lo, hi = (n, hi) if trial["sustained"] else (lo, n)
+        n = max(lo + 1, math.ceil(1.25 * lo)) if hi is None else (lo + hi) // 2
+    best = next((t for t in trials if t["streams"] == lo), None)
+    return {"streams": lo, "exact": hi is not None and hi - lo == 1, "trials": trials,
+            "cpu_percent_per_stream": best["cpu_percent_per_stream"] if best else None}
+
+
 def bench_capacity(ctx: Context) -> dict:
+    """Capacity with the defaults (the target), then with the on-air stages off, which shows
+    how much of the gap to the runner's bound is the pipeline and how much those stages."""
     engine_wps = max(ort_row(ctx.results)["windows_per_s"].values())
     engine_streams = engine_wps * CAPACITY_HOP_S
     incremental = {r["hop_s"]: r for r in ctx.results["incremental"]["hops"]}
     incremental_streams = incremental[CAPACITY_HOP_S]["incremental_capacity_streams"]
     measure_s, max_trials = (5.0, 1) if ctx.quick else (15.0, 6)
-    # First at the target, then up by a quarter until a count fails, then bisect.
-    n = 2 if ctx.quick else max(1, int(TARGET_CAPACITY_SHARE * engine_streams))
-    lo, hi = 0, None  # the most streams sustained, the fewest that were not
-    trials = []
-    while len(trials) < max_trials and (hi is None or hi - lo > 1):
-        trial = capacity_trial(ctx, n, measure_s=measure_s)
-        log.info("capacity_trial", **trial)
-        trials.append(trial)
-        lo, hi = (n, hi) if trial["sustained"] else (lo, n)
-        n = max(lo + 1, math.ceil(1.25 * lo)) if hi is None else (lo + hi) // 2
-    best = next((t for t in trials if t["streams"] == lo), None)
-    runner = trials[0]["runner"]
+    first = 2 if ctx.quick else max(1, int(TARGET_CAPACITY_SHARE * engine_streams))
+    defaults = search_capacity(ctx, first, onair=True, measure_s=measure_s,
+                               max_trials=max_trials)
+    genre_only = search_capacity(ctx, first if ctx.quick else max(first, defaults["streams"] + 1),
+                                 onair=False, measure_s=measure_s, max_trials=max_trials)
+    runner = defaults["trials"][0]["runner"]
     # the bound of the runner the daemon ran, measured in this run: section 3 for incremental
     bound = incremental_streams if runner == "incremental" else engine_streams
     return {
         "hop_s": CAPACITY_HOP_S,
         "measure_s": measure_s,
-        "streams": lo,
-        "exact": hi is not None and hi - lo == 1,
+        **defaults,
+        "genre_only": genre_only,
         "engine_windows_per_s": engine_wps,
         "engine_bound_streams": engine_streams,
         "incremental_bound_streams": incremental_streams,
         "incremental_bench_streams": ctx.results["incremental"]["streams"],
         "runner": runner,
         "runner_bound_streams": bound,
-        "cpu_percent_per_stream": best["cpu_percent_per_stream"] if best else None,
-        "trials": trials,
-        "checks": {"capacity_vs_runner_bound": check(lo / bound, TARGET_CAPACITY_SHARE)},
+        "checks": {"capacity_vs_runner_bound": check(defaults["streams"] / bound,
+                                                     TARGET_CAPACITY_SHARE)},
     }
 
 
-def render_capacity(r: dict) -> str:
+def _trials_table(trials: list[dict]) -> list[str]:
     lines = [
-        (f"Concurrent real-time file streams at hop {r['hop_s']:g} s, {r['measure_s']:g} s "
-         "measured per trial. Sustained = no dropped window, no ring overrun, every stream got its "
-         f"windows, a latency trend under {MAX_LATENCY_GROWTH:g} s/s (no growing backlog) "
-         "and a p99 "
-         "ring → subscriber under one hop."),
-        "",
         ("| streams | sustained | dropped windows | ring overruns | fewest windows | p99 ms | "
          "latency trend s/s | CPU % | CPU % per stream |"),
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for t in r["trials"]:
+    for t in trials:
         lines.append(
             f"| {t['streams']} | {'yes' if t['sustained'] else 'no'} | {t['dropped_windows']} | "
             f"{t['ring_overrun_samples']} | {t['fewest_windows']}/{t['expected_windows']} | "
@@ -248,11 +260,34 @@ def render_capacity(r: dict) -> str:
             f"{t['cpu_percent']:.0f} | "
             f"{t['cpu_percent_per_stream']:.1f} |"
         )
-    lines += [
+    return lines
+
+
+def _capacity_line(label: str, search: dict, bound: float) -> str:
+    return (f"- {label}: {search['streams']} streams"
+            + ("" if search["exact"] else " (the search stopped early: a lower bound)")
+            + f", {100 * search['streams'] / bound:.0f} % of the bound below.")
+
+
+def render_capacity(r: dict) -> str:
+    bound = r["runner_bound_streams"]
+    lines = [
+        (f"Concurrent real-time file streams at hop {r['hop_s']:g} s, {r['measure_s']:g} s "
+         "measured per trial. Sustained = no dropped window, no ring overrun, every stream got its "
+         f"windows, a latency trend under {MAX_LATENCY_GROWTH:g} s/s (no growing backlog) "
+         "and a p99 "
+         "ring → subscriber under one hop."),
         "",
-        f"- capacity: {r['streams']} streams"
-        + ("" if r["exact"] else " (the search stopped early: a lower bound)")
-        + f", {100 * r['streams'] / r['runner_bound_streams']:.0f} % of the bound below.",
+        "The defaults (loudness, level alarms and content on):",
+        "",
+        *_trials_table(r["trials"]),
+        "",
+        "The genre alone (`[loudness]` and `[content]` off):",
+        "",
+        *_trials_table(r["genre_only"]["trials"]),
+        "",
+        _capacity_line("capacity", r, bound),
+        _capacity_line("capacity, the genre alone", r["genre_only"], bound),
         (f"- floor: the daemon ran the {r['runner']} runner (`runner_selected` in its log); "
          + (f"that runner alone, in this run (section 3: {r['incremental_bench_streams']} "
             f"streams a batch, hop {r['hop_s']:g} s), keeps up with "
