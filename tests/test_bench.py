@@ -114,6 +114,9 @@ class TestDaemon:
         capacity = bench[0]["capacity"]
         assert len(capacity["trials"]) == 1
         for trial in capacity["trials"]:
+            # measured after the start-up burst has had its time; the start's p99 is shown
+            assert trial["settle_s"] == capacity["settle_s"] > 0
+            assert trial["start_p99_ms"] > 0
             assert trial["expected_windows"] >= 1
             assert trial["cpu_percent"] > 0
             assert trial["cpu_percent_per_stream"] == pytest.approx(

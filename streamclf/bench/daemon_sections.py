@@ -31,6 +31,12 @@ log = structlog.get_logger(__name__)
 # 300 windows in 75 s of real time; the latency of one window does not depend on it
 E2E_HOP_S = 0.25
 CAPACITY_HOP_S = 1.0
+# Seconds a capacity trial lets pass after every stream has published before it measures: at
+# start every stream's first window is a whole window for the incremental runner (about three
+# times a hop's work), all within one hop, and the backlog of that burst drains for seconds
+# (about 10 s at 64 streams on 2 cores). It is reported, not judged: the criterion is the
+# sustained load.
+CAPACITY_SETTLE_S = 10.0
 MAX_LATENCY_GROWTH = 0.02  # s of latency per s: a backlog growing this fast is not sustained
 READY_TIMEOUT_S = 60.0
 TARGET_E2E_VS_RUNNER_P99 = 1.5
@@ -154,16 +160,21 @@ def render_end_to_end(r: dict) -> str:
 # -- 5. capacity ----------------------------------------------------------------------------------
 
 
-def capacity_trial(ctx: Context, streams: int, *, measure_s: float, onair: bool = True) -> dict:
-    """`streams` real-time streams at hop 1 s: sustained when nothing was dropped, every stream
-    got its windows, and no backlog builds up: the latency does not grow (a deficit of d % of
-    the demand grows it by d/100 s per s) and its p99 ring → subscriber stays under one hop
-    (issue 18's bound: a window is out before the next one of its stream is due)."""
+def capacity_trial(ctx: Context, streams: int, *, measure_s: float, settle_s: float,
+                   onair: bool = True) -> dict:
+    """`streams` real-time streams at hop 1 s, measured `settle_s` after every stream has
+    published: sustained when nothing was dropped, every stream got its windows, and no backlog
+    builds up: the latency does not grow (a deficit of d % of the demand grows it by d/100 s per
+    s) and its p99 ring → subscriber stays under one hop (issue 18's bound: a window is out
+    before the next one of its stream is due). The p99 of the start, up to the measurement, is
+    reported beside it."""
     ids = [f"s{i}" for i in range(streams)]
     with served(ctx, streams=streams, hop_s=CAPACITY_HOP_S, onair=onair) as (daemon, feed):
         watch(daemon, lambda: len({m.stream for m in feed.of(GenreMessage)}) >= streams,
               timeout_s=15.0, until=False)
+        watch(daemon, lambda: False, timeout_s=settle_s, until=False)
         start, cpu0, t0 = len(feed.messages), daemon.cpu_s(), time.monotonic()
+        start_e2e = e2e_ms(genre_received(feed.since(0)[:start]))
         watch(daemon, lambda: False, timeout_s=measure_s, until=False)
         cpu_percent = 100.0 * (daemon.cpu_s() - cpu0) / (time.monotonic() - t0)
         genre = genre_received(feed.since(start))
@@ -188,6 +199,8 @@ def capacity_trial(ctx: Context, streams: int, *, measure_s: float, onair: bool 
         "fewest_windows": fewest,
         "expected_windows": expected,
         "e2e_p99_ms": p99,
+        "settle_s": settle_s,
+        "start_p99_ms": float(np.percentile(start_e2e, 99)) if start_e2e.size else math.nan,
         "latency_growth_s_per_s": growth,
         "cpu_percent": cpu_percent,
         "cpu_percent_per_stream": cpu_percent / streams,
@@ -198,13 +211,13 @@ def capacity_trial(ctx: Context, streams: int, *, measure_s: float, onair: bool 
 
 
 def search_capacity(ctx: Context, first: int, *, onair: bool, measure_s: float,
-                    max_trials: int) -> dict:
+                    settle_s: float, max_trials: int) -> dict:
     """The most streams sustained: `first`, then up by a quarter until a count fails, then
     bisect, at most `max_trials` trials."""
     n, lo, hi = first, 0, None  # the most streams sustained, the fewest that were not
     trials = []
     while len(trials) < max_trials and (hi is None or hi - lo > 1):
-        trial = capacity_trial(ctx, n, measure_s=measure_s, onair=onair)
+        trial = capacity_trial(ctx, n, measure_s=measure_s, settle_s=settle_s, onair=onair)
         log.info("capacity_trial", onair=onair, **trial)
         trials.append(trial)
         lo, hi = (n, hi) if trial["sustained"] else (lo, n)
@@ -221,18 +234,20 @@ def bench_capacity(ctx: Context) -> dict:
     engine_streams = engine_wps * CAPACITY_HOP_S
     incremental = {r["hop_s"]: r for r in ctx.results["incremental"]["hops"]}
     incremental_streams = incremental[CAPACITY_HOP_S]["incremental_capacity_streams"]
-    measure_s, max_trials = (5.0, 1) if ctx.quick else (15.0, 6)
+    measure_s, settle_s, max_trials = (5.0, 1.0, 1) if ctx.quick else (15.0, CAPACITY_SETTLE_S, 6)
     first = 2 if ctx.quick else max(1, int(TARGET_CAPACITY_SHARE * engine_streams))
-    defaults = search_capacity(ctx, first, onair=True, measure_s=measure_s,
+    defaults = search_capacity(ctx, first, onair=True, measure_s=measure_s, settle_s=settle_s,
                                max_trials=max_trials)
     genre_only = search_capacity(ctx, first if ctx.quick else max(first, defaults["streams"] + 1),
-                                 onair=False, measure_s=measure_s, max_trials=max_trials)
+                                 onair=False, measure_s=measure_s, settle_s=settle_s,
+                                 max_trials=max_trials)
     runner = defaults["trials"][0]["runner"]
     # the bound of the runner the daemon ran, measured in this run: section 3 for incremental
     bound = incremental_streams if runner == "incremental" else engine_streams
     return {
         "hop_s": CAPACITY_HOP_S,
         "measure_s": measure_s,
+        "settle_s": settle_s,
         **defaults,
         "genre_only": genre_only,
         "engine_windows_per_s": engine_wps,
@@ -249,14 +264,15 @@ def bench_capacity(ctx: Context) -> dict:
 def _trials_table(trials: list[dict]) -> list[str]:
     lines = [
         ("| streams | sustained | dropped windows | ring overruns | fewest windows | p99 ms | "
-         "latency trend s/s | CPU % | CPU % per stream |"),
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+         "latency trend s/s | p99 ms at the start | CPU % | CPU % per stream |"),
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for t in trials:
         lines.append(
             f"| {t['streams']} | {'yes' if t['sustained'] else 'no'} | {t['dropped_windows']} | "
             f"{t['ring_overrun_samples']} | {t['fewest_windows']}/{t['expected_windows']} | "
             f"{t['e2e_p99_ms']:.0f} | {t['latency_growth_s_per_s']:+.3f} | "
+            f"{t['start_p99_ms']:.0f} | "
             f"{t['cpu_percent']:.0f} | "
             f"{t['cpu_percent_per_stream']:.1f} |"
         )
@@ -273,10 +289,11 @@ def render_capacity(r: dict) -> str:
     bound = r["runner_bound_streams"]
     lines = [
         (f"Concurrent real-time file streams at hop {r['hop_s']:g} s, {r['measure_s']:g} s "
-         "measured per trial. Sustained = no dropped window, no ring overrun, every stream got its "
-         f"windows, a latency trend under {MAX_LATENCY_GROWTH:g} s/s (no growing backlog) "
-         "and a p99 "
-         "ring → subscriber under one hop."),
+         f"measured per trial, {r['settle_s']:g} s after every stream has published (the start, "
+         "when every stream's first window is a whole window within one hop, is the p99 at the "
+         "start column: shown, not judged). Sustained = no dropped window, no ring overrun, "
+         f"every stream got its windows, a latency trend under {MAX_LATENCY_GROWTH:g} s/s "
+         "(no growing backlog) and a p99 ring → subscriber under one hop."),
         "",
         "The defaults (loudness, level alarms and content on):",
         "",
