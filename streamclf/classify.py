@@ -43,8 +43,8 @@ SCHEMA_VERSION = 1
 # throughput on 2 cores is the same from batch 1 on (docs/benchmarks.md, section 2).
 BATCH_WINDOWS = 1
 # Windows a reader thread decodes, resamples and frames ahead of the engine: reading a 30 s clip
-# is about a third of the engine's time on it, and runs beside it instead of between its calls
-# (docs/benchmarks.md, the offline path).
+# took 0.08 s against the fused engine's 0.2 s, and now runs beside the engine's calls instead of
+# between them (docs/benchmarks.md, the offline path).
 READ_AHEAD_WINDOWS = 4
 TAGGRAM_WIDTH_IN = 14.0  # the --plot picture: wide, one row of tags every TAGGRAM_ROW_IN inches
 TAGGRAM_ROW_IN = 0.16  # 50 tags: 9.5 inches tall, still room for 9-point labels

@@ -57,10 +57,10 @@ def int8_dot_product(flags: Iterable[str]) -> str | None:
 
 def choose_cpu_precision(setting: str, flags: Iterable[str]) -> tuple[str, str]:
     """(precision, reason) of the ONNX Runtime runner: "auto" takes int8 on none of the CPUs
-    measured so far, because the shipped int8 graph was slower than fp32 on each: 0.70× with
-    AMX (an Intel Xeon with `amx_int8`, at the daemon's 1 s hop), 0.55× with AVX-512 VNNI (an
-    AMD EPYC, whole windows), no faster with AVX2 alone (docs/engines.md, "int8"). `int8` asks
-    for it anyway."""
+    measured so far, because the shipped int8 graph was slower than fp32 on each at the
+    daemon's 1 s hop: 0.70× with AMX (an Intel Xeon with `amx_int8`), 0.67× with AVX-512 VNNI
+    (an AMD EPYC), no faster with AVX2 alone (docs/engines.md, "int8"). `int8` asks for it
+    anyway."""
     if setting not in CPU_PRECISIONS:
         msg = f"cpu precision must be one of {', '.join(CPU_PRECISIONS)}, not {setting!r}"
         raise ValueError(msg)
