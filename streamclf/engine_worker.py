@@ -29,6 +29,7 @@ from streamclf.feed.fanout import FeedFanout
 from streamclf.metrics import MetricsServer
 from streamclf.models.card import ModelCard
 from streamclf.streams import Stream
+from streamclf.thread_names import name_this_thread
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +101,7 @@ class EngineWorker(threading.Thread):
         return True
 
     def run(self) -> None:
+        name_this_thread()
         try:
             self._work()
         finally:

@@ -31,6 +31,7 @@ from streamclf.content import (
 from streamclf.features.framer import LogMelFramer, Window
 from streamclf.features.mel import SAMPLE_RATE_HZ
 from streamclf.smoothing import Smoother
+from streamclf.thread_names import name_this_thread
 from streamclf.tracks import TrackSegmenter
 
 log = structlog.get_logger(__name__)
@@ -249,6 +250,7 @@ class StreamWorker(threading.Thread):
             stream.ring.wakeup = self._wakeup
 
     def run(self) -> None:
+        name_this_thread()
         while self._feeds and not self._stopping.is_set():
             now = time.monotonic()
             for feed in self._feeds:

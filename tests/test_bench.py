@@ -121,6 +121,15 @@ class TestDaemon:
             assert trial["cpu_percent"] > 0
             assert trial["cpu_percent_per_stream"] == pytest.approx(
                 trial["cpu_percent"] / trial["streams"])
+            # the daemon names its threads in /proc: each kind of work is seen, and together
+            # they are the process's CPU (to /proc's 10 ms ticks)
+            threads = trial["cpu_percent_by_thread"]
+            assert threads["engine worker (runner, smoother, feed)"] > 0
+            assert threads["stream workers (ring → resample → framer, levels)"] > 0
+            assert threads["source readers"] > 0
+            assert sum(threads.values()) == pytest.approx(trial["cpu_percent"],
+                                                          rel=0.1, abs=2.0)
+            assert _positive(trial["engine_cpu_ms_per_window"])
         sustained = [t["streams"] for t in capacity["trials"] if t["sustained"]]
         assert capacity["streams"] == max(sustained, default=0)
         # the same search with the on-air stages off: the feed shows neither content nor loudness
@@ -135,6 +144,9 @@ class TestDaemon:
         assert capacity["runner"] == "incremental" == bench[0]["end_to_end"]["runner"]
         hop_1s = next(h for h in bench[0]["incremental"]["hops"] if h["hop_s"] == 1.0)
         assert capacity["runner_bound_streams"] == hop_1s["incremental_capacity_streams"]
+        assert capacity["runner_alone_cpu_ms_per_window"] == hop_1s[
+            "incremental_cpu_ms_per_window"] > 0
+        assert bench[1].count("ONNX Runtime's pool used") == 2
         check = bench[0]["checks"]["capacity_vs_runner_bound"]
         assert check["value"] == pytest.approx(capacity["streams"] / hop_1s[
             "incremental_capacity_streams"])

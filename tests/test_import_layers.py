@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "streamclf"
 # In dependency order; a module not listed is an application module (cli, pipeline, service,
 # bench, train, …), which may import anything.
 LAYERS = (
-    ("streamclf.errors", "streamclf.config"),
+    ("streamclf.errors", "streamclf.config", "streamclf.thread_names"),
     ("streamclf.audio",),
     ("streamclf.features",),
     ("streamclf.models",),

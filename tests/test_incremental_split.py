@@ -142,5 +142,7 @@ def test_bench_reports_both_runners_on_the_same_ticks():
     for row in result["hops"]:
         assert row["frames_computed_per_window"] == row["hop_frames"]
         assert row["full_ms_per_window"] > 0 and row["incremental_ms_per_window"] > 0
+        # CPU of the process's threads, on the same ticks: one thread here, so about the wall
+        assert 0 < row["incremental_cpu_ms_per_window"] < 3 * row["incremental_ms_per_window"]
         assert 1.5 < row["ideal_speedup"] < 3.5
     assert "| 0.5 s (31 frames) |" in format_incremental(result)

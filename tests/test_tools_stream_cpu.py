@@ -58,11 +58,3 @@ class TestStageSeconds:
     def test_no_caller_and_no_stage_is_other(self):
         assert sc.stage_seconds({CONCAT: _entry(1.0, {})}) == {"other": 1.0}
 
-
-class TestThreadKind:
-    @pytest.mark.parametrize(("name", "kind"), [
-        ("stream-s3", "stream workers"), ("engine", "engine worker"),
-        ("streamclf-file", "source readers"), ("python", "native threads"),
-    ])
-    def test_names(self, name, kind):
-        assert sc.thread_kind(name).startswith(kind)

@@ -30,6 +30,8 @@ import threading
 import time
 from pathlib import Path
 
+from streamclf.testing.daemon import cpu_by_kind, threads_cpu_s
+
 CLIP = Path(__file__).resolve().parents[1] / "streamclf" / "data" / "clip.ogg"
 READY_TIMEOUT_S = 120.0
 # (stage, substrings of a function's "name (file:line)"): a function that matches one is that
@@ -91,34 +93,6 @@ def stage_seconds(stats: dict) -> collections.Counter:
     return seconds
 
 
-def thread_kind(name: str) -> str:
-    """A thread's name (/proc comm for native ones) → what it does."""
-    if name.startswith("stream-"):
-        return "stream workers (ring → resample → framer, levels)"
-    if name == "engine":
-        return "engine worker (runner, smoother, feed)"
-    if name.startswith("streamclf-"):  # streamclf-file, streamclf-ffmpeg, …
-        return "source readers"
-    if name == "MainThread":
-        return "main thread"
-    if name.startswith("output-"):
-        return "outputs"
-    return "native threads (ONNX Runtime's pool, ZeroMQ's I/O)"
-
-
-def thread_cpu_s(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of each thread of `pid` so far."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rpartition(")")[2].split()
-        except OSError:  # a thread that ended meanwhile
-            continue
-        cpu[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
-    return cpu
-
-
 def daemon_config(*, streams: int, hop_s: float, audio: Path, port: int, onair: bool) -> str:
     lines = ["[engine]", 'kind = "onnxruntime"', "[framing]", f"hop_s = {hop_s}",
              "[feed]", f'endpoint = "tcp://127.0.0.1:{port}"', "send_hwm = 10000",
@@ -159,12 +133,6 @@ def start_daemon(command: list[str], workdir: Path) -> subprocess.Popen:
     sys.exit(f"the daemon did not get ready (see {workdir / 'serve.log'})")
 
 
-def thread_names(pid: int, tids) -> dict[int, str]:
-    """OS thread id → its name in /proc (Python's: `serve` sets it)."""
-    return {tid: Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() for tid in tids
-            if Path(f"/proc/{pid}/task/{tid}/comm").exists()}
-
-
 def run_daemon(args: argparse.Namespace, workdir: Path, config: Path, *, profile: bool) -> dict:
     """One daemon run: CPU per thread over `--seconds` after READY and `--warmup`."""
     stats_path = workdir / "stats.prof" if profile else ""
@@ -173,16 +141,13 @@ def run_daemon(args: argparse.Namespace, workdir: Path, config: Path, *, profile
     try:
         time.sleep(args.warmup)
         load = os.getloadavg()[0]
-        before, t0 = thread_cpu_s(proc.pid), time.monotonic()
+        before, t0 = threads_cpu_s(proc.pid), time.monotonic()
         time.sleep(args.seconds)
-        after, elapsed = thread_cpu_s(proc.pid), time.monotonic() - t0
-        names = thread_names(proc.pid, after)
+        after, elapsed = threads_cpu_s(proc.pid), time.monotonic() - t0
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    per_kind: collections.Counter = collections.Counter()
-    for tid, cpu in after.items():
-        per_kind[thread_kind(names.get(tid, ""))] += cpu - before.get(tid, 0.0)
+    per_kind = cpu_by_kind(before, after, pid=proc.pid)
     total_s = sum(per_kind.values())
     result = {
         "load_1min": round(load, 1), "seconds": round(elapsed, 1),
@@ -199,27 +164,21 @@ def run_daemon(args: argparse.Namespace, workdir: Path, config: Path, *, profile
 
 
 def serve(stats_path: str, argv: list[str]) -> None:
-    """`streamclf serve` with each thread that Python starts named in /proc as in Python, and
-    with a `stats_path` under its own cProfile on that thread's CPU clock; the threads' stats
-    are written there together when it ends."""
-    import ctypes
-
+    """`streamclf serve`, with a `stats_path` each thread it starts under its own cProfile on
+    that thread's CPU clock; the threads' stats are written there together when it ends. (The
+    daemon names its threads in /proc itself.)"""
     from streamclf import cli
 
-    libc = ctypes.CDLL(None)
     profiles = []
 
     def start(*_):
-        # name the OS thread as Python does, so that /proc shows it (15 bytes at most)
-        libc.prctl(15, threading.current_thread().name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
         sys.setprofile(None)
-        if not stats_path:
-            return
         profiler = cProfile.Profile(time.thread_time)
         profiles.append(profiler)
         profiler.enable()
 
-    threading.setprofile(start)
+    if stats_path:
+        threading.setprofile(start)
     code = cli.main(argv)
     threading.setprofile(None)
     stats = None

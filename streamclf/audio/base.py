@@ -18,6 +18,7 @@ import structlog
 
 from streamclf.audio.ring import RingBuffer
 from streamclf.errors import AudioInputError
+from streamclf.thread_names import name_this_thread
 
 log = structlog.get_logger(__name__)
 
@@ -103,6 +104,7 @@ class SourceBase:
 
     def _spawn(self, target) -> None:
         def guarded() -> None:
+            name_this_thread()
             try:
                 target()
             except AudioInputError as exc:

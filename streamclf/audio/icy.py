@@ -20,6 +20,8 @@ import urllib.parse
 
 import structlog
 
+from streamclf.thread_names import name_this_thread
+
 log = structlog.get_logger(__name__)
 
 STREAM_TITLE = re.compile(rb"StreamTitle='(.*?)';", re.DOTALL)
@@ -98,6 +100,7 @@ class IcyTitleWatcher(threading.Thread):
         self._connection: http.client.HTTPConnection | None = None
 
     def run(self) -> None:
+        name_this_thread()
         delay_s = RETRY_INITIAL_S
         while not self._stopping.is_set():
             try:

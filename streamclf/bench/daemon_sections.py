@@ -23,7 +23,14 @@ from streamclf.bench.common import MAX_BATCH, MIB, MODEL, Context, best_seconds,
 from streamclf.bench.inference import ort_row, runner_latency_ms
 from streamclf.errors import StreamclfError
 from streamclf.feed.schema import GenreMessage, Message
-from streamclf.testing.daemon import Daemon, free_tcp_port, write_config
+from streamclf.testing.daemon import (
+    NATIVE_THREADS,
+    Daemon,
+    cpu_by_kind,
+    free_tcp_port,
+    thread_kind,
+    write_config,
+)
 from streamclf.testing.feed import FeedRecorder
 
 log = structlog.get_logger(__name__)
@@ -43,6 +50,9 @@ TARGET_E2E_VS_RUNNER_P99 = 1.5
 TARGET_RSS_BYTES = 250e6
 TARGET_READY_S = 3.0
 TARGET_CAPACITY_SHARE = 0.8
+# The engine side of the daemon: the engine worker (the runner's calls, smoothing, the feed) and
+# ONNX Runtime's pool, which works for the runner
+ENGINE_THREADS = (thread_kind("engine"), NATIVE_THREADS)
 
 
 # -- the daemon under test ------------------------------------------------------------------------
@@ -174,9 +184,12 @@ def capacity_trial(ctx: Context, streams: int, *, measure_s: float, settle_s: fl
               timeout_s=15.0, until=False)
         watch(daemon, lambda: False, timeout_s=settle_s, until=False)
         start, cpu0, t0 = len(feed.messages), daemon.cpu_s(), time.monotonic()
+        threads0 = daemon.threads_cpu_s()
         start_e2e = e2e_ms(genre_received(feed.since(0)[:start]))
         watch(daemon, lambda: False, timeout_s=measure_s, until=False)
-        cpu_percent = 100.0 * (daemon.cpu_s() - cpu0) / (time.monotonic() - t0)
+        threads = cpu_by_kind(threads0, daemon.threads_cpu_s(), pid=daemon.pid)
+        elapsed_s = time.monotonic() - t0
+        cpu_percent = 100.0 * (daemon.cpu_s() - cpu0) / elapsed_s
         genre = genre_received(feed.since(start))
         status = [s for s in map(feed.last_status, ids) if s is not None]
         runner = runner_mode(daemon)
@@ -204,6 +217,10 @@ def capacity_trial(ctx: Context, streams: int, *, measure_s: float, settle_s: fl
         "latency_growth_s_per_s": growth,
         "cpu_percent": cpu_percent,
         "cpu_percent_per_stream": cpu_percent / streams,
+        "cpu_percent_by_thread": {kind: 100.0 * s / elapsed_s for kind, s in threads.most_common()},
+        # the engine side's cost per window in the daemon, to set beside the runner's alone
+        "engine_cpu_ms_per_window": (1e3 * sum(threads[k] for k in ENGINE_THREADS) / len(genre)
+                                     if genre else math.nan),
         # what the feed showed of the on-air stages: the content of a window, a stream's loudness
         "onair_published": any(m.content is not None for m, _ in genre)
         or any(s.momentary_lufs is not None for s in status),
@@ -254,6 +271,8 @@ def bench_capacity(ctx: Context) -> dict:
         "engine_bound_streams": engine_streams,
         "incremental_bound_streams": incremental_streams,
         "incremental_bench_streams": ctx.results["incremental"]["streams"],
+        "runner_alone_cpu_ms_per_window":
+            incremental[CAPACITY_HOP_S]["incremental_cpu_ms_per_window"],
         "runner": runner,
         "runner_bound_streams": bound,
         "checks": {"capacity_vs_runner_bound": check(defaults["streams"] / bound,
@@ -285,6 +304,25 @@ def _capacity_line(label: str, search: dict, bound: float) -> str:
             + f", {100 * search['streams'] / bound:.0f} % of the bound below.")
 
 
+def _threads_line(label: str, search: dict, r: dict) -> str:
+    """Where the daemon's CPU went in the search's largest sustained trial (else its first),
+    and the engine side's CPU per window there against the runner alone in section 3."""
+    sustained = [t for t in search["trials"] if t["sustained"]]
+    trial = max(sustained, key=lambda t: t["streams"]) if sustained else search["trials"][0]
+    shares = ", ".join(f"{kind} {percent:.0f} %"
+                       for kind, percent in trial["cpu_percent_by_thread"].items()
+                       if percent >= 0.5)
+    engine_ms = trial["engine_cpu_ms_per_window"]
+    line = (f"- {label}, {trial['streams']} streams: {shares} of a core. The engine worker "
+            f"and ONNX Runtime's pool used {engine_ms:.1f} ms of CPU per window")
+    if r["runner"] != "incremental":
+        return line + "."
+    alone = r["runner_alone_cpu_ms_per_window"]
+    return (line + f", {engine_ms / alone:.2f}× the incremental runner "
+            f"alone in section 3 ({alone:.1f} ms, hop {r['hop_s']:g} s, "
+            f"{r['incremental_bench_streams']} streams a batch).")
+
+
 def render_capacity(r: dict) -> str:
     bound = r["runner_bound_streams"]
     lines = [
@@ -305,6 +343,8 @@ def render_capacity(r: dict) -> str:
         "",
         _capacity_line("capacity", r, bound),
         _capacity_line("capacity, the genre alone", r["genre_only"], bound),
+        _threads_line("where the CPU went with the defaults", r, r),
+        _threads_line("where the CPU went with the genre alone", r["genre_only"], r),
         (f"- floor: the daemon ran the {r['runner']} runner (`runner_selected` in its log); "
          + (f"that runner alone, in this run (section 3: {r['incremental_bench_streams']} "
             f"streams a batch, hop {r['hop_s']:g} s), keeps up with "

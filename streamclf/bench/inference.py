@@ -75,7 +75,7 @@ def runner_latency_ms(*, hop_s: float, windows: int) -> dict:
         runner.warmup()
         ticks = stream_ticks(logmel(load_mono_16k(CLIP)), hop_frames=hop_frames, streams=1,
                              ticks=windows + 1)
-        ms = 1e3 * time_alternating({"runner": runner}, ticks)["runner"]
+        ms = 1e3 * time_alternating({"runner": runner}, ticks)[0]["runner"]
     finally:
         runner.close()
     return {"runner": "incremental" if isinstance(runner, IncrementalRunner) else "full",

@@ -21,6 +21,7 @@ import structlog
 from streamclf.config import OutputConfig
 from streamclf.errors import ConfigError
 from streamclf.feed.schema import Message
+from streamclf.thread_names import name_this_thread
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +74,7 @@ class OutputWorker(threading.Thread):
         return [self.config.name, self.state, self.sent, self.failures, self.dropped]
 
     def run(self) -> None:
+        name_this_thread()
         delay_s = self.config.retry_initial_s
         connected = False
         while not self._stopping.is_set():

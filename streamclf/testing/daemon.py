@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,52 @@ def wait_for(predicate: Callable[[], bool], *, timeout_s: float, interval_s: flo
             return True
         time.sleep(interval_s)
     return bool(predicate())
+
+
+# The daemon's threads by the names it gives them in /proc (`streamclf.thread_names`), first match
+THREAD_KINDS = (
+    ("engine", "engine worker (runner, smoother, feed)"),
+    ("stream-", "stream workers (ring → resample → framer, levels)"),
+    ("streamclf-", "source readers"),
+    ("output-", "outputs"),
+    ("icy-", "ICY title watchers"),
+    ("ZMQbg", "ZeroMQ's I/O"),
+)
+MAIN_THREAD = "main thread"
+NATIVE_THREADS = "native threads (ONNX Runtime's pool, PortAudio's callback)"  # unnamed
+
+
+def thread_kind(name: str, *, main: bool = False) -> str:
+    """What a thread of the daemon does, from its name in /proc; the threads a library starts
+    unnamed (ONNX Runtime's pool, PortAudio's callback) carry the process's name."""
+    if main:
+        return MAIN_THREAD
+    return next((kind for prefix, kind in THREAD_KINDS if name.startswith(prefix)),
+                NATIVE_THREADS)
+
+
+def threads_cpu_s(pid: int) -> dict[int, tuple[str, float]]:
+    """Thread id → (name in /proc, user + system CPU seconds so far) of each thread of `pid`."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    threads = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:  # a thread that ended meanwhile
+            continue
+        threads[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / ticks)
+    return threads
+
+
+def cpu_by_kind(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], *,
+                pid: int) -> Counter[str]:
+    """CPU seconds per kind of thread between two `threads_cpu_s` readings (a thread that
+    ended in between is not counted)."""
+    spent: Counter[str] = Counter()
+    for tid, (name, cpu_s) in after.items():
+        spent[thread_kind(name, main=tid == pid)] += cpu_s - before.get(tid, (name, 0.0))[1]
+    return spent
 
 
 def free_tcp_port() -> int:
@@ -263,6 +310,10 @@ class Daemon:
         """User + system CPU seconds of the daemon so far (/proc/<pid>/stat)."""
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def threads_cpu_s(self) -> dict[int, tuple[str, float]]:
+        """Each thread's name and CPU seconds so far (`threads_cpu_s`)."""
+        return threads_cpu_s(self.pid)
 
     def memory(self) -> dict:
         """Resident memory now and at peak (bytes), and the torch libraries mapped, if any."""
