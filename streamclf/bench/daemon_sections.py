@@ -20,7 +20,8 @@ import numpy as np
 import structlog
 
 from streamclf.bench.common import MAX_BATCH, MIB, MODEL, Context, best_seconds, check
-from streamclf.bench.inference import ort_row, runner_latency_ms
+from streamclf.bench.incremental import BENCH_STREAMS
+from streamclf.bench.inference import ort_row, runner_bound, runner_latency_ms
 from streamclf.errors import StreamclfError
 from streamclf.feed.schema import GenreMessage, Message
 from streamclf.testing.daemon import (
@@ -50,6 +51,7 @@ TARGET_E2E_VS_RUNNER_P99 = 1.5
 TARGET_RSS_BYTES = 250e6
 TARGET_READY_S = 3.0
 TARGET_CAPACITY_SHARE = 0.8
+BOUND_TICKS = 30  # ticks of the runner alone around each capacity search, as in section 3
 # The engine side of the daemon: the engine worker (the runner's calls, smoothing, the feed) and
 # ONNX Runtime's pool, which works for the runner
 ENGINE_THREADS = (thread_kind("engine"), NATIVE_THREADS)
@@ -244,38 +246,57 @@ def search_capacity(ctx: Context, first: int, *, onair: bool, measure_s: float,
             "cpu_percent_per_stream": best["cpu_percent_per_stream"] if best else None}
 
 
+def _bound_now(ctx: Context) -> dict:
+    bound = runner_bound(hop_s=CAPACITY_HOP_S, streams=BENCH_STREAMS,
+                         ticks=8 if ctx.quick else BOUND_TICKS)
+    log.info("capacity_bound", **bound)
+    return bound
+
+
+def _judged_against(search: dict, around: list[dict]) -> dict:
+    """The search with the mean of the runner-alone measurements taken just before and after it."""
+    return {**search,
+            "bound_streams": float(np.mean([b["streams"] for b in around])),
+            "bound_cpu_ms_per_window": float(np.mean([b["cpu_ms_per_window"] for b in around]))}
+
+
 def bench_capacity(ctx: Context) -> dict:
     """Capacity with the defaults (the target), then with the on-air stages off, which shows
-    how much of the gap to the runner's bound is the pipeline and how much those stages."""
+    how much of the gap to the runner's bound is the pipeline and how much those stages. The
+    runner alone is measured before, between and after the two searches: this machine's speed
+    drifts over minutes, and each search is judged against the runner at the same time."""
     engine_wps = max(ort_row(ctx.results)["windows_per_s"].values())
     engine_streams = engine_wps * CAPACITY_HOP_S
     incremental = {r["hop_s"]: r for r in ctx.results["incremental"]["hops"]}
-    incremental_streams = incremental[CAPACITY_HOP_S]["incremental_capacity_streams"]
     measure_s, settle_s, max_trials = (5.0, 1.0, 1) if ctx.quick else (15.0, CAPACITY_SETTLE_S, 6)
     first = 2 if ctx.quick else max(1, int(TARGET_CAPACITY_SHARE * engine_streams))
+    bounds = [_bound_now(ctx)]
     defaults = search_capacity(ctx, first, onair=True, measure_s=measure_s, settle_s=settle_s,
                                max_trials=max_trials)
+    bounds.append(_bound_now(ctx))
     genre_only = search_capacity(ctx, first if ctx.quick else max(first, defaults["streams"] + 1),
                                  onair=False, measure_s=measure_s, settle_s=settle_s,
                                  max_trials=max_trials)
+    bounds.append(_bound_now(ctx))
+    defaults = _judged_against(defaults, bounds[:2])
+    genre_only = _judged_against(genre_only, bounds[1:])
     runner = defaults["trials"][0]["runner"]
-    # the bound of the runner the daemon ran, measured in this run: section 3 for incremental
-    bound = incremental_streams if runner == "incremental" else engine_streams
     return {
         "hop_s": CAPACITY_HOP_S,
         "measure_s": measure_s,
         "settle_s": settle_s,
         **defaults,
         "genre_only": genre_only,
+        "runner": runner,
+        "bounds": bounds,
+        "bound_streams_per_call": BENCH_STREAMS,
+        "runner_bound_streams": defaults["bound_streams"],
+        # the same bounds measured minutes earlier in this run, for comparison
         "engine_windows_per_s": engine_wps,
         "engine_bound_streams": engine_streams,
-        "incremental_bound_streams": incremental_streams,
-        "incremental_bench_streams": ctx.results["incremental"]["streams"],
-        "runner_alone_cpu_ms_per_window":
-            incremental[CAPACITY_HOP_S]["incremental_cpu_ms_per_window"],
-        "runner": runner,
-        "runner_bound_streams": bound,
-        "checks": {"capacity_vs_runner_bound": check(defaults["streams"] / bound,
+        "incremental_bound_streams": incremental[CAPACITY_HOP_S]["incremental_capacity_streams"],
+        "checks": {"capacity_vs_runner_bound": check(defaults["streams"] /
+                                                     defaults["bound_streams"],
                                                      TARGET_CAPACITY_SHARE)},
     }
 
@@ -298,33 +319,29 @@ def _trials_table(trials: list[dict]) -> list[str]:
     return lines
 
 
-def _capacity_line(label: str, search: dict, bound: float) -> str:
+def _capacity_line(label: str, search: dict) -> str:
     return (f"- {label}: {search['streams']} streams"
             + ("" if search["exact"] else " (the search stopped early: a lower bound)")
-            + f", {100 * search['streams'] / bound:.0f} % of the bound below.")
+            + f", {100 * search['streams'] / search['bound_streams']:.0f} % of the runner's bound "
+            f"around it ({search['bound_streams']:.0f} streams, below).")
 
 
-def _threads_line(label: str, search: dict, r: dict) -> str:
+def _threads_line(label: str, search: dict) -> str:
     """Where the daemon's CPU went in the search's largest sustained trial (else its first),
-    and the engine side's CPU per window there against the runner alone in section 3."""
+    and the engine side's CPU per window there against the runner alone around the search."""
     sustained = [t for t in search["trials"] if t["sustained"]]
     trial = max(sustained, key=lambda t: t["streams"]) if sustained else search["trials"][0]
     shares = ", ".join(f"{kind} {percent:.0f} %"
                        for kind, percent in trial["cpu_percent_by_thread"].items()
                        if percent >= 0.5)
     engine_ms = trial["engine_cpu_ms_per_window"]
-    line = (f"- {label}, {trial['streams']} streams: {shares} of a core. The engine worker "
-            f"and ONNX Runtime's pool used {engine_ms:.1f} ms of CPU per window")
-    if r["runner"] != "incremental":
-        return line + "."
-    alone = r["runner_alone_cpu_ms_per_window"]
-    return (line + f", {engine_ms / alone:.2f}× the incremental runner "
-            f"alone in section 3 ({alone:.1f} ms, hop {r['hop_s']:g} s, "
-            f"{r['incremental_bench_streams']} streams a batch).")
+    alone = search["bound_cpu_ms_per_window"]
+    return (f"- {label}, {trial['streams']} streams: {shares} of a core. The engine worker "
+            f"and ONNX Runtime's pool used {engine_ms:.1f} ms of CPU per window, "
+            f"{engine_ms / alone:.2f}× the runner alone around the search ({alone:.1f} ms).")
 
 
 def render_capacity(r: dict) -> str:
-    bound = r["runner_bound_streams"]
     lines = [
         (f"Concurrent real-time file streams at hop {r['hop_s']:g} s, {r['measure_s']:g} s "
          f"measured per trial, {r['settle_s']:g} s after every stream has published (the start, "
@@ -341,22 +358,21 @@ def render_capacity(r: dict) -> str:
         "",
         *_trials_table(r["genre_only"]["trials"]),
         "",
-        _capacity_line("capacity", r, bound),
-        _capacity_line("capacity, the genre alone", r["genre_only"], bound),
-        _threads_line("where the CPU went with the defaults", r, r),
-        _threads_line("where the CPU went with the genre alone", r["genre_only"], r),
+        _capacity_line("capacity", r),
+        _capacity_line("capacity, the genre alone", r["genre_only"]),
+        _threads_line("where the CPU went with the defaults", r),
+        _threads_line("where the CPU went with the genre alone", r["genre_only"]),
         (f"- floor: the daemon ran the {r['runner']} runner (`runner_selected` in its log); "
-         + (f"that runner alone, in this run (section 3: {r['incremental_bench_streams']} "
-            f"streams a batch, hop {r['hop_s']:g} s), keeps up with "
-            f"{r['incremental_bound_streams']:.0f} streams."
-            if r["runner"] == "incremental" else
-            f"the full-window engine's best batched throughput, {r['engine_windows_per_s']:.0f} "
-            f"windows/s, allows {r['engine_bound_streams']:.0f} streams.")),
+         f"that runner alone in the bench's process ({r['bound_streams_per_call']} streams a "
+         f"call, hop {r['hop_s']:g} s), measured before, between and after the two searches, "
+         "kept up with " + ", ".join(f"{b['streams']:.0f}" for b in r["bounds"])
+         + " streams (1-min load " + ", ".join(f"{b['load_1min']:.1f}" for b in r["bounds"])
+         + "); each search is judged against the mean of the two around it."),
+        (f"- the same bounds earlier in this run, for comparison: the incremental runner "
+         f"{r['incremental_bound_streams']:.0f} streams (section 3), the full-window engine's "
+         f"best batched throughput {r['engine_windows_per_s']:.0f} windows/s, "
+         f"{r['engine_bound_streams']:.0f} streams (section 2)."),
     ]
-    if r["runner"] == "incremental":
-        lines.append(f"- for comparison, the full-window engine's best batched throughput "
-                     f"({r['engine_windows_per_s']:.0f} windows/s) would allow "
-                     f"{r['engine_bound_streams']:.0f} streams.")
     return "\n".join(lines) + "\n"
 
 

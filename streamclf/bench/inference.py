@@ -7,6 +7,8 @@ the same run.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from streamclf.audio.files import BUNDLED_CLIP as CLIP
@@ -64,23 +66,44 @@ def ort_row(results: dict) -> dict:
     raise StreamclfError(msg)
 
 
-def runner_latency_ms(*, hop_s: float, windows: int) -> dict:
+def _time_daemon_runner(*, hop_s: float, streams: int,
+                        ticks: int) -> tuple[str, np.ndarray, np.ndarray]:
     """The runner the daemon loads for its defaults at `hop_s` (the incremental one where the
-    model allows), alone in this process: ms per call for one stream's consecutive windows at
-    batch 1, as the daemon's engine worker calls it for a single stream."""
+    model allows), alone in this process, on `ticks` ticks of one new window per stream:
+    (its kind, wall seconds per tick, CPU seconds per tick)."""
     hop_frames = frames_for_seconds(hop_s)
     runner = load_runner(load_model_card(MODEL), "onnxruntime", incremental=DEFAULTS.incremental,
                          hop_frames=hop_frames, max_batch=MAX_BATCH)
     try:
         runner.warmup()
-        ticks = stream_ticks(logmel(load_mono_16k(CLIP)), hop_frames=hop_frames, streams=1,
-                             ticks=windows + 1)
-        ms = 1e3 * time_alternating({"runner": runner}, ticks)[0]["runner"]
+        timed = stream_ticks(logmel(load_mono_16k(CLIP)), hop_frames=hop_frames,
+                             streams=streams, ticks=ticks + 1)
+        wall, cpu = time_alternating({"runner": runner}, timed)
     finally:
         runner.close()
-    return {"runner": "incremental" if isinstance(runner, IncrementalRunner) else "full",
-            "windows": int(ms.size), "p50": float(np.percentile(ms, 50)),
+    kind = "incremental" if isinstance(runner, IncrementalRunner) else "full"
+    return kind, wall["runner"], cpu["runner"]
+
+
+def runner_latency_ms(*, hop_s: float, windows: int) -> dict:
+    """ms per call for one stream's consecutive windows at batch 1, as the daemon's engine
+    worker calls its runner for a single stream."""
+    kind, wall, _ = _time_daemon_runner(hop_s=hop_s, streams=1, ticks=windows)
+    ms = 1e3 * wall
+    return {"runner": kind, "windows": int(ms.size), "p50": float(np.percentile(ms, 50)),
             "p99": float(np.percentile(ms, 99))}
+
+
+def runner_bound(*, hop_s: float, streams: int, ticks: int) -> dict:
+    """How many real-time streams at `hop_s` the daemon's runner alone keeps up with: `streams`
+    windows a call, median tick; measured next to the capacity trials, so that both see the
+    machine at the same speed."""
+    kind, wall, cpu = _time_daemon_runner(hop_s=hop_s, streams=streams, ticks=ticks)
+    ms_per_window = 1e3 * float(np.median(wall)) / streams
+    return {"runner": kind, "streams": 1e3 * hop_s / ms_per_window,
+            "ms_per_window": ms_per_window,
+            "cpu_ms_per_window": 1e3 * float(np.median(cpu)) / streams,
+            "load_1min": os.getloadavg()[0]}
 
 
 def bench_incremental_section(ctx: Context) -> dict:
