@@ -1,8 +1,9 @@
-"""The engine worker: one thread for all streams, from ready windows to feed messages.
+"""The engine worker: one thread for its streams (all of them, or its share where `[engine]
+workers` asks for several), from ready windows to feed messages.
 
-It batches the windows of every stream through the runner, then per window smooths, decides
-content and tracks, and hands plain results to `streamclf.feed.messages`; it alone owns the
-PUB socket (through the fan-out) and never calls back into the pipeline.
+It batches the windows of its streams through its own runner, then per window smooths, decides
+content and tracks, and hands plain results to `streamclf.feed.messages`; it publishes through
+the fan-out, which the workers share, and never calls back into the pipeline.
 """
 
 from __future__ import annotations
@@ -56,21 +57,25 @@ class LatencyWindow:
 
 
 class EngineWorker(threading.Thread):
-    """Batches ready windows of all streams through the engine, smooths, publishes.
+    """Batches ready windows of its streams through its runner, smooths, publishes.
 
-    It alone owns the PUB socket (a ZeroMQ socket belongs to one thread). It is given the
-    streams, the runner and the feed fan-out, and hands plain results to `streamclf.feed.messages`;
-    it never calls back into the pipeline.
+    It is given its streams (their window queues notify its `ready`), its runner and the feed
+    fan-out, and hands plain results to `streamclf.feed.messages`; it never calls back into the
+    pipeline. `drained` holds one Event per engine worker, this one's at `index`: each sets its
+    own once its streams have ended and their last windows are published, and `all_finished` is
+    set once every worker's is (a worker cannot see another's window in progress).
     """
 
     def __init__(self, *, streams: list[Stream], runner: WindowRunner, feed: FeedFanout,
                  card: ModelCard, genres: tuple[str, ...], families: tuple[str, ...],
                  feed_config: FeedConfig, metrics: MetricsServer | None,
                  stop: threading.Event, ready: threading.Condition,
-                 all_finished: threading.Event, started: float,
-                 music_evidence: MusicEvidence | None = None) -> None:
-        super().__init__(name="engine", daemon=True)
+                 all_finished: threading.Event, drained: list[threading.Event], index: int,
+                 started: float, music_evidence: MusicEvidence | None = None) -> None:
+        super().__init__(name="engine" if len(drained) == 1 else f"engine-{index}", daemon=True)
         self._streams = streams
+        self._drained = drained
+        self._index = index
         self._runner = runner
         self._feed = feed
         self._card = card
@@ -136,7 +141,9 @@ class EngineWorker(threading.Thread):
                 if stream.finished.is_set() and not len(stream.windows):
                     self._end_track(stream)
             if all(s.finished.is_set() and not len(s.windows) for s in self._streams):
-                self._all_finished.set()
+                self._drained[self._index].set()
+                if all(event.is_set() for event in self._drained):
+                    self._all_finished.set()
         for stream in self._streams:
             self._end_track(stream)
         self._publish_status(final=True)

@@ -65,20 +65,21 @@ class Pipeline:
         self.publish = publish
         self.stop_event = threading.Event()
         self.all_finished = threading.Event()
-        self.ready = threading.Condition()
+        self.ready: list[threading.Condition] = []  # one per engine worker, its streams notify it
         self.feed = FeedFanout(queue.Queue(VIEW_QUEUE_MESSAGES) if view else None)
         self.view_messages = self.feed.view_messages
         self.streams: list[Stream] = []
         self.card: ModelCard | None = None
         self.genres: tuple[str, ...] = ()  # what may be published as a stream's genre
         self.families: tuple[str, ...] = ()  # what the genre decision picks among
-        self.runner: WindowRunner | None = None
+        self.runner: WindowRunner | None = None  # the first engine worker's, self-tested
+        self.runners: list[WindowRunner] = []  # one per engine worker
         self.publisher: Publisher | None = None
         self.metrics: MetricsServer | None = None
         self.outputs: Outputs | None = None
         self.latest: dict[str, GenreMessage] = self.feed.latest  # each stream's last genre message
         self._workers: list[threading.Thread] = []
-        self._engine_worker: EngineWorker | None = None
+        self._engine_workers: list[EngineWorker] = []
         self._started = time.monotonic()
 
     # -- life cycle -------------------------------------------------------------------------
@@ -95,20 +96,39 @@ class Pipeline:
                        f"{self.card.name}'s embeddings (docs/tracks.md)")
                 raise ConfigError(msg)
         on_progress("loading engine")
-        self.runner = load_runner(self.card, cfg.engine.kind, incremental=cfg.engine.incremental,
-                                  hop_frames=hop_frames, max_batch=cfg.engine.max_batch,
-                                  precision=cfg.engine.precision, threads=cfg.engine.threads,
-                                  cpu_precision=cfg.engine.cpu_precision,
-                                  plan_dir=cfg.engine.plan_cache_dir or None)
-        if self._runner_wrapper is not None:
-            self.runner = self._runner_wrapper(self.runner)
-        self.runner.warmup()
+        # no more workers than streams: a worker without a stream would hold a runner for nothing
+        workers = max(1, min(cfg.engine.workers or default_threads(), len(cfg.streams)))
+        # several workers share the cores out among their runners unless threads is given
+        threads = cfg.engine.threads or (max(1, default_threads() // workers) if workers > 1
+                                         else 0)
+
+        def load() -> WindowRunner:
+            runner = load_runner(self.card, cfg.engine.kind, incremental=cfg.engine.incremental,
+                                 hop_frames=hop_frames, max_batch=cfg.engine.max_batch,
+                                 precision=cfg.engine.precision, threads=threads,
+                                 cpu_precision=cfg.engine.cpu_precision,
+                                 plan_dir=cfg.engine.plan_cache_dir or None)
+            if self._runner_wrapper is not None:
+                runner = self._runner_wrapper(runner)
+            runner.warmup()
+            return runner
+
+        first = load()
         on_progress("self-test")
-        self.runner = checked_runner(self.runner, self.card, forced=cfg.engine.kind != "auto",
+        self.runner = checked_runner(first, self.card, forced=cfg.engine.kind != "auto",
                                      fallback=lambda: load_runner(
                                          self.card, "onnxruntime", incremental=False,
                                          max_batch=cfg.engine.max_batch,
                                          threads=cfg.engine.threads))
+        self.runners = [self.runner]
+        if workers > 1 and (self.runner is not first or self.runner.info.name != "onnxruntime"):
+            log.warning("engine_workers_reduced", asked=workers, workers=1,
+                        reason="several engine workers run only ONNX Runtime's own runner "
+                               f"(this one: {self.runner.info.name}, {self.runner.info.device})")
+        elif workers > 1:
+            # the same engine, model and weights as the self-tested one
+            self.runners += [load() for _ in range(workers - 1)]
+        self.ready = [threading.Condition() for _ in self.runners]
         if self.publish:
             self.publisher = self.feed.publisher = Publisher(cfg.feed)
         if cfg.metrics.enabled:
@@ -130,7 +150,8 @@ class Pipeline:
                 # not all in the same instant (docs/architecture.md: latency under load).
                 framer=LogMelFramer(window_frames=WINDOW_FRAMES, hop_frames=hop_frames,
                                     phase_frames=k * hop_frames // len(cfg.streams)),
-                windows=WindowQueue(cfg.framing.queue_windows, self.ready),
+                # stream k is the engine worker k mod n's (its runner keeps the stream's state)
+                windows=WindowQueue(cfg.framing.queue_windows, self.ready[k % len(self.ready)]),
                 smoother=Smoother(smoothing, labels=self.card.labels, genres=self.families,
                                   published=self.genres, thresholds=thresholds),
                 health=HealthAlarms(cfg.alarms),
@@ -152,13 +173,16 @@ class Pipeline:
                 self.streams[-1].boundaries = detector
                 self.streams[-1].tracks = TrackSegmenter(
                     self.families, self.genres, late_windows=detector.delay_windows + 1)
-        self._engine_worker = EngineWorker(
-            streams=self.streams, runner=self.runner, feed=self.feed, card=self.card,
-            genres=self.genres, families=self.families, feed_config=cfg.feed,
-            metrics=self.metrics, stop=self.stop_event,
-            ready=self.ready, all_finished=self.all_finished, started=self._started,
-            music_evidence=music_evidence)
-        self._workers = [self._engine_worker,
+        count = len(self.runners)
+        drained = [threading.Event() for _ in self.runners]
+        self._engine_workers = [
+            EngineWorker(streams=self.streams[i::count], runner=runner, feed=self.feed,
+                         card=self.card, genres=self.genres, families=self.families,
+                         feed_config=cfg.feed, metrics=self.metrics, stop=self.stop_event,
+                         ready=self.ready[i], all_finished=self.all_finished, drained=drained,
+                         index=i, started=self._started, music_evidence=music_evidence)
+            for i, runner in enumerate(self.runners)]
+        self._workers = [*self._engine_workers,
                          *stream_workers(self.streams, self.stop_event, cores=default_threads())]
         for worker in self._workers:
             worker.start()
@@ -167,7 +191,8 @@ class Pipeline:
             if stream.titles is not None:
                 stream.titles.start()
         log.info("pipeline_started", streams=[s.stream_id for s in self.streams],
-                 engine=self.runner.info.name, device=self.runner.info.device, model=self.card.name,
+                 engine=self.runner.info.name, device=self.runner.info.device,
+                 engine_workers=len(self.runners), model=self.card.name,
                  unknown_threshold=smoothing.unknown_threshold, published_genres=self.genres,
                  genre_thresholds=thresholds or None,
                  endpoint=cfg.feed.endpoint if self.publish else None,
@@ -183,10 +208,11 @@ class Pipeline:
         self.stop_event.set()
         for stream in self.streams:
             stream.ring.wake()
-        if self.runner is not None:
-            self.runner.interrupt()  # the worker's call in progress ends now, not in seconds
-        with self.ready:
-            self.ready.notify_all()
+        for runner in self.runners:
+            runner.interrupt()  # the worker's call in progress ends now, not in seconds
+        for ready in self.ready:
+            with ready:
+                ready.notify_all()
         deadline = time.monotonic() + timeout_s
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
@@ -196,12 +222,14 @@ class Pipeline:
             self.metrics.close()
         if self.outputs is not None:
             self.outputs.close(max(0.0, deadline - time.monotonic()))
-        if self.runner is not None:
-            worker = self._engine_worker
-            if worker is None:
-                self.runner.close()
-            elif not worker.close_when_idle(self.runner):
-                log.warning("engine_busy_at_stop", detail="closed when its current call returns")
+        if self._engine_workers:
+            for worker, runner in zip(self._engine_workers, self.runners, strict=True):
+                if not worker.close_when_idle(runner):
+                    log.warning("engine_busy_at_stop", worker=worker.name,
+                                detail="closed when its current call returns")
+        else:  # stopped before the workers were made: the runners loaded so far
+            for runner in self.runners or ([self.runner] if self.runner is not None else []):
+                runner.close()
         log.info("pipeline_stopped")
 
     def reload(self, config: Config) -> None:
@@ -212,8 +240,8 @@ class Pipeline:
             stream.health.reconfigure(config.alarms)
             if stream.levels is not None:
                 stream.levels.alarms.reconfigure(config.alarms)
-        if self._engine_worker is not None:
-            self._engine_worker.feed_config = config.feed
+        for worker in self._engine_workers:
+            worker.feed_config = config.feed
         self.config = config
 
     def status_line(self) -> str:
@@ -228,7 +256,7 @@ class Pipeline:
     def stalled_part(self, now: float) -> str | None:
         """What keeps the daemon as a whole from working: a stuck engine worker, or every stream
         that has not ended stuck. None while it works; the watchdog is fed only then."""
-        if self._engine_worker is not None and now - self._engine_worker.heartbeat > STALL_S:
+        if any(now - worker.heartbeat > STALL_S for worker in self._engine_workers):
             return "engine"
         live = [s for s in self.streams if not s.finished.is_set()]
         stuck = [s.stalled(now) for s in live]

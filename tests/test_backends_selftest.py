@@ -127,6 +127,26 @@ class TestInThePipeline:
         passed = [e["engine"] for e in logs if e["event"] == "engine_self_test_passed"]
         assert passed == ["onnxruntime (fallback)"]
 
+    def test_after_a_fallback_one_engine_worker(self, tmp_path):
+        """Several `workers` are ONNX Runtime runners like the self-tested one; after the
+        self-test fell back to another runner, the pipeline runs one worker and says so."""
+        perturbed = load_model_card(perturbed_model(tmp_path, references_for_it=False))
+
+        def swap_in_the_broken_engine(runner):
+            runner.close()
+            return FullWindowRunner(load_engine(perturbed, "onnxruntime", threads=1))
+
+        cfg = write_config(tmp_path, engine={"kind": "auto", "model": MODEL, "workers": 2},
+                           streams=[{"id": s, "source": "file", "path": CLIP} for s in "ab"])
+        pipeline = Pipeline(load_config(cfg.path), publish=False,
+                            runner_wrapper=swap_in_the_broken_engine)
+        with capture_logs() as logs:
+            pipeline.start()
+            pipeline.stop()
+        assert pipeline.runners == [pipeline.runner]
+        reduced = next(e for e in logs if e["event"] == "engine_workers_reduced")
+        assert (reduced["asked"], reduced["workers"]) == (2, 1)
+
     def test_direct_use_with_a_forced_engine_is_an_engine_error(self, tmp_path) -> None:
         card = load_model_card(perturbed_model(tmp_path, references_for_it=True))
         runner = FullWindowRunner(load_engine(card, "onnxruntime", max_batch=1, threads=1))

@@ -62,6 +62,7 @@ class TestErrors:
         ("[engine]\nknd = 'torch'\n", "engine.knd: unknown key (did you mean 'kind'?)"),
         ("[engine]\nkind = 'cuda'\n", "engine.kind: expected"),
         ("[engine]\nmax_batch = true\n", "engine.max_batch: expected an integer, got True"),
+        ("[engine]\nworkers = 65\n", "engine.workers: must be 0 (one per core)..64, got 65"),
         ("[framing]\nwindow_s = 5.0\n", "framing.window_s: the model's window is fixed"),
         ("[framing]\nhop_s = 4.0\n", "framing.hop_s: must be between"),
         ("[framing]\nhop_s = nan\n", "framing.hop_s: expected a finite number, got nan"),

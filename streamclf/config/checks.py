@@ -50,6 +50,8 @@ def _check_engine(e: EngineConfig, where: str) -> None:
     _require(bool(e.model), f"{where}.model", "must name a model in engines/ or an .onnx path")
     _require(1 <= e.max_batch <= 1024, f"{where}.max_batch", f"must be 1..1024, got {e.max_batch}")
     _require(0 <= e.threads <= 256, f"{where}.threads", f"must be 0 (auto)..256, got {e.threads}")
+    _require(0 <= e.workers <= 64, f"{where}.workers",
+             f"must be 0 (one per core)..64, got {e.workers}")
 
 
 def _check_framing(f: FramingConfig, where: str) -> None:

@@ -39,6 +39,9 @@ class EngineConfig:
     cpu_precision: Literal["auto", "fp32", "int8"] = "fp32"
     max_batch: int = 8  # memory: batch buffers, and a full-window engine's arena (docs/config.md)
     threads: int = 0
+    # engine workers, each with its own runner and a share of the streams (ONNX Runtime on the
+    # CPU only); 0 = one per core. docs/config.md
+    workers: int = 1
     plan_cache_dir: str = ""
     incremental: bool = True  # per-frame front-end computed once per frame: docs/incremental.md
     genres: tuple[str, ...] = ()  # the model's tags a genre is chosen from; () = its card's

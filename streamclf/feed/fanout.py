@@ -1,9 +1,11 @@
 """Every feed message, once numbered, to everyone who reads the feed: the PUB socket, the
-outputs and the live view. Owned by the engine worker; none of the receivers makes it wait."""
+outputs and the live view. Shared by the engine workers (one lock: the numbering and the PUB
+socket, which belongs to one thread at a time); none of the receivers makes them wait."""
 
 from __future__ import annotations
 
 import queue
+import threading
 from typing import Protocol
 
 from streamclf.feed.publisher import Publisher
@@ -28,17 +30,19 @@ class FeedFanout:
         self.view_drops = 0
         self.latest: dict[str, GenreMessage] = {}
         self._sequence = Sequencer()
+        self._lock = threading.Lock()
 
     def emit(self, message: Message) -> None:
-        message = self._sequence.stamp(message)
-        if isinstance(message, GenreMessage):
-            self.latest[message.stream] = message
-        if self.publisher is not None:
-            self.publisher.publish(message)
-        if self.outputs is not None:
-            self.outputs.offer(message)
-        if self.view_messages is not None:
-            try:
-                self.view_messages.put_nowait(message)
-            except queue.Full:
-                self.view_drops += 1
+        with self._lock:
+            message = self._sequence.stamp(message)
+            if isinstance(message, GenreMessage):
+                self.latest[message.stream] = message
+            if self.publisher is not None:
+                self.publisher.publish(message)
+            if self.outputs is not None:
+                self.outputs.offer(message)
+            if self.view_messages is not None:
+                try:
+                    self.view_messages.put_nowait(message)
+                except queue.Full:
+                    self.view_drops += 1
