@@ -72,8 +72,7 @@ class Pipeline:
         self.card: ModelCard | None = None
         self.genres: tuple[str, ...] = ()  # what may be published as a stream's genre
         self.families: tuple[str, ...] = ()  # what the genre decision picks among
-        self.runner: WindowRunner | None = None  # the first engine worker's, self-tested
-        self.runners: list[WindowRunner] = []  # one per engine worker
+        self.runners: list[WindowRunner] = []  # one per engine worker; the first self-tested
         self.publisher: Publisher | None = None
         self.metrics: MetricsServer | None = None
         self.outputs: Outputs | None = None
@@ -81,6 +80,11 @@ class Pipeline:
         self._workers: list[threading.Thread] = []
         self._engine_workers: list[EngineWorker] = []
         self._started = time.monotonic()
+
+    @property
+    def runner(self) -> WindowRunner | None:
+        """The first engine worker's runner, the one the start-up self-test ran (None before)."""
+        return self.runners[0] if self.runners else None
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self, on_progress: Callable[[str], None] = lambda _: None) -> None:
@@ -115,19 +119,18 @@ class Pipeline:
 
         first = load()
         on_progress("self-test")
-        self.runner = checked_runner(first, self.card, forced=cfg.engine.kind != "auto",
-                                     fallback=lambda: load_runner(
-                                         self.card, "onnxruntime", incremental=False,
-                                         max_batch=cfg.engine.max_batch,
-                                         threads=cfg.engine.threads))
-        self.runners = [self.runner]
+        self.runners = [checked_runner(first, self.card, forced=cfg.engine.kind != "auto",
+                                       fallback=lambda: load_runner(
+                                           self.card, "onnxruntime", incremental=False,
+                                           max_batch=cfg.engine.max_batch,
+                                           threads=cfg.engine.threads))]
         if workers > 1 and (self.runner is not first or self.runner.info.name != "onnxruntime"):
             log.warning("engine_workers_reduced", asked=workers, workers=1,
                         reason="several engine workers run only ONNX Runtime's own runner "
                                f"(this one: {self.runner.info.name}, {self.runner.info.device})")
         elif workers > 1:
-            # the same engine, model and weights as the self-tested one
-            self.runners += [load() for _ in range(workers - 1)]
+            for _ in range(workers - 1):  # the same engine, model and weights as the tested one
+                self.runners.append(load())  # one at a time: a failed start closes those loaded
         self.ready = [threading.Condition() for _ in self.runners]
         if self.publish:
             self.publisher = self.feed.publisher = Publisher(cfg.feed)
@@ -228,7 +231,7 @@ class Pipeline:
                     log.warning("engine_busy_at_stop", worker=worker.name,
                                 detail="closed when its current call returns")
         else:  # stopped before the workers were made: the runners loaded so far
-            for runner in self.runners or ([self.runner] if self.runner is not None else []):
+            for runner in self.runners:
                 runner.close()
         log.info("pipeline_stopped")
 

@@ -68,17 +68,21 @@ def thread_kind(name: str, *, main: bool = False) -> str:
                 NATIVE_THREADS)
 
 
+def stat_cpu_s(stat: Path) -> float:
+    """User + system CPU seconds in a /proc `stat` file (a process's or one of its threads')."""
+    fields = stat.read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def threads_cpu_s(pid: int) -> dict[int, tuple[str, float]]:
     """Thread id → (name in /proc, user + system CPU seconds so far) of each thread of `pid`."""
-    ticks = os.sysconf("SC_CLK_TCK")
     threads = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rpartition(")")[2].split()
+            threads[int(task.name)] = ((task / "comm").read_text().strip(),
+                                       stat_cpu_s(task / "stat"))
         except OSError:  # a thread that ended meanwhile
             continue
-        threads[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / ticks)
     return threads
 
 
@@ -308,8 +312,7 @@ class Daemon:
 
     def cpu_s(self) -> float:
         """User + system CPU seconds of the daemon so far (/proc/<pid>/stat)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return stat_cpu_s(Path(f"/proc/{self.pid}/stat"))
 
     def threads_cpu_s(self) -> dict[int, tuple[str, float]]:
         """Each thread's name and CPU seconds so far (`threads_cpu_s`)."""
